@@ -1,0 +1,14 @@
+//! SeaORM entities: the tables as the store sees them. They are not the API: the GraphQL layer has its
+//! own types. Decimal columns are `i64` scaled by 10^4 (`migration::DECIMAL_SCALE`); the store converts.
+
+pub mod enums;
+pub mod metric;
+pub mod organization;
+pub mod organization_usage;
+pub mod plan;
+pub mod plan_limit;
+pub mod platform_team;
+pub mod subscription_history;
+pub mod usage_alert;
+pub mod usage_counter;
+pub mod usage_event;

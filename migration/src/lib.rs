@@ -1,0 +1,26 @@
+//! Schema history of Tollgate. Each migration is applied once and never edited after it lands; the
+//! same migrations run on SQLite (the embedded default) and on Postgres.
+//!
+//! Every decimal quantity or amount is stored as a BIGINT scaled by 10^4 (see `DECIMAL_SCALE`), because
+//! SQLite has no exact decimal type and SeaORM would store `Decimal` as REAL there. Integer arithmetic
+//! in SQL (`used = used + $q`) is exact on both engines.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_core_tables;
+mod m20261123_000002_seed_defaults;
+
+/// Number of decimal places kept by every scaled-integer column.
+pub const DECIMAL_SCALE: u32 = 4;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_core_tables::Migration),
+            Box::new(m20261123_000002_seed_defaults::Migration),
+        ]
+    }
+}

@@ -1,0 +1,143 @@
+//! The application: shared state, the router, and a server you can start in a test
+//! (`Application::build` binds, port 0 picks a free one).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use chrono::Duration;
+use sea_orm::DatabaseConnection;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::alerts::AlertBus;
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::domain::usage::Engine;
+use crate::graphql::{TollgateSchema, build_schema};
+use crate::{http, store};
+
+/// Everything handlers share; cheap to clone behind an Arc.
+pub struct AppState {
+    pub engine: Engine,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<JwtKeys>,
+    pub schema: TollgateSchema,
+    pub statements: Arc<store::StatementCounter>,
+}
+
+impl AppState {
+    /// Connects, migrates and builds the schema.
+    pub async fn new(settings: Settings, keys: JwtKeys) -> anyhow::Result<Self> {
+        let (db, statements) = store::connect(
+            settings.database_url.expose_secret(),
+            settings.db_max_connections,
+        )
+        .await?;
+        store::migrate(&db).await?;
+        Ok(Self::with_db(settings, keys, db, statements))
+    }
+
+    pub fn with_db(
+        settings: Settings,
+        keys: JwtKeys,
+        db: DatabaseConnection,
+        statements: Arc<store::StatementCounter>,
+    ) -> Self {
+        let engine = Engine {
+            db,
+            bus: AlertBus::new(4096),
+            near_limit_pct: settings.near_limit_pct,
+            lateness: Duration::days(settings.lateness_days.into()),
+            clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
+        };
+        let schema = build_schema(&settings);
+        AppState {
+            engine,
+            settings: Arc::new(settings),
+            keys: Arc::new(keys),
+            schema,
+            statements,
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    Router::new()
+        .route(
+            "/graphql",
+            get(http::graphql_get)
+                .post(http::graphql_post)
+                .fallback(http::method_not_allowed),
+        )
+        .route("/", get(http::playground))
+        .route("/assets/{name}", get(http::asset))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Binds the configured address (port 0: a free port).
+    pub async fn build(state: AppState) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(state.settings.bind).await?;
+        Ok(Application {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

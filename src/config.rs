@@ -1,0 +1,303 @@
+//! Typed settings, read in one place: command-line flags with `TOLLGATE_*` environment fallbacks.
+//! Secrets are `SecretString`s: they never print in logs, errors or `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rust_decimal::Decimal;
+use secrecy::SecretString;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Multi-tenant usage and subscription gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Apply pending migrations and the default data, then exit.
+    Migrate,
+    /// Manage the platform team (members see and manage every organization).
+    #[command(subcommand)]
+    PlatformTeam(PlatformTeamCommand),
+    /// Mint a signed token with the configured secret, for trying things.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Seed a demo organization or two with some usage, so the playground shows something at once.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlatformTeamCommand {
+    /// Add a user (the token's `sub`) to the platform team.
+    Add { sub: String },
+    /// Remove a user from the platform team.
+    Remove { sub: String },
+    /// List the platform team.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// The organization id (`org_id` claim); optional for platform-team members.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// OWNER, ADMIN, MEMBER, VIEWER or SERVICE.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Lifetime, such as 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Database URL: sqlite://FILE?mode=rwc (embedded default) or postgres://...
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_DATABASE_URL",
+        default_value = "sqlite://tollgate.db?mode=rwc",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+    /// Address to listen on.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_BIND",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub bind: SocketAddr,
+    /// Shared secret for HS256 tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<SecretString>,
+    /// Public key (PEM text, or a path to a PEM file) for RS256 or ES256 tokens.
+    #[arg(long, global = true, env = "TOLLGATE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, global = true, env = "TOLLGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, global = true, env = "TOLLGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Generate an ephemeral signing key when none is configured (development only).
+    #[arg(long, global = true)]
+    pub dev: bool,
+    /// Utilization (percent) at which NEAR_LIMIT fires.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_NEAR_LIMIT_PCT",
+        default_value = "80"
+    )]
+    pub near_limit_pct: Decimal,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, global = true, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most operations in one batched request.
+    #[arg(long, global = true, env = "TOLLGATE_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+    /// Deepest accepted query (GraphiQL's introspection query needs 13).
+    #[arg(long, global = true, env = "TOLLGATE_MAX_DEPTH", default_value_t = 15)]
+    pub max_depth: usize,
+    /// Highest accepted query complexity.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_COMPLEXITY",
+        default_value_t = 2000
+    )]
+    pub max_complexity: usize,
+    /// Largest page a connection answers (`first`).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_PAGE_SIZE",
+        default_value_t = 100
+    )]
+    pub max_page_size: usize,
+    /// Most items in one recordUsageBatch.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_RECORD_BATCH",
+        default_value_t = 500
+    )]
+    pub max_record_batch: usize,
+    /// How late (in days) an occurredAt may be and still be recorded.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_LATENESS_DAYS",
+        default_value_t = 35
+    )]
+    pub lateness_days: u32,
+    /// Largest accepted clock skew for an occurredAt in the future.
+    #[arg(long, global = true, env = "TOLLGATE_CLOCK_SKEW", default_value = "2m", value_parser = parse_duration)]
+    pub clock_skew: Duration,
+    /// Connections in the database pool.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub db_max_connections: u32,
+    /// Whether introspection is answered (the playground needs it).
+    #[arg(long, global = true, env = "TOLLGATE_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub introspection: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Defaults for a given database, as in tests and tools; everything else as without flags.
+    pub fn parse_from_env_and(args: &[&str]) -> Result<Self, clap::Error> {
+        let mut argv = vec!["tollgate"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| cli.settings)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        use secrecy::ExposeSecret;
+        redact_url(self.database_url.expose_secret())
+    }
+
+    /// Rejects `TOLLGATE_*` variables that no setting reads: a typo must not silently fall back to a
+    /// default.
+    pub fn check_environment() -> Result<(), String> {
+        const KNOWN: &[&str] = &[
+            "TOLLGATE_DATABASE_URL",
+            "TOLLGATE_BIND",
+            "TOLLGATE_JWT_SECRET",
+            "TOLLGATE_JWT_PUBLIC_KEY",
+            "TOLLGATE_JWT_ISSUER",
+            "TOLLGATE_JWT_AUDIENCE",
+            "TOLLGATE_NEAR_LIMIT_PCT",
+            "TOLLGATE_MAX_BODY_BYTES",
+            "TOLLGATE_MAX_BATCH",
+            "TOLLGATE_MAX_DEPTH",
+            "TOLLGATE_MAX_COMPLEXITY",
+            "TOLLGATE_MAX_PAGE_SIZE",
+            "TOLLGATE_MAX_RECORD_BATCH",
+            "TOLLGATE_LATENESS_DAYS",
+            "TOLLGATE_CLOCK_SKEW",
+            "TOLLGATE_DB_MAX_CONNECTIONS",
+            "TOLLGATE_INTROSPECTION",
+            "TOLLGATE_LOG_JSON",
+        ];
+        let unknown: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("TOLLGATE_") && !k.starts_with("TOLLGATE_TEST_"))
+            .filter(|k| !KNOWN.contains(&k.as_str()))
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown setting(s) in the environment: {}",
+                unknown.join(", ")
+            ))
+        }
+    }
+
+    /// Checks that need more than one field, at boot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.near_limit_pct <= Decimal::ZERO || self.near_limit_pct > Decimal::ONE_HUNDRED {
+            return Err("near-limit-pct must be in (0, 100]".into());
+        }
+        if self.max_batch == 0 || self.max_page_size == 0 || self.max_record_batch == 0 {
+            return Err("max-batch, max-page-size and max-record-batch must be at least 1".into());
+        }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err(
+                "set either TOLLGATE_JWT_SECRET or TOLLGATE_JWT_PUBLIC_KEY, not both".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604800)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Rules of the product: limits, enforcement, alerts, plan changes, access. No SQL here: services
+//! own transactions and call the store.
+
+pub mod access;
+pub mod limits;
+pub mod orgs;
+pub mod plans;
+pub mod types;
+pub mod usage;
+
+pub use types::*;

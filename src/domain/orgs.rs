@@ -1,0 +1,93 @@
+//! Organizations: creation by the platform team.
+
+use chrono::{Duration, Utc};
+use entity::enums::{ChangeType, OrganizationStatus};
+use entity::{organization, subscription_history};
+use uuid::Uuid;
+
+use super::{Slug, Viewer, access, required_text, usage::begin_write};
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::store;
+
+pub struct CreateOrganization {
+    pub name: String,
+    pub slug: String,
+    pub plan_code: Option<String>,
+    pub start_trial: bool,
+}
+
+/// createOrganization: platform team only. With `start_trial`, the organization starts TRIALING for
+/// its plan's trial days and the trial is recorded in its subscription history.
+pub async fn create(
+    engine: &super::usage::Engine,
+    viewer: &Viewer,
+    input: CreateOrganization,
+) -> AppResult<organization::Model> {
+    access::require_platform(viewer)?;
+    let name = required_text("name", &input.name, 200)?;
+    let slug = Slug::parse(input.slug.trim())?.into_inner();
+    let plan = match input.plan_code.as_deref() {
+        Some(code) => Some(
+            store::catalog::plan_by_code(&engine.db, code)
+                .await?
+                .filter(|p| p.active)
+                .ok_or_else(|| AppError::bad_input(format!("unknown or inactive plan {code:?}")))?,
+        ),
+        None => None,
+    };
+    if input.start_trial && plan.is_none() {
+        return Err(AppError::bad_input("startTrial needs a planCode"));
+    }
+    let (status, trial_ends_at) = match (&plan, input.start_trial) {
+        (Some(p), true) => (
+            OrganizationStatus::Trialing,
+            Some(Utc::now() + Duration::days(p.trial_days.into())),
+        ),
+        _ => (OrganizationStatus::Active, None),
+    };
+    let scope = viewer.scope();
+    let txn = begin_write(&engine.db).await?;
+    let created = store::orgs::insert(
+        &txn,
+        scope,
+        store::orgs::NewOrganization {
+            name,
+            slug,
+            status,
+            plan_id: plan.as_ref().map(|p| p.id),
+            trial_ends_at,
+        },
+    )
+    .await;
+    let org = match created {
+        Ok(Some(org)) => org,
+        Ok(None) => return Err(AppError::forbidden("this needs a platform-team member")),
+        Err(e) if is_unique_violation(&e) => {
+            return Err(AppError::conflict("an organization with this slug exists"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if input.start_trial {
+        store::ledger::insert_history(
+            &txn,
+            scope,
+            subscription_history::Model {
+                organization_id: org.id,
+                id: Uuid::now_v7(),
+                old_plan_id: None,
+                new_plan_id: org.plan_id,
+                change_type: ChangeType::TrialStarted,
+                stripe_event_id: None,
+                stripe_subscription_id: None,
+                amount_paid: None,
+                effective_date: Utc::now().date_naive(),
+                reason: Some("organization created with a trial".into()),
+                created_at: Utc::now(),
+                created_by: Some(viewer.sub.clone()),
+            },
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(org)
+}

@@ -1,0 +1,324 @@
+//! Plans: the platform team's catalogue edits, and the subscription changes of an organization
+//! (plan changes, cancel, reactivate, trials), each audited in subscription_history.
+
+use std::collections::HashSet;
+
+use chrono::{Duration, NaiveDate, Utc};
+use entity::enums::{ChangeType, Enforcement, OrganizationStatus};
+use entity::{plan, subscription_history};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use super::access::{self, Action};
+use super::usage::{Engine, begin_write, metric_kinds};
+use super::{Amount, MetricCode, OrganizationId, Viewer, optional_text, required_text};
+use crate::error::{AppError, AppResult};
+use crate::store;
+
+pub struct LimitInput {
+    pub metric: String,
+    pub included: Option<Decimal>,
+    pub enforcement: Enforcement,
+    pub overage_unit_price: Option<Decimal>,
+}
+
+pub struct UpsertPlan {
+    pub code: String,
+    pub name: String,
+    pub rank: i32,
+    pub price_monthly: Decimal,
+    pub currency: Option<String>,
+    pub trial_days: Option<i32>,
+    pub application_fee_pct: Option<Decimal>,
+    pub active: Option<bool>,
+    pub limits: Vec<LimitInput>,
+}
+
+/// upsertPlan: create or update a plan by code, its limits replaced as given.
+pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppResult<plan::Model> {
+    access::require_platform(viewer)?;
+    let code = MetricCode::parse(input.code.trim()).map_err(|_| {
+        AppError::bad_input("invalid plan code: use lowercase letters, digits and _")
+    })?;
+    let name = required_text("name", &input.name, 200)?;
+    let price = Amount::parse("priceMonthly", input.price_monthly)?;
+    if price.is_negative() {
+        return Err(AppError::bad_input("priceMonthly must be 0 or more"));
+    }
+    let currency = input
+        .currency
+        .unwrap_or_else(|| "USD".into())
+        .trim()
+        .to_ascii_uppercase();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(AppError::bad_input(
+            "currency must be a three-letter ISO code",
+        ));
+    }
+    let trial_days = input.trial_days.unwrap_or(14);
+    if !(0..=365).contains(&trial_days) {
+        return Err(AppError::bad_input("trialDays must be between 0 and 365"));
+    }
+    let fee = Amount::parse(
+        "applicationFeePct",
+        input.application_fee_pct.unwrap_or_default(),
+    )?;
+    if fee.is_negative() || fee.to_decimal() > Decimal::ONE_HUNDRED {
+        return Err(AppError::bad_input(
+            "applicationFeePct must be between 0 and 100",
+        ));
+    }
+    let kinds = metric_kinds(&engine.db).await?;
+    let mut seen = HashSet::new();
+    let mut limits = Vec::with_capacity(input.limits.len());
+    for l in input.limits {
+        let metric = MetricCode::parse(&l.metric)?;
+        if !kinds.contains_key(metric.as_str()) {
+            return Err(AppError::bad_input(format!(
+                "unknown metric {:?}",
+                l.metric
+            )));
+        }
+        if !seen.insert(metric.as_str().to_owned()) {
+            return Err(AppError::bad_input(format!(
+                "metric {:?} is limited twice",
+                l.metric
+            )));
+        }
+        let included = l
+            .included
+            .map(|d| Amount::parse("included", d))
+            .transpose()?;
+        if included.is_some_and(Amount::is_negative) {
+            return Err(AppError::bad_input("included must be 0 or more"));
+        }
+        let overage = l
+            .overage_unit_price
+            .map(|d| Amount::parse("overageUnitPrice", d))
+            .transpose()?;
+        if overage.is_some_and(Amount::is_negative) {
+            return Err(AppError::bad_input("overageUnitPrice must be 0 or more"));
+        }
+        if overage.is_some() && l.enforcement != Enforcement::Overage {
+            return Err(AppError::bad_input(
+                "overageUnitPrice is only for OVERAGE enforcement",
+            ));
+        }
+        if l.enforcement == Enforcement::Overage && overage.is_none() {
+            return Err(AppError::bad_input(
+                "OVERAGE enforcement needs an overageUnitPrice",
+            ));
+        }
+        limits.push(store::catalog::NewLimit {
+            metric_code: metric.as_str().to_owned(),
+            included: included.map(Amount::scaled),
+            enforcement: l.enforcement,
+            overage_unit_price: overage.map(Amount::scaled),
+        });
+    }
+    let txn = begin_write(&engine.db).await?;
+    let id = store::catalog::upsert_plan(
+        &txn,
+        store::catalog::PlanFields {
+            code: code.as_str().to_owned(),
+            name,
+            rank: input.rank,
+            price_monthly: price.scaled(),
+            currency,
+            trial_days,
+            application_fee_pct: fee.scaled(),
+            active: input.active.unwrap_or(true),
+        },
+        limits,
+    )
+    .await?;
+    let saved = store::catalog::plan_by_id(&txn, id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
+    txn.commit().await?;
+    Ok(saved)
+}
+
+#[derive(Debug, Clone)]
+pub enum SubscriptionAction {
+    ChangePlan {
+        plan_code: String,
+        effective_date: Option<NaiveDate>,
+    },
+    Cancel,
+    Reactivate,
+    StartTrial {
+        plan_code: Option<String>,
+    },
+    EndTrial,
+}
+
+/// A subscription change: checked against the current state under the organization's period lock,
+/// applied to the organization and audited in the same transaction; the current period is then
+/// re-evaluated against the (new) limits with alerts re-armed.
+pub async fn change(
+    engine: &Engine,
+    viewer: &Viewer,
+    org_id: Option<&str>,
+    action: SubscriptionAction,
+    reason: Option<&str>,
+) -> AppResult<subscription_history::Model> {
+    let oid = access::target_org(viewer, org_id)?;
+    access::authorize(&engine.db, viewer, oid, Action::ManageSubscription).await?;
+    let reason = optional_text("reason", reason, 1000)?;
+    let scope = viewer.scope();
+    let txn = begin_write(&engine.db).await?;
+    store::ledger::lock_period(&txn, scope, oid, super::Period::current()).await?;
+    let org = store::orgs::find(&txn, scope, oid)
+        .await?
+        .ok_or_else(|| AppError::not_found("organization"))?;
+    let current_plan = match org.plan_id {
+        Some(id) => store::catalog::plan_by_id(&txn, id).await?,
+        None => None,
+    };
+    let today = Utc::now().date_naive();
+    let active_plan = |code: &str| {
+        let code = code.to_owned();
+        let txn = &txn;
+        async move {
+            store::catalog::plan_by_code(txn, &code)
+                .await?
+                .filter(|p| p.active)
+                .ok_or_else(|| AppError::bad_input(format!("unknown or inactive plan {code:?}")))
+        }
+    };
+    let (change_type, new_plan, status, trial_ends_at, effective) = match action {
+        SubscriptionAction::ChangePlan {
+            plan_code,
+            effective_date,
+        } => {
+            if org.status == OrganizationStatus::Cancelled {
+                return Err(AppError::conflict(
+                    "the subscription is cancelled: reactivate it first",
+                ));
+            }
+            let target = active_plan(&plan_code).await?;
+            if current_plan.as_ref().is_some_and(|p| p.id == target.id) {
+                return Err(AppError::bad_input(
+                    "the organization is already on this plan",
+                ));
+            }
+            let kind = match &current_plan {
+                Some(p) if target.rank <= p.rank => ChangeType::Downgrade,
+                _ => ChangeType::Upgrade,
+            };
+            (
+                kind,
+                Some(target),
+                org.status,
+                org.trial_ends_at,
+                effective_date.unwrap_or(today),
+            )
+        }
+        SubscriptionAction::Cancel => {
+            if org.status == OrganizationStatus::Cancelled {
+                return Err(AppError::conflict("the subscription is already cancelled"));
+            }
+            (
+                ChangeType::Cancelled,
+                current_plan.clone(),
+                OrganizationStatus::Cancelled,
+                None,
+                today,
+            )
+        }
+        SubscriptionAction::Reactivate => {
+            if !matches!(
+                org.status,
+                OrganizationStatus::Cancelled | OrganizationStatus::Suspended
+            ) {
+                return Err(AppError::conflict(
+                    "only a cancelled or suspended subscription can be reactivated",
+                ));
+            }
+            if current_plan.is_none() {
+                return Err(AppError::conflict(
+                    "the organization has no plan to reactivate",
+                ));
+            }
+            (
+                ChangeType::Reactivated,
+                current_plan.clone(),
+                OrganizationStatus::Active,
+                None,
+                today,
+            )
+        }
+        SubscriptionAction::StartTrial { plan_code } => {
+            if org.status == OrganizationStatus::Trialing {
+                return Err(AppError::conflict("a trial is already running"));
+            }
+            let target = match plan_code {
+                Some(code) => active_plan(&code).await?,
+                None => current_plan.clone().ok_or_else(|| {
+                    AppError::bad_input("planCode is required: the organization has no plan")
+                })?,
+            };
+            if target.trial_days <= 0 {
+                return Err(AppError::bad_input("this plan has no trial"));
+            }
+            let ends = Utc::now() + Duration::days(target.trial_days.into());
+            (
+                ChangeType::TrialStarted,
+                Some(target),
+                OrganizationStatus::Trialing,
+                Some(ends),
+                today,
+            )
+        }
+        SubscriptionAction::EndTrial => {
+            if org.status != OrganizationStatus::Trialing {
+                return Err(AppError::conflict("no trial is running"));
+            }
+            (
+                ChangeType::TrialEnded,
+                current_plan.clone(),
+                OrganizationStatus::Active,
+                None,
+                today,
+            )
+        }
+    };
+    let new_plan_id = new_plan.as_ref().map(|p| p.id);
+    store::orgs::update_subscription(
+        &txn,
+        scope,
+        oid,
+        status,
+        new_plan_id.or(org.plan_id),
+        trial_ends_at,
+    )
+    .await?;
+    let row = subscription_history::Model {
+        organization_id: oid.0,
+        id: Uuid::now_v7(),
+        old_plan_id: org.plan_id,
+        new_plan_id: if change_type == ChangeType::Cancelled {
+            None
+        } else {
+            new_plan_id
+        },
+        change_type,
+        stripe_event_id: None,
+        stripe_subscription_id: None,
+        amount_paid: None,
+        effective_date: effective,
+        reason,
+        created_at: Utc::now(),
+        created_by: Some(viewer.sub.clone()),
+    };
+    let saved = store::ledger::insert_history(&txn, scope, row)
+        .await?
+        .ok_or_else(|| AppError::not_found("organization"))?;
+    let alerts = engine
+        .rearm_and_reevaluate(&txn, scope, oid, new_plan_id.or(org.plan_id))
+        .await?;
+    txn.commit().await?;
+    engine.publish(OrganizationId(oid.0), &alerts);
+    Ok(saved)
+}

@@ -1,0 +1,915 @@
+//! The usage engine: recording, enforcement, alerts, credits, corrections, reversals and reads of
+//! usage. One change is one transaction; alerts go to the bus only after commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use entity::enums::{AlertKind, MetricKind, UsageEventKind};
+use entity::{organization, usage_alert, usage_event};
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use uuid::Uuid;
+
+use super::access::{self, Action};
+use super::limits::{LimitRule, MetricState, exceeded_details};
+use super::{Amount, MetricCode, OrganizationId, Period, Scope, Viewer};
+use crate::alerts::{AlertBus, BusEvent};
+use crate::error::{AppError, AppResult};
+use crate::store::{self, ledger::CounterChange};
+
+/// What the engine needs besides the caller: the database, the bus and the configured rules.
+#[derive(Clone)]
+pub struct Engine {
+    pub db: DatabaseConnection,
+    pub bus: AlertBus,
+    pub near_limit_pct: Decimal,
+    pub lateness: Duration,
+    pub clock_skew: Duration,
+}
+
+/// A metric's state in a period, with its code and kind.
+#[derive(Debug, Clone)]
+pub struct MetricUsage {
+    pub metric: String,
+    pub state: MetricState,
+}
+
+/// One organization's usage in a period.
+#[derive(Debug, Clone)]
+pub struct UsageSummary {
+    pub org: organization::Model,
+    pub period: Period,
+    pub metrics: Vec<MetricUsage>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl UsageSummary {
+    pub fn has_exceeded(&self) -> bool {
+        self.metrics.iter().any(|m| m.state.exceeded())
+    }
+
+    pub fn exceeded_details(&self) -> serde_json::Value {
+        exceeded_details(self.metrics.iter().map(|m| (m.metric.as_str(), &m.state)))
+    }
+}
+
+pub struct RecordInput {
+    pub organization_id: Option<String>,
+    pub metric: String,
+    pub quantity: Decimal,
+    pub idempotency_key: Option<String>,
+    pub reference: Option<String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+pub struct RecordOutcome {
+    pub accepted: bool,
+    pub duplicate: bool,
+    pub event: Option<usage_event::Model>,
+    pub usage: MetricUsage,
+    pub alerts: Vec<usage_alert::Model>,
+    pub rejection_reason: Option<String>,
+}
+
+/// A recording checked and parsed, ready to run.
+struct ParsedRecord {
+    org: organization::Model,
+    metric: MetricCode,
+    kind: MetricKind,
+    quantity: Amount,
+    key: Option<String>,
+    reference: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+/// Limit rules of a plan by metric code (empty without a plan: everything unlimited).
+pub async fn plan_rules<C: ConnectionTrait>(
+    db: &C,
+    plan_id: Option<Uuid>,
+) -> AppResult<HashMap<String, LimitRule>> {
+    let Some(plan_id) = plan_id else {
+        return Ok(HashMap::new());
+    };
+    let limits = store::catalog::limits_for_plans(db, &[plan_id]).await?;
+    Ok(limits
+        .into_iter()
+        .map(|l| {
+            (
+                l.metric_code,
+                LimitRule {
+                    included: l.included.map(Amount::from_scaled),
+                    enforcement: l.enforcement,
+                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+                },
+            )
+        })
+        .collect())
+}
+
+pub async fn metric_kinds<C: ConnectionTrait>(db: &C) -> AppResult<HashMap<String, MetricKind>> {
+    Ok(store::catalog::metrics(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.code, m.kind))
+        .collect())
+}
+
+/// Builds the per-metric states of one organization from its counters (all catalogue metrics, zeros
+/// where nothing was recorded).
+pub fn states_from(
+    period: Period,
+    kinds: &HashMap<String, MetricKind>,
+    rules: &HashMap<String, LimitRule>,
+    counters: &[entity::usage_counter::Model],
+) -> Vec<MetricUsage> {
+    let mut codes: Vec<&String> = kinds.keys().collect();
+    codes.sort();
+    codes
+        .into_iter()
+        .map(|code| {
+            let row = counters.iter().find(|c| &c.metric_code == code);
+            let used = row
+                .map(|c| Amount::from_scaled(c.used))
+                .unwrap_or(Amount::ZERO);
+            let credits = row
+                .filter(|c| c.period_start == period.start)
+                .map(|c| Amount::from_scaled(c.credits))
+                .unwrap_or(Amount::ZERO);
+            MetricUsage {
+                metric: code.clone(),
+                state: MetricState {
+                    used,
+                    credits,
+                    rule: rules.get(code).copied().unwrap_or(LimitRule::UNLIMITED),
+                },
+            }
+        })
+        .collect()
+}
+
+impl Engine {
+    fn validate_time(&self, occurred_at: Option<DateTime<Utc>>) -> AppResult<DateTime<Utc>> {
+        let now = Utc::now();
+        let Some(at) = occurred_at else {
+            return Ok(now);
+        };
+        if at > now + self.clock_skew {
+            return Err(AppError::bad_input("occurredAt is in the future"));
+        }
+        if at < now - self.lateness {
+            return Err(AppError::bad_input(format!(
+                "occurredAt is older than the lateness window of {} days",
+                self.lateness.num_days()
+            )));
+        }
+        Ok(at)
+    }
+
+    async fn parse_record(
+        &self,
+        viewer: &Viewer,
+        kinds: &HashMap<String, MetricKind>,
+        input: RecordInput,
+    ) -> AppResult<ParsedRecord> {
+        let org_id = access::target_org(viewer, input.organization_id.as_deref())?;
+        let org = access::authorize(&self.db, viewer, org_id, Action::Record).await?;
+        let metric = MetricCode::parse(&input.metric)?;
+        let kind = *kinds
+            .get(metric.as_str())
+            .ok_or_else(|| AppError::bad_input(format!("unknown metric {:?}", metric.as_str())))?;
+        let quantity = Amount::parse("quantity", input.quantity)?;
+        match kind {
+            MetricKind::Counter if !quantity.is_positive() => {
+                return Err(AppError::bad_input(
+                    "quantity of a COUNTER must be greater than 0",
+                ));
+            }
+            MetricKind::Gauge if quantity.is_negative() => {
+                return Err(AppError::bad_input("a GAUGE reading must be 0 or more"));
+            }
+            _ => {}
+        }
+        let key = super::optional_text("idempotencyKey", input.idempotency_key.as_deref(), 255)?;
+        let reference = super::optional_text("reference", input.reference.as_deref(), 255)?;
+        let occurred_at = self.validate_time(input.occurred_at)?;
+        Ok(ParsedRecord {
+            org,
+            metric,
+            kind,
+            quantity,
+            key,
+            reference,
+            occurred_at,
+        })
+    }
+
+    /// recordUsage: one recording, one transaction.
+    pub async fn record(&self, viewer: &Viewer, input: RecordInput) -> AppResult<RecordOutcome> {
+        let kinds = metric_kinds(&self.db).await?;
+        let parsed = self.parse_record(viewer, &kinds, input).await?;
+        let org = OrganizationId(parsed.org.id);
+        let txn = begin_write(&self.db).await?;
+        let outcome = self.record_in(&txn, viewer, &parsed).await?;
+        txn.commit().await?;
+        self.publish(org, &outcome.alerts);
+        Ok(outcome)
+    }
+
+    /// recordUsageBatch: every item is checked first (a malformed or unauthorized item fails the whole
+    /// request); then one transaction per organization, each item answering on its own.
+    pub async fn record_batch(
+        &self,
+        viewer: &Viewer,
+        inputs: Vec<RecordInput>,
+    ) -> AppResult<Vec<RecordOutcome>> {
+        let kinds = metric_kinds(&self.db).await?;
+        let mut parsed = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            parsed.push(self.parse_record(viewer, &kinds, input).await?);
+        }
+        let mut order: Vec<OrganizationId> = Vec::new();
+        for p in &parsed {
+            let id = OrganizationId(p.org.id);
+            if !order.contains(&id) {
+                order.push(id);
+            }
+        }
+        let mut results: Vec<Option<RecordOutcome>> = parsed.iter().map(|_| None).collect();
+        for org in order {
+            let txn = begin_write(&self.db).await?;
+            let mut alerts = Vec::new();
+            for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
+                let outcome = self.record_in(&txn, viewer, p).await?;
+                alerts.extend(outcome.alerts.iter().cloned());
+                results[i] = Some(outcome);
+            }
+            txn.commit().await?;
+            self.publish(org, &alerts);
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| AppError::internal(anyhow::anyhow!("batch item lost"))))
+            .collect()
+    }
+
+    async fn record_in(
+        &self,
+        txn: &DatabaseTransaction,
+        viewer: &Viewer,
+        p: &ParsedRecord,
+    ) -> AppResult<RecordOutcome> {
+        let scope = viewer.scope();
+        let org = OrganizationId(p.org.id);
+        let period = Period::of_instant(p.occurred_at);
+        let epoch = store::ledger::lock_period(txn, scope, org, period)
+            .await?
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        // The plan is read under the period lock: a concurrent plan change is either before or after.
+        let current = store::orgs::find(txn, scope, org)
+            .await?
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        let rules = plan_rules(txn, current.plan_id).await?;
+        let rule = rules
+            .get(p.metric.as_str())
+            .copied()
+            .unwrap_or(LimitRule::UNLIMITED);
+
+        if let Some(key) = &p.key
+            && let Some(first) = store::ledger::event_by_key(txn, scope, org, key).await?
+        {
+            return self
+                .duplicate(txn, scope, &p.org, period, first, rule)
+                .await;
+        }
+
+        store::ledger::ensure_counter(txn, scope, org, period, p.metric.as_str(), p.kind).await?;
+        let hard_cap = match (rule.enforcement, rule.included) {
+            (entity::enums::Enforcement::Hard, Some(included)) => Some(included.scaled()),
+            _ => None,
+        };
+        let change = match p.kind {
+            MetricKind::Counter => CounterChange::Add(p.quantity.scaled()),
+            MetricKind::Gauge => CounterChange::Set(p.quantity.scaled()),
+        };
+        let Some((used, credits)) = store::ledger::change_counter(
+            txn,
+            scope,
+            org,
+            period,
+            p.metric.as_str(),
+            change,
+            hard_cap,
+        )
+        .await?
+        else {
+            // Refused by a HARD limit. The caller's transaction is rolled back by drop for a single
+            // recording; nothing of this item was written, and its idempotency key stays unused.
+            let counters = store::ledger::counters(txn, scope, &[org], period).await?;
+            let kinds = metric_kinds(txn).await?;
+            let usage = states_from(period, &kinds, &rules, &counters)
+                .into_iter()
+                .find(|m| m.metric == p.metric.as_str())
+                .unwrap_or(MetricUsage {
+                    metric: p.metric.as_str().to_owned(),
+                    state: MetricState {
+                        used: Amount::ZERO,
+                        credits: Amount::ZERO,
+                        rule,
+                    },
+                });
+            let allowance = usage.state.allowance().unwrap_or_default();
+            return Ok(RecordOutcome {
+                accepted: false,
+                duplicate: false,
+                event: None,
+                rejection_reason: Some(format!(
+                    "HARD limit: {} would reach {} of an allowance of {}",
+                    p.metric.as_str(),
+                    match p.kind {
+                        MetricKind::Counter => usage.state.used() + p.quantity.to_decimal(),
+                        MetricKind::Gauge => p.quantity.to_decimal(),
+                    }
+                    .normalize(),
+                    allowance.normalize()
+                )),
+                usage,
+                alerts: vec![],
+            });
+        };
+
+        let event = store::ledger::insert_event(
+            txn,
+            scope,
+            store::ledger::NewEvent {
+                org,
+                metric_code: p.metric.as_str().to_owned(),
+                kind: UsageEventKind::Usage,
+                quantity: p.quantity.scaled(),
+                period,
+                idempotency_key: p.key.clone(),
+                reference: p.reference.clone(),
+                reason: None,
+                actor: Some(viewer.sub.clone()),
+                reverses_event_id: None,
+                occurred_at: p.occurred_at,
+            },
+        )
+        .await?
+        .ok_or_else(|| AppError::conflict("the idempotency key was used concurrently; retry"))?;
+
+        let state = MetricState {
+            used: Amount::from_scaled(used),
+            credits: Amount::from_scaled(credits),
+            rule,
+        };
+        let alerts = self
+            .reevaluate(
+                txn,
+                scope,
+                org,
+                period,
+                epoch,
+                &rules,
+                Some(p.metric.as_str()),
+            )
+            .await?;
+        Ok(RecordOutcome {
+            accepted: true,
+            duplicate: false,
+            event: Some(event),
+            usage: MetricUsage {
+                metric: p.metric.as_str().to_owned(),
+                state,
+            },
+            alerts,
+            rejection_reason: None,
+        })
+    }
+
+    async fn duplicate(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: &organization::Model,
+        period: Period,
+        first: usage_event::Model,
+        rule: LimitRule,
+    ) -> AppResult<RecordOutcome> {
+        let oid = OrganizationId(org.id);
+        let first_period = Period::containing(first.period_start);
+        let counters = store::ledger::counters(txn, scope, &[oid], first_period).await?;
+        let row = counters.iter().find(|c| c.metric_code == first.metric_code);
+        let _ = period;
+        let state = MetricState {
+            used: row
+                .map(|c| Amount::from_scaled(c.used))
+                .unwrap_or(Amount::ZERO),
+            credits: row
+                .filter(|c| c.period_start == first_period.start)
+                .map(|c| Amount::from_scaled(c.credits))
+                .unwrap_or(Amount::ZERO),
+            rule,
+        };
+        Ok(RecordOutcome {
+            accepted: true,
+            duplicate: true,
+            usage: MetricUsage {
+                metric: first.metric_code.clone(),
+                state,
+            },
+            event: Some(first),
+            alerts: vec![],
+            rejection_reason: None,
+        })
+    }
+
+    /// Re-reads the period's counters, writes the seed's flags, and inserts the alerts whose conditions
+    /// now hold (for one metric, or all). Answers the alerts that are new.
+    #[allow(clippy::too_many_arguments)]
+    async fn reevaluate(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+        epoch: i32,
+        rules: &HashMap<String, LimitRule>,
+        only_metric: Option<&str>,
+    ) -> AppResult<Vec<usage_alert::Model>> {
+        let kinds = metric_kinds(txn).await?;
+        let counters = store::ledger::counters(txn, scope, &[org], period).await?;
+        let states = states_from(period, &kinds, rules, &counters);
+        let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
+        let exceeded = states.iter().any(|m| m.state.exceeded());
+        store::ledger::write_flags(txn, scope, org, period, exceeded, details).await?;
+        let mut new_alerts = Vec::new();
+        for m in states
+            .iter()
+            .filter(|m| only_metric.is_none_or(|only| only == m.metric))
+        {
+            for kind in m.state.alert_conditions(self.near_limit_pct) {
+                let alert = usage_alert::Model {
+                    organization_id: org.0,
+                    id: Uuid::now_v7(),
+                    metric_code: m.metric.clone(),
+                    kind,
+                    period_start: period.start,
+                    alert_epoch: epoch,
+                    threshold_pct: Amount::parse(
+                        "threshold",
+                        threshold_for(kind, self.near_limit_pct),
+                    )?
+                    .scaled(),
+                    used: m.state.used.scaled(),
+                    allowance: Amount::parse("allowance", m.state.allowance().unwrap_or_default())?
+                        .scaled(),
+                    utilization_pct: Amount::parse(
+                        "utilization",
+                        m.state.utilization().unwrap_or_default(),
+                    )?
+                    .scaled(),
+                    created_at: Utc::now(),
+                };
+                if let Some(a) = store::ledger::insert_alert(txn, scope, alert).await? {
+                    new_alerts.push(a);
+                }
+            }
+        }
+        Ok(new_alerts)
+    }
+
+    /// Publishes committed alerts and a usage change to live subscribers.
+    pub fn publish(&self, org: OrganizationId, alerts: &[usage_alert::Model]) {
+        for a in alerts {
+            self.bus.send(BusEvent::Alert(Arc::new(a.clone())));
+        }
+        self.bus.send(BusEvent::UsageChanged(org));
+    }
+
+    /// checkEntitlement: the same rules as a recording, recording nothing.
+    pub async fn check(
+        &self,
+        viewer: &Viewer,
+        org_id: Option<&str>,
+        metric: &str,
+        quantity: Option<Decimal>,
+    ) -> AppResult<(MetricUsage, Decimal, bool, Option<String>)> {
+        let org = access::target_org(viewer, org_id)?;
+        let org = access::authorize(&self.db, viewer, org, Action::Read).await?;
+        let kinds = metric_kinds(&self.db).await?;
+        let code = MetricCode::parse(metric)?;
+        let kind = *kinds
+            .get(code.as_str())
+            .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
+        let qty = Amount::parse("quantity", quantity.unwrap_or(Decimal::ONE))?;
+        if qty.is_negative() {
+            return Err(AppError::bad_input("quantity must be 0 or more"));
+        }
+        let period = Period::current();
+        let rules = plan_rules(&self.db, org.plan_id).await?;
+        let counters =
+            store::ledger::counters(&self.db, viewer.scope(), &[OrganizationId(org.id)], period)
+                .await?;
+        let usage = states_from(period, &kinds, &rules, &counters)
+            .into_iter()
+            .find(|m| m.metric == code.as_str())
+            .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
+        let new_used = match kind {
+            MetricKind::Counter => usage.state.used() + qty.to_decimal(),
+            MetricKind::Gauge => qty.to_decimal(),
+        };
+        let refused = usage.state.refuses(new_used);
+        let reason = refused.then(|| {
+            format!(
+                "HARD limit: {} would reach {} of an allowance of {}",
+                code.as_str(),
+                new_used.normalize(),
+                usage.state.allowance().unwrap_or_default().normalize()
+            )
+        });
+        Ok((usage, new_used, !refused, reason))
+    }
+
+    /// Summaries of organizations (already scoped and loaded) in a period.
+    pub async fn summaries<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        scope: Scope,
+        orgs: Vec<organization::Model>,
+        period: Period,
+    ) -> AppResult<Vec<UsageSummary>> {
+        let ids: Vec<OrganizationId> = orgs.iter().map(|o| OrganizationId(o.id)).collect();
+        let kinds = metric_kinds(db).await?;
+        let counters = store::ledger::counters(db, scope, &ids, period).await?;
+        let rows = store::ledger::period_rows(db, scope, &ids, period).await?;
+        let mut plan_ids: Vec<Uuid> = orgs.iter().filter_map(|o| o.plan_id).collect();
+        plan_ids.sort();
+        plan_ids.dedup();
+        let limits = store::catalog::limits_for_plans(db, &plan_ids).await?;
+        let mut by_plan: HashMap<Uuid, HashMap<String, LimitRule>> = HashMap::new();
+        for l in limits {
+            by_plan.entry(l.plan_id).or_default().insert(
+                l.metric_code,
+                LimitRule {
+                    included: l.included.map(Amount::from_scaled),
+                    enforcement: l.enforcement,
+                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+                },
+            );
+        }
+        let empty = HashMap::new();
+        Ok(orgs
+            .into_iter()
+            .map(|org| {
+                let mine: Vec<_> = counters
+                    .iter()
+                    .filter(|c| c.organization_id == org.id)
+                    .cloned()
+                    .collect();
+                let rules = org.plan_id.and_then(|p| by_plan.get(&p)).unwrap_or(&empty);
+                let metrics = states_from(period, &kinds, rules, &mine);
+                let updated_at = rows
+                    .iter()
+                    .find(|r| r.organization_id == org.id)
+                    .map(|r| r.updated_at);
+                UsageSummary {
+                    org,
+                    period,
+                    metrics,
+                    updated_at,
+                }
+            })
+            .collect())
+    }
+
+    /// A platform correction of one metric's counter or credits (grantCredit, adjustUsage).
+    pub async fn correct(
+        &self,
+        viewer: &Viewer,
+        org_id: &str,
+        metric: &str,
+        quantity: Decimal,
+        reason: &str,
+        period: Option<Period>,
+        kind: UsageEventKind,
+    ) -> AppResult<MetricUsage> {
+        access::require_platform(viewer)?;
+        let org = access::authorize(
+            &self.db,
+            viewer,
+            OrganizationId::parse(org_id)?,
+            Action::Platform,
+        )
+        .await?;
+        let oid = OrganizationId(org.id);
+        let reason = super::required_text("reason", reason, 1000)?;
+        let kinds = metric_kinds(&self.db).await?;
+        let code = MetricCode::parse(metric)?;
+        let mkind = *kinds
+            .get(code.as_str())
+            .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
+        let qty = Amount::parse("quantity", quantity)?;
+        if kind == UsageEventKind::Credit && !qty.is_positive() {
+            return Err(AppError::bad_input("a credit must be greater than 0"));
+        }
+        if kind == UsageEventKind::Adjustment && qty.scaled() == 0 {
+            return Err(AppError::bad_input("an adjustment must not be 0"));
+        }
+        let period = period.unwrap_or_else(Period::current);
+        let scope = viewer.scope();
+        let txn = begin_write(&self.db).await?;
+        let epoch = store::ledger::lock_period(&txn, scope, oid, period)
+            .await?
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        let rules = plan_rules(&txn, org.plan_id).await?;
+        store::ledger::ensure_counter(&txn, scope, oid, period, code.as_str(), mkind).await?;
+        let change = if kind == UsageEventKind::Credit {
+            CounterChange::Credit(qty.scaled())
+        } else {
+            CounterChange::Add(qty.scaled())
+        };
+        store::ledger::change_counter(&txn, scope, oid, period, code.as_str(), change, None)
+            .await?;
+        self.append(
+            &txn,
+            scope,
+            viewer,
+            oid,
+            code.as_str(),
+            kind,
+            qty.scaled(),
+            period,
+            Some(reason),
+            None,
+            None,
+        )
+        .await?;
+        let alerts = self
+            .reevaluate(&txn, scope, oid, period, epoch, &rules, None)
+            .await?;
+        let counters = store::ledger::counters(&txn, scope, &[oid], period).await?;
+        txn.commit().await?;
+        self.publish(oid, &alerts);
+        states_from(period, &kinds, &rules, &counters)
+            .into_iter()
+            .find(|m| m.metric == code.as_str())
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("metric vanished")))
+    }
+
+    /// resetUsage: zero this period's counters (all metrics or one), audited as RESET events.
+    pub async fn reset(
+        &self,
+        viewer: &Viewer,
+        org_id: &str,
+        metric: Option<&str>,
+        reason: &str,
+        period: Option<Period>,
+    ) -> AppResult<UsageSummary> {
+        access::require_platform(viewer)?;
+        let org = access::authorize(
+            &self.db,
+            viewer,
+            OrganizationId::parse(org_id)?,
+            Action::Platform,
+        )
+        .await?;
+        let oid = OrganizationId(org.id);
+        let reason = super::required_text("reason", reason, 1000)?;
+        let kinds = metric_kinds(&self.db).await?;
+        let targets: Vec<String> = match metric {
+            Some(m) => {
+                let code = MetricCode::parse(m)?;
+                if !kinds.contains_key(code.as_str()) {
+                    return Err(AppError::bad_input(format!("unknown metric {m:?}")));
+                }
+                vec![code.as_str().to_owned()]
+            }
+            None => {
+                let mut all: Vec<String> = kinds.keys().cloned().collect();
+                all.sort();
+                all
+            }
+        };
+        let period = period.unwrap_or_else(Period::current);
+        let scope = viewer.scope();
+        let txn = begin_write(&self.db).await?;
+        let epoch = store::ledger::lock_period(&txn, scope, oid, period)
+            .await?
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        let rules = plan_rules(&txn, org.plan_id).await?;
+        for code in &targets {
+            let kind = kinds.get(code).copied().unwrap_or(MetricKind::Counter);
+            store::ledger::ensure_counter(&txn, scope, oid, period, code, kind).await?;
+            let Some((before, _)) = store::ledger::change_counter(
+                &txn,
+                scope,
+                oid,
+                period,
+                code,
+                CounterChange::Add(0),
+                None,
+            )
+            .await?
+            else {
+                continue;
+            };
+            store::ledger::change_counter(
+                &txn,
+                scope,
+                oid,
+                period,
+                code,
+                CounterChange::Set(0),
+                None,
+            )
+            .await?;
+            // The RESET event carries the signed change, so the ledger still sums to the counter.
+            self.append(
+                &txn,
+                scope,
+                viewer,
+                oid,
+                code,
+                UsageEventKind::Reset,
+                -before,
+                period,
+                Some(reason.clone()),
+                None,
+                None,
+            )
+            .await?;
+        }
+        let alerts = self
+            .reevaluate(&txn, scope, oid, period, epoch, &rules, None)
+            .await?;
+        let summary = self.summaries(&txn, scope, vec![org], period).await?;
+        txn.commit().await?;
+        self.publish(oid, &alerts);
+        summary
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("summary vanished")))
+    }
+
+    /// reverseUsage: a REVERSAL for every not-yet-reversed USAGE event with the reference.
+    pub async fn reverse(
+        &self,
+        viewer: &Viewer,
+        org_id: Option<&str>,
+        reference: &str,
+        reason: Option<&str>,
+    ) -> AppResult<(Vec<usage_event::Model>, Vec<MetricUsage>)> {
+        let oid = access::target_org(viewer, org_id)?;
+        let org = access::authorize(&self.db, viewer, oid, Action::Record).await?;
+        let reference = super::required_text("reference", reference, 255)?;
+        let reason = super::optional_text("reason", reason, 1000)?;
+        let scope = viewer.scope();
+        let kinds = metric_kinds(&self.db).await?;
+        let txn = begin_write(&self.db).await?;
+        // Lock the current period first so concurrent reversals of one reference serialize.
+        store::ledger::lock_period(&txn, scope, oid, Period::current()).await?;
+        let events = store::ledger::unreversed_by_reference(&txn, scope, oid, &reference).await?;
+        let rules = plan_rules(&txn, org.plan_id).await?;
+        let mut written = Vec::new();
+        let mut touched: Vec<(Period, String)> = Vec::new();
+        let mut alerts = Vec::new();
+        for e in events {
+            if kinds.get(&e.metric_code) == Some(&MetricKind::Gauge) {
+                // A GAUGE reading is an absolute value; undoing it is a new reading, not a reversal.
+                continue;
+            }
+            let period = Period::containing(e.period_start);
+            let epoch = store::ledger::lock_period(&txn, scope, oid, period)
+                .await?
+                .unwrap_or(0);
+            store::ledger::change_counter(
+                &txn,
+                scope,
+                oid,
+                period,
+                &e.metric_code,
+                CounterChange::Add(-e.quantity),
+                None,
+            )
+            .await?;
+            let rev = self
+                .append(
+                    &txn,
+                    scope,
+                    viewer,
+                    oid,
+                    &e.metric_code,
+                    UsageEventKind::Reversal,
+                    -e.quantity,
+                    period,
+                    reason.clone(),
+                    Some(e.id),
+                    e.reference.clone(),
+                )
+                .await?;
+            written.push(rev);
+            alerts.extend(
+                self.reevaluate(
+                    &txn,
+                    scope,
+                    oid,
+                    period,
+                    epoch,
+                    &rules,
+                    Some(&e.metric_code),
+                )
+                .await?,
+            );
+            if !touched.contains(&(period, e.metric_code.clone())) {
+                touched.push((period, e.metric_code.clone()));
+            }
+        }
+        let mut usage = Vec::new();
+        for (period, code) in &touched {
+            let counters = store::ledger::counters(&txn, scope, &[oid], *period).await?;
+            usage.extend(
+                states_from(*period, &kinds, &rules, &counters)
+                    .into_iter()
+                    .filter(|m| &m.metric == code),
+            );
+        }
+        txn.commit().await?;
+        if !written.is_empty() {
+            self.publish(oid, &alerts);
+        }
+        Ok((written, usage))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        viewer: &Viewer,
+        org: OrganizationId,
+        metric: &str,
+        kind: UsageEventKind,
+        quantity: i64,
+        period: Period,
+        reason: Option<String>,
+        reverses: Option<Uuid>,
+        reference: Option<String>,
+    ) -> AppResult<usage_event::Model> {
+        store::ledger::insert_event(
+            txn,
+            scope,
+            store::ledger::NewEvent {
+                org,
+                metric_code: metric.to_owned(),
+                kind,
+                quantity,
+                period,
+                idempotency_key: None,
+                reference,
+                reason,
+                actor: Some(viewer.sub.clone()),
+                reverses_event_id: reverses,
+                occurred_at: Utc::now(),
+            },
+        )
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("ledger insert refused")))
+    }
+
+    /// Re-evaluates every metric of the current period after a plan change (alerts re-armed).
+    pub async fn rearm_and_reevaluate(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        plan_id: Option<Uuid>,
+    ) -> AppResult<Vec<usage_alert::Model>> {
+        let period = Period::current();
+        store::ledger::lock_period(txn, scope, org, period).await?;
+        store::ledger::rearm_alerts(txn, scope, org, period).await?;
+        let epoch = store::ledger::lock_period(txn, scope, org, period)
+            .await?
+            .unwrap_or(0);
+        let rules = plan_rules(txn, plan_id).await?;
+        self.reevaluate(txn, scope, org, period, epoch, &rules, None)
+            .await
+    }
+}
+
+fn threshold_for(kind: AlertKind, near: Decimal) -> Decimal {
+    match kind {
+        AlertKind::NearLimit => near,
+        AlertKind::LimitExceeded | AlertKind::OverageStarted => Decimal::ONE_HUNDRED,
+    }
+}
+
+/// Begins a transaction that writes: on SQLite `BEGIN IMMEDIATE`, so it takes the write lock at once
+/// and never fails later on a lock upgrade.
+pub async fn begin_write(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
+    let opts = sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
+    Ok(db.begin_with_options(opts).await?)
+}

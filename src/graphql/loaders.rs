@@ -1,0 +1,135 @@
+//! DataLoaders, one set per request (they cache for the request and carry the caller's scope), so a
+//! page of organizations with their plans and usage costs a constant number of statements.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::Loader;
+use chrono::NaiveDate;
+use entity::{metric, organization, plan, plan_limit};
+use uuid::Uuid;
+
+use crate::domain::usage::{Engine, UsageSummary};
+use crate::domain::{OrganizationId, Period, Scope};
+use crate::store;
+
+pub struct Loaders {
+    pub engine: Engine,
+    pub scope: Scope,
+}
+
+/// A plan with its limits.
+#[derive(Debug, Clone)]
+pub struct PlanWithLimits {
+    pub plan: plan::Model,
+    pub limits: Vec<plan_limit::Model>,
+}
+
+fn gql(e: crate::error::AppError) -> async_graphql::Error {
+    e.into()
+}
+
+impl Loader<Uuid> for Loaders {
+    type Value = Arc<PlanWithLimits>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+        let db = &self.engine.db;
+        let plans = store::catalog::plans_by_ids(db, keys)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        let limits = store::catalog::limits_for_plans(db, keys)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(plans
+            .into_iter()
+            .map(|p| {
+                let mine = limits
+                    .iter()
+                    .filter(|l| l.plan_id == p.id)
+                    .cloned()
+                    .collect();
+                (
+                    p.id,
+                    Arc::new(PlanWithLimits {
+                        plan: p,
+                        limits: mine,
+                    }),
+                )
+            })
+            .collect())
+    }
+}
+
+impl Loader<OrganizationId> for Loaders {
+    type Value = organization::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[OrganizationId],
+    ) -> Result<HashMap<OrganizationId, Self::Value>, Self::Error> {
+        let rows = store::orgs::by_ids(&self.engine.db, self.scope, keys)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(rows
+            .into_iter()
+            .map(|o| (OrganizationId(o.id), o))
+            .collect())
+    }
+}
+
+/// A metric by code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MetricKey(pub String);
+
+impl Loader<MetricKey> for Loaders {
+    type Value = metric::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[MetricKey],
+    ) -> Result<HashMap<MetricKey, Self::Value>, Self::Error> {
+        let all = store::catalog::metrics(&self.engine.db)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(all
+            .into_iter()
+            .filter(|m| keys.iter().any(|k| k.0 == m.code))
+            .map(|m| (MetricKey(m.code.clone()), m))
+            .collect())
+    }
+}
+
+/// An organization's usage in the period starting on the date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UsageKey(pub OrganizationId, pub NaiveDate);
+
+impl Loader<UsageKey> for Loaders {
+    type Value = Arc<UsageSummary>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[UsageKey]) -> Result<HashMap<UsageKey, Self::Value>, Self::Error> {
+        let mut by_period: HashMap<NaiveDate, Vec<OrganizationId>> = HashMap::new();
+        for k in keys {
+            by_period.entry(k.1).or_default().push(k.0);
+        }
+        let mut out = HashMap::new();
+        for (start, orgs) in by_period {
+            let db = &self.engine.db;
+            let models = store::orgs::by_ids(db, self.scope, &orgs)
+                .await
+                .map_err(|e| gql(e.into()))?;
+            let summaries = self
+                .engine
+                .summaries(db, self.scope, models, Period::containing(start))
+                .await
+                .map_err(gql)?;
+            for s in summaries {
+                out.insert(UsageKey(OrganizationId(s.org.id), start), Arc::new(s));
+            }
+        }
+        Ok(out)
+    }
+}

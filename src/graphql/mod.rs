@@ -1,0 +1,250 @@
+//! The GraphQL API: schema, request context, and the tenant gate. Only this module (and `http`)
+//! import async-graphql. Resolvers are thin: they parse arguments, call `domain`, shape the answer.
+
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod scalars;
+pub mod subscription;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::{
+    Context, Pos, Positioned, SDLExportOptions, Schema, ServerError, ServerResult, Variables,
+};
+use base64::Engine as _;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::config::Settings;
+use crate::domain::usage::Engine;
+use crate::domain::{OrganizationId, Scope, Viewer};
+use crate::error::AppError;
+
+pub type TollgateSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+
+/// Fields of the root types that only the platform team sees (DESIGN.md). For anyone else they are
+/// absent from introspection and rejected as unknown fields before execution.
+pub const PLATFORM_ONLY: &[(&str, &str)] = &[
+    ("Query", "organizations"),
+    ("Mutation", "grantCredit"),
+    ("Mutation", "adjustUsage"),
+    ("Mutation", "resetUsage"),
+    ("Mutation", "createOrganization"),
+    ("Mutation", "upsertPlan"),
+];
+
+/// Everything a request carries: the caller (None without a token) and its per-request loaders.
+pub struct RequestCtx {
+    pub engine: Engine,
+    pub settings: Arc<Settings>,
+    pub viewer: Option<Viewer>,
+    pub loaders: DataLoader<Loaders>,
+}
+
+pub use loaders::Loaders;
+
+impl RequestCtx {
+    pub fn new(engine: Engine, settings: Arc<Settings>, viewer: Option<Viewer>) -> Self {
+        let scope = viewer
+            .as_ref()
+            .map(Viewer::scope)
+            .unwrap_or(Scope::Tenant(OrganizationId(uuid::Uuid::nil())));
+        let loaders = DataLoader::new(
+            Loaders {
+                engine: engine.clone(),
+                scope,
+            },
+            tokio::spawn,
+        );
+        RequestCtx {
+            engine,
+            settings,
+            viewer,
+            loaders,
+        }
+    }
+
+    pub fn viewer(&self) -> Result<&Viewer, AppError> {
+        self.viewer
+            .as_ref()
+            .ok_or_else(|| AppError::Unauthenticated("authentication required".into()))
+    }
+
+    /// The scope of the caller; an anonymous caller sees no tenant data.
+    pub fn scope(&self) -> Scope {
+        self.viewer
+            .as_ref()
+            .map(Viewer::scope)
+            .unwrap_or(Scope::Tenant(OrganizationId(uuid::Uuid::nil())))
+    }
+}
+
+pub fn request_ctx<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a RequestCtx> {
+    ctx.data::<RequestCtx>()
+}
+
+/// `visible` predicate of the platform-only fields and their input types.
+pub fn platform_only(ctx: &Context<'_>) -> bool {
+    ctx.data_opt::<RequestCtx>()
+        .and_then(|r| r.viewer.as_ref())
+        .is_some_and(|v| v.platform)
+}
+
+/// The page size of a connection: `first` (default 20) within the configured maximum.
+pub fn connection_args(rc: &RequestCtx, first: Option<i32>) -> async_graphql::Result<usize> {
+    let max = rc.settings.max_page_size;
+    match first {
+        None => Ok(20.min(max)),
+        Some(n) if n < 0 => Err(AppError::bad_input("first must not be negative").into()),
+        Some(n) if n as usize > max => {
+            Err(AppError::bad_input(format!("first must be at most {max}")).into())
+        }
+        Some(n) => Ok(n as usize),
+    }
+}
+
+pub fn cursor_encode<T: Serialize>(key: &T) -> String {
+    let json = serde_json::to_vec(key).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+pub fn cursor_decode<T: DeserializeOwned>(cursor: &str) -> async_graphql::Result<T> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| AppError::bad_input("invalid cursor").into())
+}
+
+/// Builds the schema with its limits. Migrations are not a side effect of this.
+pub fn build_schema(settings: &Settings) -> TollgateSchema {
+    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
+        .limit_depth(settings.max_depth)
+        .limit_complexity(settings.max_complexity)
+        .limit_recursive_depth(64)
+        .disable_suggestions()
+        .extension(TenantGate);
+    if !settings.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The sorted SDL, as committed in schema.graphql.
+pub fn sdl(schema: &TollgateSchema) -> String {
+    schema.sdl_with_options(
+        SDLExportOptions::new()
+            .sorted_fields()
+            .sorted_arguments()
+            .sorted_enum_items(),
+    )
+}
+
+/// Rejects, before validation, what the caller may not even know about: without a token anything but
+/// introspection (UNAUTHENTICATED); for a tenant the platform-only fields, with exactly the message an
+/// unknown field gets.
+struct TenantGate;
+
+impl ExtensionFactory for TenantGate {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(TenantGateExt)
+    }
+}
+
+struct TenantGateExt;
+
+#[async_trait::async_trait]
+impl Extension for TenantGateExt {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        let viewer = ctx.data_opt::<RequestCtx>().and_then(|r| r.viewer.as_ref());
+        let mut roots: Vec<(
+            &'static str,
+            &Positioned<async_graphql::parser::types::Field>,
+        )> = Vec::new();
+        for (_, op) in doc.operations.iter() {
+            let ty = match op.node.ty {
+                OperationType::Query => "Query",
+                OperationType::Mutation => "Mutation",
+                OperationType::Subscription => "Subscription",
+            };
+            collect_roots(ty, &op.node.selection_set.node, &mut roots);
+        }
+        for (_, frag) in doc.fragments.iter() {
+            let on = frag.node.type_condition.node.on.node.as_str();
+            for ty in ["Query", "Mutation", "Subscription"] {
+                if on == ty {
+                    collect_roots(ty, &frag.node.selection_set.node, &mut roots);
+                }
+            }
+        }
+        match viewer {
+            None => {
+                if let Some((_, f)) = roots
+                    .iter()
+                    .find(|(_, f)| !f.node.name.node.starts_with("__"))
+                {
+                    return Err(gate_error(
+                        AppError::Unauthenticated("authentication required".into()),
+                        f.pos,
+                    ));
+                }
+            }
+            Some(v) if !v.platform => {
+                for (ty, f) in &roots {
+                    let name = f.node.name.node.as_str();
+                    if PLATFORM_ONLY.iter().any(|(t, n)| t == ty && *n == name) {
+                        return Err(ServerError::new(
+                            format!("Unknown field \"{name}\" on type \"{ty}\"."),
+                            Some(f.pos),
+                        ));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(doc)
+    }
+}
+
+fn gate_error(err: AppError, pos: Pos) -> ServerError {
+    let gql: async_graphql::Error = err.into();
+    gql.into_server_error(pos)
+}
+
+fn collect_roots<'a>(
+    ty: &'static str,
+    set: &'a SelectionSet,
+    out: &mut Vec<(
+        &'static str,
+        &'a Positioned<async_graphql::parser::types::Field>,
+    )>,
+) {
+    for sel in &set.items {
+        match &sel.node {
+            Selection::Field(f) => out.push((ty, f)),
+            Selection::InlineFragment(inline) => {
+                let same = inline
+                    .node
+                    .type_condition
+                    .as_ref()
+                    .is_none_or(|c| c.node.on.node.as_str() == ty);
+                if same {
+                    collect_roots(ty, &inline.node.selection_set.node, out);
+                }
+            }
+            // Named fragments are checked where they are defined.
+            Selection::FragmentSpread(_) => {}
+        }
+    }
+}

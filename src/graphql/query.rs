@@ -1,0 +1,239 @@
+//! Query root.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, ID, Object, Result};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+use super::scalars::{Date, Dec};
+use super::types::{
+    EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, TotalCount, UsageAlert,
+    UsageSummary, Viewer,
+};
+use super::{connection_args, cursor_decode, cursor_encode, platform_only, request_ctx};
+use crate::domain::access::{self, Action};
+use crate::domain::{OrganizationId, Period};
+use crate::error::AppError;
+use crate::store;
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Who the caller is.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
+        Ok(Viewer(request_ctx(ctx)?.viewer()?.clone()))
+    }
+
+    /// One organization, by default the caller's own. Another tenant's id answers null with a NOT_FOUND error, exactly as a missing one does.
+    async fn organization(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+    ) -> Result<Option<Organization>> {
+        let rc = request_ctx(ctx)?;
+        let viewer = rc.viewer()?;
+        let org = access::target_org(viewer, id.as_ref().map(|i| i.as_str()))?;
+        Ok(Some(Organization(
+            access::authorize(&rc.engine.db, viewer, org, Action::Read).await?,
+        )))
+    }
+
+    /// Every organization. Platform team only: invisible in a tenant's introspection.
+    #[graphql(visible = "platform_only")]
+    async fn organizations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<OrganizationStatus>,
+        search: Option<String>,
+    ) -> Result<Connection<String, Organization, TotalCount, EmptyFields>> {
+        let rc = request_ctx(ctx)?;
+        access::require_platform(rc.viewer()?)?;
+        let limit = connection_args(rc, first)?;
+        let after_slug = after.as_deref().map(cursor_decode::<String>).transpose()?;
+        let filter = store::orgs::OrgFilter {
+            status: status.map(Into::into),
+            search: search.map(|s| s.trim().to_owned()),
+        };
+        let db = &rc.engine.db;
+        let scope = rc.scope();
+        let rows = store::orgs::page(db, scope, &filter, after_slug.as_deref(), limit as u64 + 1)
+            .await
+            .map_err(AppError::from)?;
+        let total = store::orgs::count(db, scope, &filter)
+            .await
+            .map_err(AppError::from)?;
+        let mut conn = Connection::with_additional_fields(
+            after.is_some(),
+            rows.len() > limit,
+            TotalCount { total },
+        );
+        conn.edges.extend(
+            rows.into_iter()
+                .take(limit)
+                .map(|o| Edge::new(cursor_encode(&o.slug), Organization(o))),
+        );
+        Ok(conn)
+    }
+
+    async fn plans(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] include_inactive: bool,
+    ) -> Result<Vec<Plan>> {
+        let rc = request_ctx(ctx)?;
+        rc.viewer()?;
+        let plans = store::catalog::plans(&rc.engine.db, include_inactive)
+            .await
+            .map_err(AppError::from)?;
+        let ids: Vec<uuid::Uuid> = plans.iter().map(|p| p.id).collect();
+        let mut loaded = rc.loaders.load_many(ids.iter().copied()).await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| loaded.remove(id))
+            .map(Plan)
+            .collect())
+    }
+
+    async fn metrics(&self, ctx: &Context<'_>) -> Result<Vec<Metric>> {
+        let rc = request_ctx(ctx)?;
+        rc.viewer()?;
+        Ok(store::catalog::metrics(&rc.engine.db)
+            .await
+            .map_err(AppError::from)?
+            .into_iter()
+            .map(Metric)
+            .collect())
+    }
+
+    /// The seed's organization_usage_summary: one row per visible organization for the period containing `period` (default: the current one). Tenants see only their own row.
+    async fn usage_summaries(
+        &self,
+        ctx: &Context<'_>,
+        period: Option<Date>,
+        min_utilization_pct: Option<f64>,
+        exceeded_only: Option<bool>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, UsageSummary, TotalCount, EmptyFields>> {
+        let rc = request_ctx(ctx)?;
+        rc.viewer()?;
+        let limit = connection_args(rc, first)?;
+        if min_utilization_pct.is_some_and(|p| !p.is_finite()) {
+            return Err(AppError::bad_input("minUtilizationPct must be a number").into());
+        }
+        let after_slug = after.as_deref().map(cursor_decode::<String>).transpose()?;
+        let period = period
+            .map(|d| Period::containing(d.0))
+            .unwrap_or_else(Period::current);
+        let filter = store::ledger::SummaryFilter {
+            period,
+            min_utilization_pct,
+            exceeded_only: exceeded_only.unwrap_or(false),
+        };
+        let db = &rc.engine.db;
+        let scope = rc.scope();
+        let rows = store::ledger::summary_page(
+            db,
+            scope,
+            &filter,
+            after_slug.as_deref(),
+            limit as u64 + 1,
+        )
+        .await
+        .map_err(AppError::from)?;
+        let total = store::ledger::summary_count(db, scope, &filter)
+            .await
+            .map_err(AppError::from)?;
+        let has_next = rows.len() > limit;
+        let orgs: Vec<_> = rows.into_iter().take(limit).collect();
+        let summaries = rc.engine.summaries(db, scope, orgs, period).await?;
+        let mut conn =
+            Connection::with_additional_fields(after.is_some(), has_next, TotalCount { total });
+        conn.edges.extend(
+            summaries
+                .into_iter()
+                .map(|s| Edge::new(cursor_encode(&s.org.slug), UsageSummary(Arc::new(s)))),
+        );
+        Ok(conn)
+    }
+
+    /// Would recording `quantity` more of `metric` now be allowed, and what would remain? Records nothing.
+    async fn check_entitlement(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: Option<ID>,
+        metric: String,
+        quantity: Option<Dec>,
+    ) -> Result<EntitlementCheck> {
+        let rc = request_ctx(ctx)?;
+        let viewer = rc.viewer()?;
+        let (usage, new_used, allowed, reason) = rc
+            .engine
+            .check(
+                viewer,
+                organization_id.as_ref().map(|i| i.as_str()),
+                &metric,
+                quantity.map(|q| q.0),
+            )
+            .await?;
+        Ok(EntitlementCheck {
+            usage,
+            new_used,
+            allowed,
+            reason,
+        })
+    }
+
+    /// Alerts already raised, newest first, so a client that reconnects can catch up.
+    async fn usage_alerts(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: Option<ID>,
+        since: Option<DateTime<Utc>>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, UsageAlert, EmptyFields, EmptyFields>> {
+        let rc = request_ctx(ctx)?;
+        let viewer = rc.viewer()?;
+        let limit = connection_args(rc, first)?;
+        let org = match (organization_id, viewer.platform) {
+            (Some(id), _) => Some(OrganizationId(
+                access::authorize(
+                    &rc.engine.db,
+                    viewer,
+                    OrganizationId::parse(&id)?,
+                    Action::Read,
+                )
+                .await?
+                .id,
+            )),
+            (None, true) => viewer.org_id,
+            (None, false) => Some(access::target_org(viewer, None)?),
+        };
+        let after_id = after
+            .as_deref()
+            .map(cursor_decode::<uuid::Uuid>)
+            .transpose()?;
+        let rows = store::ledger::alerts_page(
+            &rc.engine.db,
+            rc.scope(),
+            org,
+            since,
+            after_id,
+            limit as u64 + 1,
+        )
+        .await
+        .map_err(AppError::from)?;
+        let has_next = rows.len() > limit;
+        let mut conn = Connection::new(after.is_some(), has_next);
+        conn.edges.extend(
+            rows.into_iter()
+                .take(limit)
+                .map(|a| Edge::new(cursor_encode(&a.id), UsageAlert(Arc::new(a)))),
+        );
+        Ok(conn)
+    }
+}

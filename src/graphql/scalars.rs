@@ -1,0 +1,96 @@
+//! The contract's scalars: Decimal (a JSON string, exact), Date (YYYY-MM-DD).
+
+use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value};
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use std::str::FromStr;
+
+/// An exact decimal carried as a JSON string ("4500.00"). Input also accepts a JSON number written
+/// without exponent; output never uses floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dec(pub Decimal);
+
+impl Dec {
+    /// A quantity: as few places as the value needs ("120", "0.3").
+    pub fn qty(d: Decimal) -> Self {
+        Dec(d.normalize())
+    }
+
+    /// Money: at least two places ("299.00", "19.99", "0.0045").
+    pub fn money(d: Decimal) -> Self {
+        let mut n = d.normalize();
+        if n.scale() < 2 {
+            n.rescale(2);
+        }
+        Dec(n)
+    }
+}
+
+#[Scalar(name = "Decimal")]
+impl ScalarType for Dec {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let text = match &value {
+            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.to_string(),
+            _ => return Err(InputValueError::expected_type(value)),
+        };
+        Decimal::from_str(&text).map(Dec).map_err(|_| {
+            InputValueError::custom(format!(
+                "invalid decimal {text:?}: use a string such as \"12.50\""
+            ))
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_string())
+    }
+}
+
+/// A calendar date, YYYY-MM-DD.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Date(pub NaiveDate);
+
+#[Scalar(name = "Date")]
+impl ScalarType for Date {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(s) => NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .map(Date)
+                .map_err(|_| {
+                    InputValueError::custom(format!("invalid date {s:?}: use YYYY-MM-DD"))
+                }),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.format("%Y-%m-%d").to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_and_quantities_print_exactly() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert_eq!(
+            Dec::money(d("299.0000")).to_value(),
+            Value::String("299.00".into())
+        );
+        assert_eq!(
+            Dec::money(d("19.9900")).to_value(),
+            Value::String("19.99".into())
+        );
+        assert_eq!(
+            Dec::qty(d("120.0000")).to_value(),
+            Value::String("120".into())
+        );
+        assert_eq!(
+            Dec::qty(d("0.3000")).to_value(),
+            Value::String("0.3".into())
+        );
+        assert!(<Dec as ScalarType>::parse(Value::String("abc".into())).is_err());
+    }
+}

@@ -1,0 +1,506 @@
+//! The HTTP layer, owned rather than stock: GraphQL over HTTP (POST and GET, Accept negotiation,
+//! status codes as the GraphQL-over-HTTP spec asks, a batch limit, mutations refused over GET), the
+//! WebSocket upgrade, the offline playground, and health probes.
+
+use std::sync::Arc;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::parser::types::OperationType;
+use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::domain::Viewer;
+use crate::error::AppError;
+use crate::graphql::RequestCtx;
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// The media type the client accepts, or None when it accepts neither JSON form.
+fn negotiate(headers: &HeaderMap) -> Option<&'static str> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(JSON);
+    };
+    let mut best: Option<(&'static str, f32)> = None;
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let media = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = it
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if q <= 0.0 {
+            continue;
+        }
+        let candidate = match media.as_str() {
+            GRAPHQL_RESPONSE => Some(GRAPHQL_RESPONSE),
+            JSON | "application/*" | "*/*" => Some(JSON),
+            _ => None,
+        };
+        if let Some(c) = candidate
+            && best.is_none_or(|(b, bq)| {
+                q > bq || (q == bq && c == GRAPHQL_RESPONSE && b != GRAPHQL_RESPONSE)
+            })
+        {
+            best = Some((c, q));
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+fn error_body(message: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })
+}
+
+fn json_response(
+    status: StatusCode,
+    media: &'static str,
+    body: &impl serde::Serialize,
+) -> Response {
+    let bytes = serde_json::to_vec(body)
+        .unwrap_or_else(|_| b"{\"errors\":[{\"message\":\"internal error\"}]}".to_vec());
+    let mut resp = (status, bytes).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    resp
+}
+
+fn request_error(status: StatusCode, media: &'static str, message: &str, code: &str) -> Response {
+    json_response(status, media, &error_body(message, code))
+}
+
+/// Resolves the caller from the Authorization header: None without one, an error for a bad one.
+async fn viewer_from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Viewer>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AppError::Unauthenticated("malformed Authorization header".into()))?;
+    let token = auth::bearer(value)?;
+    auth::viewer_from_token(&state.keys, &state.engine.db, token)
+        .await
+        .map(Some)
+}
+
+fn unauthenticated(media: &'static str, err: AppError) -> Response {
+    let mut resp = request_error(
+        StatusCode::UNAUTHORIZED,
+        media,
+        &err.client_message(),
+        err.code(),
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// The HTTP status of an executed GraphQL response: 200 under application/json; under
+/// graphql-response+json, 4xx when the request failed before execution (no data, errors without path).
+fn status_for(media: &'static str, resp: &BatchResponse) -> StatusCode {
+    if media != GRAPHQL_RESPONSE {
+        return StatusCode::OK;
+    }
+    let single = match resp {
+        BatchResponse::Single(r) => r,
+        BatchResponse::Batch(_) => return StatusCode::OK,
+    };
+    let request_failed = matches!(single.data, async_graphql::Value::Null)
+        && !single.errors.is_empty()
+        && single.errors.iter().all(|e| e.path.is_empty());
+    if !request_failed {
+        return StatusCode::OK;
+    }
+    let code_of = |e: &async_graphql::ServerError| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .map(|v| v.to_string().trim_matches('"').to_owned())
+    };
+    if single
+        .errors
+        .iter()
+        .any(|e| code_of(e).as_deref() == Some("UNAUTHENTICATED"))
+    {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    media: &'static str,
+    viewer: Option<Viewer>,
+    batch: BatchRequest,
+) -> Response {
+    let n = match &batch {
+        BatchRequest::Single(_) => 1,
+        BatchRequest::Batch(v) => v.len(),
+    };
+    if n == 0 || n > state.settings.max_batch {
+        let msg = format!("a batch holds 1 to {} operations", state.settings.max_batch);
+        return request_error(StatusCode::BAD_REQUEST, media, &msg, "BAD_USER_INPUT");
+    }
+    let batch = match batch {
+        BatchRequest::Single(r) => BatchRequest::Single(r.data(RequestCtx::new(
+            state.engine.clone(),
+            state.settings.clone(),
+            viewer,
+        ))),
+        BatchRequest::Batch(rs) => BatchRequest::Batch(
+            rs.into_iter()
+                .map(|r| {
+                    r.data(RequestCtx::new(
+                        state.engine.clone(),
+                        state.settings.clone(),
+                        viewer.clone(),
+                    ))
+                })
+                .collect(),
+        ),
+    };
+    let resp = state.schema.execute_batch(batch).await;
+    json_response(status_for(media, &resp), media, &resp)
+}
+
+/// POST /graphql
+pub async fn graphql_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(media) = negotiate(&headers) else {
+        return request_error(
+            StatusCode::NOT_ACCEPTABLE,
+            JSON,
+            "accept application/graphql-response+json or application/json",
+            "BAD_USER_INPUT",
+        );
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != JSON {
+        return request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            media,
+            "send the request as Content-Type: application/json",
+            "BAD_USER_INPUT",
+        );
+    }
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(_) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                media,
+                "the body is not a GraphQL request: expected {\"query\": \"...\", \"variables\": {...}}",
+                "BAD_USER_INPUT",
+            );
+        }
+    };
+    let viewer = match viewer_from_headers(&state, &headers).await {
+        Ok(v) => v,
+        Err(e) => return unauthenticated(media, e),
+    };
+    execute(&state, media, viewer, batch).await
+}
+
+#[derive(Deserialize)]
+pub struct GetParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+/// GET /graphql: a query in the URL, or the WebSocket upgrade for subscriptions.
+pub async fn graphql_get(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (mut parts, _) = req.into_parts();
+    if is_upgrade {
+        return websocket(state, &mut parts).await;
+    }
+    let headers = parts.headers.clone();
+    let Some(media) = negotiate(&headers) else {
+        return request_error(
+            StatusCode::NOT_ACCEPTABLE,
+            JSON,
+            "accept application/graphql-response+json or application/json",
+            "BAD_USER_INPUT",
+        );
+    };
+    let params = match Query::<GetParams>::from_request_parts(&mut parts, &state).await {
+        Ok(Query(p)) => p,
+        Err(_) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                media,
+                "invalid query string",
+                "BAD_USER_INPUT",
+            );
+        }
+    };
+    let Some(query) = params.query.filter(|q| !q.trim().is_empty()) else {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            media,
+            "the query parameter is required",
+            "BAD_USER_INPUT",
+        );
+    };
+    let mut request = async_graphql::Request::new(query.clone());
+    if let Some(name) = params.operation_name.clone().filter(|n| !n.is_empty()) {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = params.variables.filter(|v| !v.is_empty()) {
+        match serde_json::from_str::<serde_json::Value>(&vars) {
+            Ok(v @ serde_json::Value::Object(_)) => {
+                request = request.variables(async_graphql::Variables::from_json(v))
+            }
+            Ok(serde_json::Value::Null) => {}
+            _ => {
+                return request_error(
+                    StatusCode::BAD_REQUEST,
+                    media,
+                    "variables must be a JSON object",
+                    "BAD_USER_INPUT",
+                );
+            }
+        }
+    }
+    if let Some(ext) = params.extensions.filter(|v| !v.is_empty())
+        && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&ext).is_err()
+    {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            media,
+            "extensions must be a JSON object",
+            "BAD_USER_INPUT",
+        );
+    }
+    // Only queries travel over GET: a mutation changes state and must be a POST.
+    if let Ok(doc) = async_graphql::parser::parse_query(&query) {
+        let op_type = match params.operation_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) => doc
+                .operations
+                .iter()
+                .find(|(n, _)| n.map(|n| n.as_str()) == Some(name))
+                .map(|(_, op)| op.node.ty),
+            None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
+        };
+        if matches!(
+            op_type,
+            Some(OperationType::Mutation | OperationType::Subscription)
+        ) {
+            let mut resp = request_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                media,
+                "only queries may be sent with GET; use POST",
+                "BAD_USER_INPUT",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+    }
+    let viewer = match viewer_from_headers(&state, &headers).await {
+        Ok(v) => v,
+        Err(e) => return unauthenticated(media, e),
+    };
+    execute(&state, media, viewer, BatchRequest::Single(request)).await
+}
+
+/// The token of a WebSocket connection, from the connection_init payload.
+fn init_token(payload: &serde_json::Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    for key in ["Authorization", "authorization"] {
+        if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
+            return auth::bearer(v).ok().map(str::to_owned);
+        }
+    }
+    if let Some(headers) = obj.get("headers").and_then(|h| h.as_object()) {
+        for key in ["Authorization", "authorization"] {
+            if let Some(v) = headers.get(key).and_then(|v| v.as_str()) {
+                return auth::bearer(v).ok().map(str::to_owned);
+            }
+        }
+    }
+    obj.get("token")
+        .and_then(|v| v.as_str())
+        .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_owned())
+}
+
+async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts) -> Response {
+    let protocol = match GraphQLProtocol::from_request_parts(parts, &state).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            let st = state.clone();
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = init_token(&payload)
+                        .ok_or_else(|| async_graphql::Error::new("authentication required"))?;
+                    let viewer = auth::viewer_from_token(&st.keys, &st.engine.db, &token)
+                        .await
+                        .map_err(|e| async_graphql::Error::new(e.client_message()))?;
+                    let mut data = Data::default();
+                    data.insert(RequestCtx::new(
+                        st.engine.clone(),
+                        st.settings.clone(),
+                        Some(viewer),
+                    ));
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+/// GET /: GraphiQL, its assets served by this server.
+pub async fn playground() -> Html<&'static str> {
+    Html(PLAYGROUND_HTML)
+}
+
+pub async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let (body, ty): (&'static [u8], &'static str) = match name.as_str() {
+        "graphiql.min.js" => (
+            include_bytes!("../assets/graphiql/graphiql.min.js"),
+            "text/javascript",
+        ),
+        "graphiql.min.css" => (
+            include_bytes!("../assets/graphiql/graphiql.min.css"),
+            "text/css",
+        ),
+        "react.production.min.js" => (
+            include_bytes!("../assets/graphiql/react.production.min.js"),
+            "text/javascript",
+        ),
+        "react-dom.production.min.js" => (
+            include_bytes!("../assets/graphiql/react-dom.production.min.js"),
+            "text/javascript",
+        ),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ty),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+const PLAYGROUND_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Tollgate GraphQL playground</title>
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <link rel="stylesheet" href="/assets/graphiql.min.css">
+  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
+</head>
+<body>
+  <div id="graphiql">Loading the playground...</div>
+  <script src="/assets/react.production.min.js"></script>
+  <script src="/assets/react-dom.production.min.js"></script>
+  <script src="/assets/graphiql.min.js"></script>
+  <script>
+    const wsUrl = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/graphql';
+    const fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: wsUrl });
+    const root = ReactDOM.createRoot(document.getElementById('graphiql'));
+    root.render(React.createElement(GraphiQL, {
+      fetcher,
+      defaultEditorToolsVisibility: true,
+      defaultHeaders: '{\n  "Authorization": "Bearer <token from: tollgate token --sub you --org ORG_ID --role ADMIN>"\n}',
+      defaultQuery: '# Welcome to Tollgate. Mint a token with `tollgate token`, put it in the headers below,\n# then run:\n{\n  viewer { userId role isPlatformTeam }\n  organization { name plan { name } usage { metrics { metric { code } used allowance utilizationPct exceeded } } }\n}\n',
+    }));
+  </script>
+</body>
+</html>
+"#;
+
+/// GET /healthz: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// GET /readyz: the database answers.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match crate::store::ping(&state.engine.db).await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+/// Any other method on /graphql.
+pub async fn method_not_allowed(method: Method) -> Response {
+    let mut resp = request_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        JSON,
+        &format!("{method} is not supported on /graphql: use POST, or GET for queries"),
+        "BAD_USER_INPUT",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(accept: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        m
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert_eq!(negotiate(&HeaderMap::new()), Some(JSON));
+        assert_eq!(negotiate(&h("application/json")), Some(JSON));
+        assert_eq!(
+            negotiate(&h(
+                "application/graphql-response+json, application/json;q=0.9"
+            )),
+            Some(GRAPHQL_RESPONSE)
+        );
+        assert_eq!(negotiate(&h("*/*")), Some(JSON));
+        assert_eq!(negotiate(&h("text/html")), None);
+    }
+}

@@ -1,0 +1,590 @@
+//! Tenant usage data: the ledger (usage_events), the counters, the period rows (organization_usage),
+//! alerts and subscription history. Every function takes the caller's scope.
+//!
+//! Ids of ledger events, alerts and history rows are UUIDv7: time-ordered, so "newest first" pages are
+//! keyset scans on the primary key.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use entity::enums::{MetricKind, UsageEventKind};
+use entity::{organization_usage, subscription_history, usage_alert, usage_counter, usage_event};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
+    sea_query::OnConflict,
+};
+use uuid::Uuid;
+
+use super::{execute, placeholders, query_one, scoped_ids, stmt};
+use crate::domain::{OrganizationId, Period, Scope};
+
+/// Counters of `orgs` in `period`. A GAUGE without a row in the period carries the latest earlier
+/// reading; such a carried row keeps its own `period_start` so callers can tell (its credits belonged
+/// to its own period).
+pub async fn counters<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    orgs: &[OrganizationId],
+    period: Period,
+) -> Result<Vec<usage_counter::Model>, DbErr> {
+    let orgs = scoped_ids(scope, orgs);
+    if orgs.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT c.organization_id, c.period_start, c.metric_code, c.used, c.credits, c.updated_at \
+         FROM usage_counters c JOIN metrics m ON m.code = c.metric_code \
+         WHERE c.organization_id IN ({}) AND (c.period_start = $1 OR (m.kind = 'GAUGE' AND c.period_start = \
+           (SELECT MAX(c2.period_start) FROM usage_counters c2 \
+            WHERE c2.organization_id = c.organization_id AND c2.metric_code = c.metric_code AND c2.period_start <= $1)))",
+        placeholders(2, orgs.len())
+    );
+    let mut values: Vec<Value> = vec![period.start.into()];
+    values.extend(orgs.iter().map(|o| Value::from(o.0)));
+    usage_counter::Entity::find()
+        .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
+        .all(db)
+        .await
+}
+
+/// The period rows (flags) of `orgs` in `period`.
+pub async fn period_rows<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    orgs: &[OrganizationId],
+    period: Period,
+) -> Result<Vec<organization_usage::Model>, DbErr> {
+    let orgs = scoped_ids(scope, orgs);
+    if orgs.is_empty() {
+        return Ok(vec![]);
+    }
+    organization_usage::Entity::find()
+        .filter(organization_usage::Column::OrganizationId.is_in(orgs.iter().map(|o| o.0)))
+        .filter(organization_usage::Column::PeriodStart.eq(period.start))
+        .all(db)
+        .await
+}
+
+/// Periods of one organization that have a period row, between two period starts inclusive.
+pub async fn periods_between<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<NaiveDate>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(vec![]);
+    }
+    let rows = organization_usage::Entity::find()
+        .filter(organization_usage::Column::OrganizationId.eq(org.0))
+        .filter(organization_usage::Column::PeriodStart.between(from, to))
+        .order_by_asc(organization_usage::Column::PeriodStart)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.period_start).collect())
+}
+
+/// Creates the period row if needed and locks it for the rest of the transaction (a row lock on
+/// Postgres; SQLite transactions that write are serialized anyway). Every change to an organization's
+/// usage in a period takes this lock first, so flags and alerts are evaluated on a consistent view.
+/// Answers the period's alert epoch, or None when the scope may not touch the organization.
+pub async fn lock_period<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+) -> Result<Option<i32>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    let row = query_one(
+        db,
+        "INSERT INTO organization_usage \
+           (organization_id, period_start, period_end, has_exceeded_limits, exceeded_limits_details, alert_epoch, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $6) \
+         ON CONFLICT (organization_id, period_start) DO UPDATE SET updated_at = excluded.updated_at \
+         RETURNING alert_epoch",
+        vec![
+            org.0.into(),
+            period.start.into(),
+            period.end().into(),
+            false.into(),
+            serde_json::json!({}).into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    row.map(|r| r.try_get::<i32>("", "alert_epoch")).transpose()
+}
+
+/// Raises the alert epoch of a period (a plan change re-arms its alerts).
+pub async fn rearm_alerts<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+) -> Result<(), DbErr> {
+    if !scope.allows(org) {
+        return Ok(());
+    }
+    execute(
+        db,
+        "UPDATE organization_usage SET alert_epoch = alert_epoch + 1 WHERE organization_id = $1 AND period_start = $2",
+        vec![org.0.into(), period.start.into()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Makes sure a counter row exists; a GAUGE starts from its latest earlier reading.
+pub async fn ensure_counter<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+    kind: MetricKind,
+) -> Result<(), DbErr> {
+    if !scope.allows(org) {
+        return Ok(());
+    }
+    let initial = match kind {
+        MetricKind::Counter => "0",
+        MetricKind::Gauge => {
+            "COALESCE((SELECT p.used FROM usage_counters p WHERE p.organization_id = $1 AND p.metric_code = $3 \
+             AND p.period_start < $2 ORDER BY p.period_start DESC LIMIT 1), 0)"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+         VALUES ($1, $2, $3, {initial}, 0, $4) \
+         ON CONFLICT (organization_id, period_start, metric_code) DO NOTHING"
+    );
+    execute(
+        db,
+        &sql,
+        vec![
+            org.0.into(),
+            period.start.into(),
+            metric.into(),
+            Utc::now().into(),
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// How a counter moves.
+#[derive(Debug, Clone, Copy)]
+pub enum CounterChange {
+    /// used = used + delta
+    Add(i64),
+    /// used = value (a GAUGE reading, or a reset to zero)
+    Set(i64),
+    /// credits = credits + delta
+    Credit(i64),
+}
+
+/// Moves a counter atomically in SQL. With `hard_cap` (the plan's included amount under HARD
+/// enforcement), the update only happens when the new value stays within `hard_cap + credits`, checked
+/// in the same statement. Answers the new (used, credits), or None when the cap refused the change.
+pub async fn change_counter<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+    change: CounterChange,
+    hard_cap: Option<i64>,
+) -> Result<Option<(i64, i64)>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let (set, new_used, amount) = match change {
+        CounterChange::Add(d) => ("used = used + $4", "used + $4", d),
+        CounterChange::Set(v) => ("used = $4", "$4", v),
+        CounterChange::Credit(d) => ("credits = credits + $4", "used", d),
+    };
+    let mut values: Vec<Value> = vec![
+        org.0.into(),
+        period.start.into(),
+        metric.into(),
+        amount.into(),
+        Utc::now().into(),
+    ];
+    let cap = match hard_cap {
+        Some(cap) => {
+            values.push(cap.into());
+            format!(" AND {new_used} <= $6 + credits")
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "UPDATE usage_counters SET {set}, updated_at = $5 \
+         WHERE organization_id = $1 AND period_start = $2 AND metric_code = $3{cap} \
+         RETURNING used, credits"
+    );
+    let row = query_one(db, &sql, values).await?;
+    row.map(|r| {
+        Ok((
+            r.try_get::<i64>("", "used")?,
+            r.try_get::<i64>("", "credits")?,
+        ))
+    })
+    .transpose()
+}
+
+/// Writes the seed's flags on the period row.
+pub async fn write_flags<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    exceeded: bool,
+    details: serde_json::Value,
+) -> Result<(), DbErr> {
+    if !scope.allows(org) {
+        return Ok(());
+    }
+    execute(
+        db,
+        "UPDATE organization_usage SET has_exceeded_limits = $3, exceeded_limits_details = $4, updated_at = $5 \
+         WHERE organization_id = $1 AND period_start = $2",
+        vec![org.0.into(), period.start.into(), exceeded.into(), details.into(), Utc::now().into()],
+    )
+    .await
+    .map(|_| ())
+}
+
+pub struct NewEvent {
+    pub org: OrganizationId,
+    pub metric_code: String,
+    pub kind: UsageEventKind,
+    pub quantity: i64,
+    pub period: Period,
+    pub idempotency_key: Option<String>,
+    pub reference: Option<String>,
+    pub reason: Option<String>,
+    pub actor: Option<String>,
+    pub reverses_event_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Appends to the ledger. With an idempotency key already used by the organization, nothing is
+/// written and None comes back.
+pub async fn insert_event<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    e: NewEvent,
+) -> Result<Option<usage_event::Model>, DbErr> {
+    if !scope.allows(e.org) {
+        return Ok(None);
+    }
+    let model = usage_event::Model {
+        organization_id: e.org.0,
+        id: Uuid::now_v7(),
+        metric_code: e.metric_code,
+        kind: e.kind,
+        quantity: e.quantity,
+        period_start: e.period.start,
+        idempotency_key: e.idempotency_key,
+        reference: e.reference,
+        reason: e.reason,
+        actor: e.actor,
+        reverses_event_id: e.reverses_event_id,
+        occurred_at: e.occurred_at,
+        recorded_at: Utc::now(),
+    };
+    let active: usage_event::ActiveModel = model.clone().into();
+    let res = usage_event::Entity::insert(active)
+        .on_conflict(
+            OnConflict::columns([
+                usage_event::Column::OrganizationId,
+                usage_event::Column::IdempotencyKey,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .try_insert()
+        .exec_without_returning(db)
+        .await?;
+    Ok(match res {
+        sea_orm::TryInsertResult::Inserted(n) if n > 0 => Some(model),
+        _ => None,
+    })
+}
+
+pub async fn event_by_key<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    key: &str,
+) -> Result<Option<usage_event::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    usage_event::Entity::find()
+        .filter(usage_event::Column::OrganizationId.eq(org.0))
+        .filter(usage_event::Column::IdempotencyKey.eq(key))
+        .one(db)
+        .await
+}
+
+/// USAGE events carrying `reference` that no REVERSAL points at yet.
+pub async fn unreversed_by_reference<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    reference: &str,
+) -> Result<Vec<usage_event::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(vec![]);
+    }
+    let sql = "SELECT e.* FROM usage_events e WHERE e.organization_id = $1 AND e.reference = $2 AND e.kind = 'USAGE' \
+               AND NOT EXISTS (SELECT 1 FROM usage_events r WHERE r.organization_id = e.organization_id \
+                               AND r.reverses_event_id = e.id) ORDER BY e.id";
+    usage_event::Entity::find()
+        .from_raw_sql(stmt(
+            db.get_database_backend(),
+            sql,
+            vec![org.0.into(), reference.into()],
+        ))
+        .all(db)
+        .await
+}
+
+/// Ledger events of one organization, newest first, after the event id `after`.
+pub async fn events_page<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    metric: Option<&str>,
+    kind: Option<UsageEventKind>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<usage_event::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(vec![]);
+    }
+    let mut q = usage_event::Entity::find().filter(usage_event::Column::OrganizationId.eq(org.0));
+    if let Some(m) = metric {
+        q = q.filter(usage_event::Column::MetricCode.eq(m));
+    }
+    if let Some(k) = kind {
+        q = q.filter(usage_event::Column::Kind.eq(k));
+    }
+    if let Some(a) = after {
+        q = q.filter(usage_event::Column::Id.lt(a));
+    }
+    q.order_by_desc(usage_event::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// Inserts an alert unless the same kind already fired for this organization, period, metric and
+/// epoch. Answers the alert when it is new.
+pub async fn insert_alert<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    alert: usage_alert::Model,
+) -> Result<Option<usage_alert::Model>, DbErr> {
+    if !scope.allows(OrganizationId(alert.organization_id)) {
+        return Ok(None);
+    }
+    let active: usage_alert::ActiveModel = alert.clone().into();
+    let res = usage_alert::Entity::insert(active)
+        .on_conflict(
+            OnConflict::columns([
+                usage_alert::Column::OrganizationId,
+                usage_alert::Column::PeriodStart,
+                usage_alert::Column::MetricCode,
+                usage_alert::Column::Kind,
+                usage_alert::Column::AlertEpoch,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .try_insert()
+        .exec_without_returning(db)
+        .await?;
+    Ok(match res {
+        sea_orm::TryInsertResult::Inserted(n) if n > 0 => Some(alert),
+        _ => None,
+    })
+}
+
+/// The smallest UUIDv7 of a millisecond: ids at or after `at` compare greater or equal.
+pub fn min_v7(at: DateTime<Utc>) -> Uuid {
+    let ms = at.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+/// Alerts, newest first: of one organization, or of every organization the scope sees.
+pub async fn alerts_page<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: Option<OrganizationId>,
+    since: Option<DateTime<Utc>>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<usage_alert::Model>, DbErr> {
+    let mut q = usage_alert::Entity::find();
+    match (scope, org) {
+        (Scope::Tenant(own), Some(o)) if own != o => return Ok(vec![]),
+        (Scope::Tenant(own), _) => q = q.filter(usage_alert::Column::OrganizationId.eq(own.0)),
+        (Scope::Platform, Some(o)) => q = q.filter(usage_alert::Column::OrganizationId.eq(o.0)),
+        (Scope::Platform, None) => {}
+    }
+    if let Some(s) = since {
+        q = q.filter(usage_alert::Column::Id.gte(min_v7(s)));
+    }
+    if let Some(a) = after {
+        q = q.filter(usage_alert::Column::Id.lt(a));
+    }
+    q.order_by_desc(usage_alert::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+pub async fn insert_history<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    row: subscription_history::Model,
+) -> Result<Option<subscription_history::Model>, DbErr> {
+    if !scope.allows(OrganizationId(row.organization_id)) {
+        return Ok(None);
+    }
+    let active: subscription_history::ActiveModel = row.clone().into();
+    subscription_history::Entity::insert(active)
+        .exec_without_returning(db)
+        .await?;
+    Ok(Some(row))
+}
+
+/// Subscription history, newest effective date first, then newest recorded first; `after` is the
+/// (effective date, id) of the last row of the previous page.
+pub async fn history_page<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    after: Option<(NaiveDate, Uuid)>,
+    limit: u64,
+) -> Result<Vec<subscription_history::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(vec![]);
+    }
+    let mut q = subscription_history::Entity::find()
+        .filter(subscription_history::Column::OrganizationId.eq(org.0));
+    if let Some((date, id)) = after {
+        q = q.filter(
+            sea_orm::Condition::any()
+                .add(subscription_history::Column::EffectiveDate.lt(date))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(subscription_history::Column::EffectiveDate.eq(date))
+                        .add(subscription_history::Column::Id.lt(id)),
+                ),
+        );
+    }
+    q.order_by_desc(subscription_history::Column::EffectiveDate)
+        .order_by_desc(subscription_history::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+pub struct SummaryFilter {
+    pub period: Period,
+    /// Percent, e.g. 80.
+    pub min_utilization_pct: Option<f64>,
+    pub exceeded_only: bool,
+}
+
+/// The SQL condition "organization `o` has a limited metric whose utilization in the period is at
+/// least `$pct_param`" (or, with `pct_param` None, "is past its allowance"). It reads the same state as
+/// the summary: the period's counter, or a GAUGE's latest earlier reading, against the plan's limit.
+fn utilization_condition(pct_param: Option<usize>) -> String {
+    // Credits belong to their own period: a GAUGE row carried from an earlier period brings none.
+    let allowance = "(l.included + CASE WHEN c.period_start = $1 THEN c.credits ELSE 0 END)";
+    let test = match pct_param {
+        Some(p) => format!(
+            "({allowance} > 0 AND CAST(c.used AS DOUBLE PRECISION) * 100 >= ${p} * {allowance}) \
+             OR ({allowance} <= 0 AND (c.used > 0 OR ${p} <= 0))"
+        ),
+        None => format!("c.used > {allowance}"),
+    };
+    format!(
+        "EXISTS (SELECT 1 FROM usage_counters c \
+           JOIN plan_limits l ON l.plan_id = o.plan_id AND l.metric_code = c.metric_code \
+           JOIN metrics m ON m.code = c.metric_code \
+           WHERE c.organization_id = o.id AND l.included IS NOT NULL \
+             AND (c.period_start = $1 OR (m.kind = 'GAUGE' AND c.period_start = \
+               (SELECT MAX(c2.period_start) FROM usage_counters c2 \
+                WHERE c2.organization_id = o.id AND c2.metric_code = c.metric_code AND c2.period_start <= $1))) \
+             AND ({test}))"
+    )
+}
+
+fn summary_where(scope: Scope, f: &SummaryFilter, values: &mut Vec<Value>) -> String {
+    values.push(f.period.start.into());
+    let mut clauses = vec!["1 = 1".to_owned()];
+    if let Scope::Tenant(org) = scope {
+        values.push(org.0.into());
+        clauses.push(format!("o.id = ${}", values.len()));
+    }
+    if let Some(pct) = f.min_utilization_pct {
+        values.push(pct.into());
+        clauses.push(utilization_condition(Some(values.len())));
+    }
+    if f.exceeded_only {
+        clauses.push(utilization_condition(None));
+    }
+    clauses.join(" AND ")
+}
+
+/// Organizations that have a summary row for the filter, ordered by slug, after the slug `after`.
+pub async fn summary_page<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    f: &SummaryFilter,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Vec<entity::organization::Model>, DbErr> {
+    let mut values = Vec::new();
+    let mut where_sql = summary_where(scope, f, &mut values);
+    if let Some(a) = after {
+        values.push(a.into());
+        where_sql.push_str(&format!(" AND o.slug > ${}", values.len()));
+    }
+    values.push((limit as i64).into());
+    let sql = format!(
+        "SELECT o.* FROM organizations o WHERE {where_sql} ORDER BY o.slug LIMIT ${}",
+        values.len()
+    );
+    entity::organization::Entity::find()
+        .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
+        .all(db)
+        .await
+}
+
+pub async fn summary_count<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    f: &SummaryFilter,
+) -> Result<u64, DbErr> {
+    let mut values = Vec::new();
+    let where_sql = summary_where(scope, f, &mut values);
+    let sql = format!("SELECT COUNT(*) AS n FROM organizations o WHERE {where_sql}");
+    let row = query_one(db, &sql, values).await?;
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0)
+        .max(0) as u64)
+}

@@ -1,0 +1,120 @@
+//! The store: every SQL statement of the service. Functions over tenant data take the caller's
+//! `Scope` as a parameter, so a query that forgets it does not compile; the scope becomes a
+//! `organization_id` filter in the statement itself.
+
+pub mod catalog;
+pub mod ledger;
+pub mod orgs;
+pub mod team;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use migration::MigratorTrait;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult,
+    Statement, Value,
+};
+
+use crate::domain::{OrganizationId, Scope};
+
+/// Counts SQL statements, so tests can prove that DataLoaders keep a page's cost constant.
+#[derive(Debug, Default)]
+pub struct StatementCounter(AtomicU64);
+
+impl StatementCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens the pool, with SQLite set up for concurrent use (WAL, a busy timeout, foreign keys).
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+) -> Result<(DatabaseConnection, Arc<StatementCounter>), DbErr> {
+    let is_sqlite = url.starts_with("sqlite:");
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    if is_sqlite {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    }
+    let mut db = Database::connect(opts).await?;
+    let counter = Arc::new(StatementCounter::default());
+    let c = counter.clone();
+    db.set_metric_callback(move |_| {
+        c.0.fetch_add(1, Ordering::Relaxed);
+    });
+    Ok((db, counter))
+}
+
+/// Applies pending migrations (schema and default data).
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    migration::Migrator::up(db, None).await
+}
+
+/// Builds a statement from SQL written with `$1`-style placeholders, for either engine: SQLite takes
+/// them as `?1`.
+pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = if backend == DbBackend::Sqlite {
+        sql.replace('$', "?")
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+pub async fn query_all<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    db.query_all_raw(stmt(db.get_database_backend(), sql, values))
+        .await
+}
+
+pub async fn query_one<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Option<QueryResult>, DbErr> {
+    db.query_one_raw(stmt(db.get_database_backend(), sql, values))
+        .await
+}
+
+pub async fn execute<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<u64, DbErr> {
+    db.execute_raw(stmt(db.get_database_backend(), sql, values))
+        .await
+        .map(|r| r.rows_affected())
+}
+
+/// The organization ids a scope lets a query touch, intersected with the ids asked for.
+pub fn scoped_ids(scope: Scope, ids: &[OrganizationId]) -> Vec<OrganizationId> {
+    ids.iter().copied().filter(|id| scope.allows(*id)).collect()
+}
+
+/// `$n, $n+1, ...` placeholders for a list bound from position `start`.
+pub fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    query_one(db, "SELECT 1", vec![]).await.map(|_| ())
+}
