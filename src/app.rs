@@ -54,6 +54,7 @@ impl AppState {
             near_limit_pct: settings.near_limit_pct,
             lateness: Duration::days(settings.lateness_days.into()),
             clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
+            catalog: Default::default(),
         };
         let schema = build_schema(&settings);
         AppState {

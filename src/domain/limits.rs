@@ -180,7 +180,8 @@ mod tests {
             serde_json::json!({"bookings": {"limit": 100, "actual": 120, "exceeded_by": 20}})
         );
         let venues = state(1, Some(1), Enforcement::Hard);
-        assert_eq!(venues.utilization().unwrap().to_string(), "100.00");
+        assert_eq!(venues.utilization(), Some(Decimal::ONE_HUNDRED));
+        assert_eq!(venues.utilization_pct(), Some(100.0));
         assert!(!venues.exceeded());
         assert_eq!(
             exceeded_details([("venues", &venues)]),

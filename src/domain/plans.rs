@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::access::{self, Action};
-use super::usage::{Engine, begin_write, metric_kinds};
+use super::usage::{Engine, begin_write};
 use super::{Amount, MetricCode, OrganizationId, Viewer, optional_text, required_text};
 use crate::error::{AppError, AppResult};
 use crate::store;
@@ -68,7 +68,7 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             "applicationFeePct must be between 0 and 100",
         ));
     }
-    let kinds = metric_kinds(&engine.db).await?;
+    let kinds = engine.metric_kinds().await?;
     let mut seen = HashSet::new();
     let mut limits = Vec::with_capacity(input.limits.len());
     for l in input.limits {

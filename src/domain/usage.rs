@@ -26,6 +26,7 @@ pub struct Engine {
     pub near_limit_pct: Decimal,
     pub lateness: Duration,
     pub clock_skew: Duration,
+    pub catalog: Arc<tokio::sync::OnceCell<Arc<MetricCatalog>>>,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -107,12 +108,12 @@ pub async fn plan_rules<C: ConnectionTrait>(
         .collect())
 }
 
-pub async fn metric_kinds<C: ConnectionTrait>(db: &C) -> AppResult<HashMap<String, MetricKind>> {
-    Ok(store::catalog::metrics(db)
-        .await?
-        .into_iter()
-        .map(|m| (m.code, m.kind))
-        .collect())
+/// The metric catalogue, read once per process: metrics change only with migrations, which ship with
+/// a new release (and a restart).
+#[derive(Debug)]
+pub struct MetricCatalog {
+    pub metrics: Vec<entity::metric::Model>,
+    pub kinds: HashMap<String, MetricKind>,
 }
 
 /// Builds the per-metric states of one organization from its counters (all catalogue metrics, zeros
@@ -149,6 +150,21 @@ pub fn states_from(
 }
 
 impl Engine {
+    pub async fn catalog(&self) -> AppResult<Arc<MetricCatalog>> {
+        self.catalog
+            .get_or_try_init(|| async {
+                let metrics = store::catalog::metrics(&self.db).await?;
+                let kinds = metrics.iter().map(|m| (m.code.clone(), m.kind)).collect();
+                Ok::<_, AppError>(Arc::new(MetricCatalog { metrics, kinds }))
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn metric_kinds(&self) -> AppResult<HashMap<String, MetricKind>> {
+        Ok(self.catalog().await?.kinds.clone())
+    }
+
     fn validate_time(&self, occurred_at: Option<DateTime<Utc>>) -> AppResult<DateTime<Utc>> {
         let now = Utc::now();
         let Some(at) = occurred_at else {
@@ -206,7 +222,7 @@ impl Engine {
 
     /// recordUsage: one recording, one transaction.
     pub async fn record(&self, viewer: &Viewer, input: RecordInput) -> AppResult<RecordOutcome> {
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let parsed = self.parse_record(viewer, &kinds, input).await?;
         let org = OrganizationId(parsed.org.id);
         let txn = begin_write(&self.db).await?;
@@ -223,7 +239,7 @@ impl Engine {
         viewer: &Viewer,
         inputs: Vec<RecordInput>,
     ) -> AppResult<Vec<RecordOutcome>> {
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let mut parsed = Vec::with_capacity(inputs.len());
         for input in inputs {
             parsed.push(self.parse_record(viewer, &kinds, input).await?);
@@ -306,7 +322,7 @@ impl Engine {
             // Refused by a HARD limit. The caller's transaction is rolled back by drop for a single
             // recording; nothing of this item was written, and its idempotency key stays unused.
             let counters = store::ledger::counters(txn, scope, &[org], period).await?;
-            let kinds = metric_kinds(txn).await?;
+            let kinds = self.metric_kinds().await?;
             let usage = states_from(period, &kinds, &rules, &counters)
                 .into_iter()
                 .find(|m| m.metric == p.metric.as_str())
@@ -437,7 +453,7 @@ impl Engine {
         rules: &HashMap<String, LimitRule>,
         only_metric: Option<&str>,
     ) -> AppResult<Vec<usage_alert::Model>> {
-        let kinds = metric_kinds(txn).await?;
+        let kinds = self.metric_kinds().await?;
         let counters = store::ledger::counters(txn, scope, &[org], period).await?;
         let states = states_from(period, &kinds, rules, &counters);
         let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
@@ -497,7 +513,7 @@ impl Engine {
     ) -> AppResult<(MetricUsage, Decimal, bool, Option<String>)> {
         let org = access::target_org(viewer, org_id)?;
         let org = access::authorize(&self.db, viewer, org, Action::Read).await?;
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let code = MetricCode::parse(metric)?;
         let kind = *kinds
             .get(code.as_str())
@@ -540,7 +556,7 @@ impl Engine {
         period: Period,
     ) -> AppResult<Vec<UsageSummary>> {
         let ids: Vec<OrganizationId> = orgs.iter().map(|o| OrganizationId(o.id)).collect();
-        let kinds = metric_kinds(db).await?;
+        let kinds = self.metric_kinds().await?;
         let counters = store::ledger::counters(db, scope, &ids, period).await?;
         let rows = store::ledger::period_rows(db, scope, &ids, period).await?;
         let mut plan_ids: Vec<Uuid> = orgs.iter().filter_map(|o| o.plan_id).collect();
@@ -604,7 +620,7 @@ impl Engine {
         .await?;
         let oid = OrganizationId(org.id);
         let reason = super::required_text("reason", reason, 1000)?;
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let code = MetricCode::parse(metric)?;
         let mkind = *kinds
             .get(code.as_str())
@@ -676,7 +692,7 @@ impl Engine {
         .await?;
         let oid = OrganizationId(org.id);
         let reason = super::required_text("reason", reason, 1000)?;
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let targets: Vec<String> = match metric {
             Some(m) => {
                 let code = MetricCode::parse(m)?;
@@ -765,7 +781,7 @@ impl Engine {
         let reference = super::required_text("reference", reference, 255)?;
         let reason = super::optional_text("reason", reason, 1000)?;
         let scope = viewer.scope();
-        let kinds = metric_kinds(&self.db).await?;
+        let kinds = self.metric_kinds().await?;
         let txn = begin_write(&self.db).await?;
         // Lock the current period first so concurrent reversals of one reference serialize.
         store::ledger::lock_period(&txn, scope, oid, Period::current()).await?;

@@ -91,9 +91,7 @@ impl Loader<MetricKey> for Loaders {
         &self,
         keys: &[MetricKey],
     ) -> Result<HashMap<MetricKey, Self::Value>, Self::Error> {
-        let all = store::catalog::metrics(&self.engine.db)
-            .await
-            .map_err(|e| gql(e.into()))?;
+        let all = self.engine.catalog().await.map_err(gql)?.metrics.clone();
         Ok(all
             .into_iter()
             .filter(|m| keys.iter().any(|k| k.0 == m.code))

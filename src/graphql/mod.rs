@@ -42,7 +42,7 @@ pub struct RequestCtx {
     pub engine: Engine,
     pub settings: Arc<Settings>,
     pub viewer: Option<Viewer>,
-    pub loaders: DataLoader<Loaders>,
+    pub loaders: DataLoader<Loaders, async_graphql::dataloader::HashMapCache>,
 }
 
 pub use loaders::Loaders;
@@ -53,12 +53,14 @@ impl RequestCtx {
             .as_ref()
             .map(Viewer::scope)
             .unwrap_or(Scope::Tenant(OrganizationId(uuid::Uuid::nil())));
-        let loaders = DataLoader::new(
+        // The cache makes a key loaded (or fed) once per request; batching alone would not.
+        let loaders = DataLoader::with_cache(
             Loaders {
                 engine: engine.clone(),
                 scope,
             },
             tokio::spawn,
+            async_graphql::dataloader::HashMapCache::default(),
         );
         RequestCtx {
             engine,

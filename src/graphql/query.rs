@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, Object, Result};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
+use super::loaders::UsageKey;
 use super::scalars::{Date, Dec};
 use super::types::{
     EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, TotalCount, UsageAlert,
@@ -17,6 +18,47 @@ use crate::error::AppError;
 use crate::store;
 
 pub struct Query;
+
+/// Primes the request's loaders for a page of organizations: their plans in one batch, and, when the
+/// page asks for `usage` of the current period, every summary at once. The cost of a page stays a
+/// constant number of statements however the loaders' batches would have fallen.
+async fn prime(
+    ctx: &Context<'_>,
+    orgs: &[entity::organization::Model],
+    usage_path: &[&str],
+) -> Result<()> {
+    let rc = request_ctx(ctx)?;
+    let mut plan_ids: Vec<uuid::Uuid> = orgs.iter().filter_map(|o| o.plan_id).collect();
+    plan_ids.sort();
+    plan_ids.dedup();
+    rc.loaders.load_many(plan_ids).await?;
+    let mut look = ctx.look_ahead();
+    for f in usage_path {
+        look = look.field(f);
+    }
+    let wants_current = !usage_path.is_empty()
+        && look.exists()
+        && look
+            .selection_fields()
+            .iter()
+            .all(|f| f.arguments().map(|a| a.is_empty()).unwrap_or(false));
+    if wants_current {
+        let period = Period::current();
+        let summaries = rc
+            .engine
+            .summaries(&rc.engine.db, rc.scope(), orgs.to_vec(), period)
+            .await?;
+        rc.loaders
+            .feed_many(summaries.into_iter().map(|s| {
+                (
+                    UsageKey(OrganizationId(s.org.id), period.start),
+                    Arc::new(s),
+                )
+            }))
+            .await;
+    }
+    Ok(())
+}
 
 #[Object]
 impl Query {
@@ -65,6 +107,9 @@ impl Query {
         let total = store::orgs::count(db, scope, &filter)
             .await
             .map_err(AppError::from)?;
+        let page: Vec<_> = rows.iter().take(limit).cloned().collect();
+        prime(ctx, &page, &["nodes", "usage"]).await?;
+        prime(ctx, &page, &["edges", "node", "usage"]).await?;
         let mut conn = Connection::with_additional_fields(
             after.is_some(),
             rows.len() > limit,
@@ -100,10 +145,13 @@ impl Query {
     async fn metrics(&self, ctx: &Context<'_>) -> Result<Vec<Metric>> {
         let rc = request_ctx(ctx)?;
         rc.viewer()?;
-        Ok(store::catalog::metrics(&rc.engine.db)
-            .await
-            .map_err(AppError::from)?
-            .into_iter()
+        Ok(rc
+            .engine
+            .catalog()
+            .await?
+            .metrics
+            .iter()
+            .cloned()
             .map(Metric)
             .collect())
     }
@@ -149,6 +197,8 @@ impl Query {
             .map_err(AppError::from)?;
         let has_next = rows.len() > limit;
         let orgs: Vec<_> = rows.into_iter().take(limit).collect();
+        // Plans only: the summaries themselves are computed below in one pass.
+        prime(ctx, &orgs, &[]).await?;
         let summaries = rc.engine.summaries(db, scope, orgs, period).await?;
         let mut conn =
             Connection::with_additional_fields(after.is_some(), has_next, TotalCount { total });

@@ -82,7 +82,9 @@ pub enum UsageEventKind {
     Reset,
 }
 
-fn loader<'a>(ctx: &'a Context<'_>) -> Result<&'a DataLoader<Loaders>> {
+fn loader<'a>(
+    ctx: &'a Context<'_>,
+) -> Result<&'a DataLoader<Loaders, async_graphql::dataloader::HashMapCache>> {
     Ok(&ctx.data::<RequestCtx>()?.loaders)
 }
 

@@ -52,8 +52,9 @@ pub async fn connect(
     let mut db = Database::connect(opts).await?;
     let counter = Arc::new(StatementCounter::default());
     let c = counter.clone();
-    db.set_metric_callback(move |_| {
+    db.set_metric_callback(move |info| {
         c.0.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(target: "tollgate::sql", sql = %info.statement.sql, elapsed_us = info.elapsed.as_micros() as u64, failed = info.failed);
     });
     Ok((db, counter))
 }

@@ -1,0 +1,354 @@
+//! `spawn_app()`: each test gets its own database (a SQLite file, or a fresh database in a throwaway
+//! Postgres cluster the harness starts itself) and a real server on a random port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate::app::{AppState, Application};
+use tollgate::auth::JwtKeys;
+use tollgate::config::Settings;
+use tollgate::domain::Role;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+pub const PLATFORM_SUB: &str = "platform-admin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub keys: JwtKeys,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Runs `$body` (an async fn taking a `TestApp`) once on SQLite and once on Postgres.
+#[macro_export]
+macro_rules! both_engines {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Engine::Sqlite, &[]).await
+                {
+                    $body(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Engine::Postgres, &[]).await
+                {
+                    $body(app).await;
+                }
+            }
+        }
+    };
+}
+
+pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
+    // Logs only when asked: TEST_LOG=tollgate::sql=trace shows every statement.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let (url, dir) = match engine {
+        Engine::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+            (url, Some(dir))
+        }
+        Engine::Postgres => (postgres_database()?, None),
+    };
+    let mut args = vec![
+        "--database-url",
+        url.as_str(),
+        "--bind",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra_args);
+    let settings = Settings::parse_from_env_and(&args).expect("settings");
+    let keys = JwtKeys::from_settings(&settings).expect("keys");
+    let state = AppState::new(
+        settings.clone(),
+        JwtKeys::from_settings(&settings).expect("keys"),
+    )
+    .await
+    .expect("state");
+    tollgate::store::team::add(&state.engine.db, PLATFORM_SUB, Some("test"))
+        .await
+        .expect("platform team");
+    let app = Application::build(state).await.expect("bind");
+    let addr = app.local_addr().expect("addr");
+    let state = app.state();
+    tokio::spawn(app.run_until(std::future::pending()));
+    Some(TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        state,
+        keys,
+        _dir: dir,
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, sub: &str, org: Option<&str>, role: Option<Role>) -> String {
+        self.keys
+            .mint(sub, org, role, Duration::from_secs(3600))
+            .expect("mint")
+    }
+
+    pub fn platform_token(&self) -> String {
+        self.token(PLATFORM_SUB, None, None)
+    }
+
+    pub fn tenant_token(&self, org: &str, role: Role) -> String {
+        self.token(
+            &format!("user-{}-{}", role.as_str().to_lowercase(), &org[..8]),
+            Some(org),
+            Some(role),
+        )
+    }
+
+    /// POSTs a GraphQL request and answers (HTTP status, JSON body).
+    pub async fn post(&self, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("accept", "application/graphql-response+json")
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("json body"))
+    }
+
+    /// The JSON body of a GraphQL request.
+    pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
+        self.post(Some(token), query, variables).await.1
+    }
+
+    /// `data` of a request that must succeed.
+    pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
+        let body = self.gql(token, query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    pub async fn create_org(&self, slug: &str, plan: &str) -> String {
+        let data = self
+            .ok(
+                &self.platform_token(),
+                "mutation($i: CreateOrganizationInput!) { createOrganization(input: $i) { id } }",
+                json!({ "i": { "name": slug.to_uppercase(), "slug": slug, "planCode": plan } }),
+            )
+            .await;
+        data["createOrganization"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
+    pub async fn record(&self, token: &str, metric: &str, quantity: &str) -> Value {
+        self.gql(
+            token,
+            "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { accepted duplicate rejectionReason usage { used allowance exceeded } alerts { kind } } }",
+            json!({ "i": { "metric": metric, "quantity": quantity } }),
+        )
+        .await
+    }
+}
+
+/// The first error code of a response.
+pub fn code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+// ---- a throwaway Postgres cluster, shared by the tests of this process ----
+
+struct Cluster {
+    port: u16,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+fn pg_bin_dir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg("command -v initdb")
+        .output()
+        && out.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let resolved = std::fs::canonicalize(&p).unwrap_or(p);
+        return resolved.parent().map(Path::to_path_buf);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn run_pg(bin: &Path, tool: &str, args: &[&str]) -> bool {
+    let exe = bin.join(tool);
+    let status = if is_root() {
+        Command::new("runuser")
+            .arg("-u")
+            .arg("postgres")
+            .arg("--")
+            .arg(&exe)
+            .args(args)
+            .status()
+    } else {
+        Command::new(&exe).args(args).status()
+    };
+    status.map(|s| s.success()).unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(55432)
+}
+
+fn start_cluster() -> Option<Cluster> {
+    let require = std::env::var("TOLLGATE_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    let Some(bin) = pg_bin_dir() else {
+        assert!(
+            !require,
+            "TOLLGATE_TEST_REQUIRE_POSTGRES=1 but PostgreSQL's initdb was not found"
+        );
+        eprintln!("PostgreSQL binaries not found: skipping the Postgres variant");
+        return None;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-pg-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("pg dir");
+    if is_root() {
+        let ok = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .map(|s| s.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "cannot chown the Postgres temp dir to the postgres user"
+        );
+    }
+    let data = dir.join("data");
+    let data_s = data.to_string_lossy().to_string();
+    assert!(
+        run_pg(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                &data_s,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync"
+            ]
+        ),
+        "initdb failed"
+    );
+    let port = free_port();
+    let opts = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=400 -c shared_buffers=64MB",
+        dir.display()
+    );
+    let log = dir.join("pg.log").to_string_lossy().to_string();
+    assert!(
+        run_pg(
+            &bin,
+            "pg_ctl",
+            &[
+                "-D", &data_s, "-o", &opts, "-l", &log, "-w", "-t", "60", "start"
+            ]
+        ),
+        "pg_ctl start failed"
+    );
+    // Stop the cluster when this test process exits, whichever way it exits.
+    let me = std::process::id();
+    let stop = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; {} {}/pg_ctl -D {data_s} -m immediate stop >/dev/null 2>&1; rm -rf {}",
+        if is_root() {
+            "runuser -u postgres --"
+        } else {
+            ""
+        },
+        bin.display(),
+        dir.display()
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(stop)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    Some(Cluster { port })
+}
+
+/// A fresh database in the shared cluster, or None when Postgres is not installed (and not required).
+fn postgres_database() -> Option<String> {
+    let cluster = CLUSTER.get_or_init(start_cluster).as_ref()?;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let bin = pg_bin_dir()?;
+    let psql = bin.join("psql");
+    let status = Command::new(psql)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(status.success(), "CREATE DATABASE failed");
+    Some(format!(
+        "postgres://postgres@127.0.0.1:{}/{name}",
+        cluster.port
+    ))
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on a random port, over HTTP, on SQLite and on Postgres.
+
+mod helpers;
+
+mod auth;
+mod contract;
+mod decimals;
+mod http;
+mod tenancy;
+mod usage;
