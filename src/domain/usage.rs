@@ -64,6 +64,16 @@ pub struct RecordInput {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
+/// A grantCredit (kind CREDIT) or adjustUsage (kind ADJUSTMENT).
+pub struct Correction<'a> {
+    pub org_id: &'a str,
+    pub metric: &'a str,
+    pub quantity: Decimal,
+    pub reason: &'a str,
+    pub period: Option<Period>,
+    pub kind: UsageEventKind,
+}
+
 pub struct RecordOutcome {
     pub accepted: bool,
     pub duplicate: bool,
@@ -600,16 +610,8 @@ impl Engine {
     }
 
     /// A platform correction of one metric's counter or credits (grantCredit, adjustUsage).
-    pub async fn correct(
-        &self,
-        viewer: &Viewer,
-        org_id: &str,
-        metric: &str,
-        quantity: Decimal,
-        reason: &str,
-        period: Option<Period>,
-        kind: UsageEventKind,
-    ) -> AppResult<MetricUsage> {
+    pub async fn correct(&self, viewer: &Viewer, c: Correction<'_>) -> AppResult<MetricUsage> {
+        let Correction { org_id, metric, quantity, reason, period, kind } = c;
         access::require_platform(viewer)?;
         let org = access::authorize(
             &self.db,

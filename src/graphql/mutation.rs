@@ -12,7 +12,7 @@ use super::types::{
     SubscriptionChange, UsageAlert, UsageEvent, UsageSummary,
 };
 use super::{platform_only, request_ctx};
-use crate::domain::usage::{RecordInput, RecordOutcome};
+use crate::domain::usage::{Correction, RecordInput, RecordOutcome};
 use crate::domain::{Period, orgs, plans};
 use crate::error::AppError;
 
@@ -220,12 +220,14 @@ impl Mutation {
             .engine
             .correct(
                 rc.viewer()?,
-                &input.organization_id,
-                &input.metric,
-                input.quantity.0,
-                &input.reason,
-                period,
-                UsageEventKind::Credit,
+                Correction {
+                    org_id: &input.organization_id,
+                    metric: &input.metric,
+                    quantity: input.quantity.0,
+                    reason: &input.reason,
+                    period,
+                    kind: UsageEventKind::Credit,
+                },
             )
             .await?;
         Ok(MetricUsage(usage))
@@ -244,12 +246,14 @@ impl Mutation {
             .engine
             .correct(
                 rc.viewer()?,
-                &input.organization_id,
-                &input.metric,
-                input.quantity.0,
-                &input.reason,
-                period,
-                UsageEventKind::Adjustment,
+                Correction {
+                    org_id: &input.organization_id,
+                    metric: &input.metric,
+                    quantity: input.quantity.0,
+                    reason: &input.reason,
+                    period,
+                    kind: UsageEventKind::Adjustment,
+                },
             )
             .await?;
         Ok(MetricUsage(usage))

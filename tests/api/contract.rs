@@ -46,7 +46,7 @@ fn load(sdl: &str) -> Types {
 
 /// An output type may be narrower: `X!` where the contract says `X`.
 fn output_compatible(ours: &Type, theirs: &Type) -> bool {
-    if theirs.nullable == false && ours.nullable {
+    if !theirs.nullable && ours.nullable {
         return false;
     }
     match (&ours.base, &theirs.base) {
