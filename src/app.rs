@@ -7,14 +7,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use chrono::Duration;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::alerts::AlertBus;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::domain::usage::Engine;
@@ -48,14 +46,7 @@ impl AppState {
         db: DatabaseConnection,
         statements: Arc<store::StatementCounter>,
     ) -> Self {
-        let engine = Engine {
-            db,
-            bus: AlertBus::new(4096),
-            near_limit_pct: settings.near_limit_pct,
-            lateness: Duration::days(settings.lateness_days.into()),
-            clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
-            catalog: Default::default(),
-        };
+        let engine = Engine::new(db, &settings);
         let schema = build_schema(&settings);
         AppState {
             engine,
@@ -114,10 +105,60 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, router(self.state))
+        let recompute = spawn_daily_recompute(&self.state);
+        let served = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        if let Some(task) = recompute {
+            task.abort();
+        }
+        served
     }
+}
+
+/// The seed's daily cron: every `recompute_interval`, rebuild the counters of active organizations
+/// from the ledger and repair what differs (logged as a warning: a difference is a bug to chase).
+fn spawn_daily_recompute(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = state.settings.recompute_interval;
+    if every.is_zero() {
+        return None;
+    }
+    let engine = state.engine.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            recompute_pass(&engine).await;
+        }
+    }))
+}
+
+async fn recompute_pass(engine: &Engine) {
+    let orgs = match engine.recompute_targets().await {
+        Ok(orgs) => orgs,
+        Err(e) => {
+            tracing::error!(error = ?e, "recompute: listing organizations failed");
+            return;
+        }
+    };
+    let mut differences = 0usize;
+    for org in &orgs {
+        match engine.recompute_org(*org, None, true).await {
+            Ok(report) => {
+                for d in &report.differences {
+                    tracing::warn!(difference = %d, "recompute repaired a counter");
+                }
+                differences += report.differences.len();
+            }
+            Err(e) => tracing::error!(organization = %org.0, error = ?e, "recompute failed"),
+        }
+    }
+    tracing::info!(
+        organizations = orgs.len(),
+        differences,
+        "recompute pass done"
+    );
 }
 
 /// Completes on Ctrl-C or SIGTERM.

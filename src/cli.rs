@@ -1,4 +1,4 @@
-//! The command line: serve (default), migrate, platform-team, token.
+//! The command line: serve (default), migrate, platform-team, token, recompute.
 
 use std::process::ExitCode;
 
@@ -6,7 +6,9 @@ use secrecy::ExposeSecret;
 
 use crate::app::{AppState, Application, shutdown_signal};
 use crate::auth::JwtKeys;
-use crate::config::{Cli, Command, PlatformTeamCommand, ServeArgs, Settings, TokenArgs};
+use crate::config::{
+    Cli, Command, PlatformTeamCommand, RecomputeArgs, ServeArgs, Settings, TokenArgs,
+};
 use crate::domain::Role;
 use crate::store;
 
@@ -22,6 +24,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Migrate) => migrate(cli.settings).await,
         Some(Command::PlatformTeam(cmd)) => platform_team(cli.settings, cmd).await,
         Some(Command::Token(args)) => token(cli.settings, args),
+        Some(Command::Recompute(args)) => recompute(cli.settings, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,4 +148,86 @@ fn token(settings: Settings, args: TokenArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())
+}
+
+/// Organizations above which a terminal gets a progress bar.
+const PROGRESS_BAR_FROM: usize = 20;
+
+async fn recompute(settings: Settings, args: RecomputeArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+
+    use crate::domain::{OrganizationId, Scope};
+
+    let db = connect_migrated(&settings).await?;
+    let engine = crate::domain::usage::Engine::new(db, &settings);
+    let orgs = match &args.org {
+        Some(id) => {
+            let id = OrganizationId(
+                uuid::Uuid::parse_str(id)
+                    .map_err(|_| anyhow::anyhow!("--org must be an organization id (a UUID)"))?,
+            );
+            if store::orgs::find(&engine.db, Scope::Platform, id)
+                .await?
+                .is_none()
+            {
+                anyhow::bail!("no organization {}", id.0);
+            }
+            vec![id]
+        }
+        None => store::orgs::ids_with_status(&engine.db, Scope::Platform, &all_statuses()).await?,
+    };
+    let bar = (orgs.len() >= PROGRESS_BAR_FROM && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(orgs.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} recompute [{bar:40}] {pos}/{len} organizations, {elapsed} elapsed, eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let (mut counters, mut differences) = (0usize, 0usize);
+    for org in &orgs {
+        let report = engine
+            .recompute_org(*org, args.period, !args.check)
+            .await
+            .map_err(|e| anyhow::anyhow!("organization {}: {e:?}", org.0))?;
+        counters += report.counters;
+        differences += report.differences.len();
+        for d in &report.differences {
+            match &bar {
+                Some(bar) => bar.println(d.to_string()),
+                None => println!("{d}"),
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = match (differences, args.check) {
+        (0, _) => "no difference",
+        (_, true) => "differences found, nothing changed (--check)",
+        (_, false) => "differences repaired",
+    };
+    println!(
+        "recompute: organizations {}, counters {counters}, differences {differences}: {outcome}",
+        orgs.len()
+    );
+    if args.check && differences > 0 {
+        anyhow::bail!("{differences} counters or flags differ from the ledger");
+    }
+    Ok(())
+}
+
+fn all_statuses() -> [entity::enums::OrganizationStatus; 5] {
+    use entity::enums::OrganizationStatus as S;
+    [
+        S::Trialing,
+        S::Active,
+        S::PastDue,
+        S::Cancelled,
+        S::Suspended,
+    ]
 }

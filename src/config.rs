@@ -32,6 +32,21 @@ pub enum Command {
     PlatformTeam(PlatformTeamCommand),
     /// Mint a signed token with the configured secret, for trying things.
     Token(TokenArgs),
+    /// Rebuild usage counters from the ledger, report every difference, and repair them.
+    Recompute(RecomputeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecomputeArgs {
+    /// Only this organization (its id).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only this period, as YYYY-MM (a GAUGE still replays the readings before it).
+    #[arg(long, value_parser = parse_period)]
+    pub period: Option<crate::domain::Period>,
+    /// Report differences without repairing them; exit non-zero if there is any.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -169,6 +184,10 @@ pub struct Settings {
     /// Whether introspection is answered (the playground needs it).
     #[arg(long, global = true, env = "TOLLGATE_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub introspection: bool,
+    /// How often the server recomputes the counters of active organizations from the ledger
+    /// (0 turns it off).
+    #[arg(long, global = true, env = "TOLLGATE_RECOMPUTE_INTERVAL", default_value = "24h", value_parser = parse_duration)]
+    pub recompute_interval: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,
@@ -215,6 +234,7 @@ impl Settings {
             "TOLLGATE_DB_MAX_CONNECTIONS",
             "TOLLGATE_INTROSPECTION",
             "TOLLGATE_LOG_JSON",
+            "TOLLGATE_RECOMPUTE_INTERVAL",
         ];
         let unknown: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -259,6 +279,13 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Parses a period written `YYYY-MM`.
+pub fn parse_period(s: &str) -> Result<crate::domain::Period, String> {
+    chrono::NaiveDate::parse_from_str(&format!("{}-01", s.trim()), "%Y-%m-%d")
+        .map(crate::domain::Period::containing)
+        .map_err(|_| format!("invalid period {s:?}: use YYYY-MM, e.g. 2026-11"))
+}
+
 /// Parses `90s`, `30m`, `1h`, `7d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -287,6 +314,14 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604800)));
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn periods_parse() {
+        let p = parse_period("2026-02").unwrap();
+        assert_eq!(p.start.to_string(), "2026-02-01");
+        assert!(parse_period("2026-13").is_err());
+        assert!(parse_period("Feb").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod access;
 pub mod limits;
 pub mod orgs;
 pub mod plans;
+pub mod recompute;
 pub mod types;
 pub mod usage;
 

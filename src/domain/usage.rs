@@ -160,6 +160,18 @@ pub fn states_from(
 }
 
 impl Engine {
+    /// An engine over a connected, migrated database, with the rules from settings.
+    pub fn new(db: DatabaseConnection, settings: &crate::config::Settings) -> Self {
+        Engine {
+            db,
+            bus: AlertBus::new(4096),
+            near_limit_pct: settings.near_limit_pct,
+            lateness: Duration::days(settings.lateness_days.into()),
+            clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
+            catalog: Default::default(),
+        }
+    }
+
     pub async fn catalog(&self) -> AppResult<Arc<MetricCatalog>> {
         self.catalog
             .get_or_try_init(|| async {
@@ -453,7 +465,7 @@ impl Engine {
     /// Re-reads the period's counters, writes the seed's flags, and inserts the alerts whose conditions
     /// now hold (for one metric, or all). Answers the alerts that are new.
     #[allow(clippy::too_many_arguments)]
-    async fn reevaluate(
+    pub(super) async fn reevaluate(
         &self,
         txn: &DatabaseTransaction,
         scope: Scope,
@@ -611,7 +623,14 @@ impl Engine {
 
     /// A platform correction of one metric's counter or credits (grantCredit, adjustUsage).
     pub async fn correct(&self, viewer: &Viewer, c: Correction<'_>) -> AppResult<MetricUsage> {
-        let Correction { org_id, metric, quantity, reason, period, kind } = c;
+        let Correction {
+            org_id,
+            metric,
+            quantity,
+            reason,
+            period,
+            kind,
+        } = c;
         access::require_platform(viewer)?;
         let org = access::authorize(
             &self.db,
@@ -647,8 +666,15 @@ impl Engine {
         } else {
             CounterChange::Add(qty.scaled())
         };
-        store::ledger::change_counter(&txn, scope, oid, period, code.as_str(), change, None)
-            .await?;
+        let moved =
+            store::ledger::change_counter(&txn, scope, oid, period, code.as_str(), change, None)
+                .await?;
+        if moved.is_some_and(|(used, _)| used < 0) {
+            // Dropping the transaction rolls the change back.
+            return Err(AppError::bad_input(
+                "the adjustment would take usage below zero",
+            ));
+        }
         self.append(
             &txn,
             scope,

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod ledger;
 pub mod orgs;
+pub mod rebuild;
 pub mod team;
 
 use std::sync::Arc;

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: Arc<AppState>,
     pub keys: JwtKeys,
+    /// The database this server runs on, for the CLI (`tollgate recompute`) in tests.
+    pub database_url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -99,6 +101,7 @@ pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
         client: reqwest::Client::new(),
         state,
         keys,
+        database_url: url,
         _dir: dir,
     })
 }
@@ -176,6 +179,23 @@ impl TestApp {
         )
         .await
     }
+}
+
+/// The string at `path` in every item of a JSON list, e.g. `pluck(&nodes, &["metric", "code"])`.
+pub fn pluck<'a>(list: &'a Value, path: &[&str]) -> Vec<&'a str> {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    path.iter()
+                        .fold(item, |v, key| &v[*key])
+                        .as_str()
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The first error code of a response.

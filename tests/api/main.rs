@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod contract;
 mod decimals;
+mod engine;
 mod http;
 mod tenancy;
 mod usage;

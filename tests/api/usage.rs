@@ -4,7 +4,7 @@ use serde_json::json;
 use tollgate::domain::Role;
 
 use crate::both_engines;
-use crate::helpers::{TestApp, code};
+use crate::helpers::{TestApp, code, pluck};
 
 const SUMMARY: &str = "{ organization { usage { hasExceededLimits exceededLimitsDetails \
     metrics { metric { code } used allowance remaining utilizationPct exceeded exceededBy } } } }";
@@ -32,12 +32,7 @@ async fn seed_examples(app: TestApp) {
     let body = app
         .gql(&t, "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"120\"}) { accepted usage { used exceeded } alerts { kind } } }", json!({}))
         .await;
-    let kinds: Vec<&str> = body["data"]["recordUsage"]["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["kind"].as_str().unwrap())
-        .collect();
+    let kinds = pluck(&body["data"]["recordUsage"]["alerts"], &["kind"]);
     assert_eq!(kinds, ["NEAR_LIMIT", "LIMIT_EXCEEDED"], "{body}");
     let data = app.ok(&t, SUMMARY, json!({})).await;
     let usage = &data["organization"]["usage"];
