@@ -26,6 +26,10 @@ pub struct AppState {
     pub keys: Arc<JwtKeys>,
     pub schema: TollgateSchema,
     pub statements: Arc<store::StatementCounter>,
+    /// Open WebSockets, in total and per tenant.
+    pub ws: Arc<crate::ws::Registry>,
+    /// Turns true when the server starts shutting down (WebSockets close with 1001).
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -49,6 +53,8 @@ impl AppState {
         let engine = Engine::new(db, &settings);
         let schema = build_schema(&settings);
         AppState {
+            ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
+            shutdown: tokio::sync::watch::Sender::new(false),
             engine,
             settings: Arc::new(settings),
             keys: Arc::new(keys),
@@ -106,7 +112,16 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
-        let served = axum::serve(self.listener, router(self.state))
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            state.shutdown.send_replace(true);
+        };
+        // No Nagle delay: small WebSocket frames and responses go out at once.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
         if let Some(task) = recompute {

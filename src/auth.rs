@@ -186,7 +186,18 @@ pub async fn viewer_from_token(
     db: &DatabaseConnection,
     token: &str,
 ) -> Result<Viewer, AppError> {
+    session_from_token(keys, db, token).await.map(|(v, _)| v)
+}
+
+/// A verified token as a viewer, with its expiry (`exp`, seconds since the epoch): a WebSocket closes
+/// when its token expires.
+pub async fn session_from_token(
+    keys: &JwtKeys,
+    db: &DatabaseConnection,
+    token: &str,
+) -> Result<(Viewer, i64), AppError> {
     let claims = keys.verify(token)?;
+    let exp = claims.exp;
     if claims.sub.trim().is_empty() {
         return Err(AppError::Unauthenticated(
             "token lacks a required claim".into(),
@@ -213,10 +224,13 @@ pub async fn viewer_from_token(
             "token lacks the org_id and role claims".into(),
         ));
     }
-    Ok(Viewer {
-        sub: claims.sub,
-        org_id,
-        role,
-        platform,
-    })
+    Ok((
+        Viewer {
+            sub: claims.sub,
+            org_id,
+            role,
+            platform,
+        },
+        exp,
+    ))
 }

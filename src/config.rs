@@ -188,6 +188,28 @@ pub struct Settings {
     /// (0 turns it off).
     #[arg(long, global = true, env = "TOLLGATE_RECOMPUTE_INTERVAL", default_value = "24h", value_parser = parse_duration)]
     pub recompute_interval: Duration,
+    /// How long a WebSocket may wait before its connection_init (then it closes with 4408).
+    #[arg(long, global = true, env = "TOLLGATE_WS_INIT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub ws_init_timeout: Duration,
+    /// How often the server pings an idle WebSocket (keep-alive).
+    #[arg(long, global = true, env = "TOLLGATE_WS_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub ws_keepalive: Duration,
+    /// Most open WebSockets in total.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_WS_MAX_CONNECTIONS",
+        default_value_t = 20_000
+    )]
+    pub ws_max_connections: usize,
+    /// Most open WebSockets of one organization (or one platform-team member).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_WS_MAX_PER_TENANT",
+        default_value_t = 1_000
+    )]
+    pub ws_max_per_tenant: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,
@@ -235,6 +257,10 @@ impl Settings {
             "TOLLGATE_INTROSPECTION",
             "TOLLGATE_LOG_JSON",
             "TOLLGATE_RECOMPUTE_INTERVAL",
+            "TOLLGATE_WS_INIT_TIMEOUT",
+            "TOLLGATE_WS_KEEPALIVE",
+            "TOLLGATE_WS_MAX_CONNECTIONS",
+            "TOLLGATE_WS_MAX_PER_TENANT",
         ];
         let unknown: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -258,6 +284,9 @@ impl Settings {
         }
         if self.max_batch == 0 || self.max_page_size == 0 || self.max_record_batch == 0 {
             return Err("max-batch, max-page-size and max-record-batch must be at least 1".into());
+        }
+        if self.ws_init_timeout.is_zero() || self.ws_keepalive.is_zero() {
+            return Err("ws-init-timeout and ws-keepalive must be at least 1s".into());
         }
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return Err(

@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
-use async_graphql::{BatchRequest, BatchResponse, Data};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::{BatchRequest, BatchResponse};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -15,10 +13,10 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::auth;
 use crate::domain::Viewer;
 use crate::error::AppError;
 use crate::graphql::RequestCtx;
+use crate::{auth, ws};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -334,57 +332,55 @@ pub async fn graphql_get(State(state): State<Arc<AppState>>, req: Request) -> Re
     execute(&state, media, viewer, BatchRequest::Single(request)).await
 }
 
-/// The token of a WebSocket connection, from the connection_init payload.
-fn init_token(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    for key in ["Authorization", "authorization"] {
-        if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
-            return auth::bearer(v).ok().map(str::to_owned);
-        }
-    }
-    if let Some(headers) = obj.get("headers").and_then(|h| h.as_object()) {
-        for key in ["Authorization", "authorization"] {
-            if let Some(v) = headers.get(key).and_then(|v| v.as_str()) {
-                return auth::bearer(v).ok().map(str::to_owned);
-            }
-        }
-    }
-    obj.get("token")
-        .and_then(|v| v.as_str())
-        .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_owned())
-}
-
+/// The WebSocket upgrade: picks the subprotocol, takes a place under the connection limit, and hands
+/// the socket to `ws::serve`. A token may also come in the upgrade's Authorization header (for clients
+/// that can set one); the connection_init payload's token wins.
 async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts) -> Response {
-    let protocol = match GraphQLProtocol::from_request_parts(parts, &state).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    let offer = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let Some(protocol) = ws::Protocol::choose(offer) else {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            JSON,
+            "unsupported WebSocket subprotocol: use graphql-transport-ws or graphql-ws",
+            "BAD_USER_INPUT",
+        );
     };
+    let offered_any = offer.is_some_and(|o| !o.trim().is_empty());
+    let header_token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| auth::bearer(v).ok())
+        .map(str::to_owned);
     let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let schema = state.schema.clone();
+    let Some(slot) = state.ws.connect() else {
+        let mut resp = request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            JSON,
+            "too many WebSocket connections; try again later",
+            "RATE_LIMITED",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    };
+    let upgrade = if offered_any {
+        upgrade.protocols([protocol.name()])
+    } else {
+        upgrade
+    };
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
-            let st = state.clone();
-            GraphQLWebSocket::new(stream, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = init_token(&payload)
-                        .ok_or_else(|| async_graphql::Error::new("authentication required"))?;
-                    let viewer = auth::viewer_from_token(&st.keys, &st.engine.db, &token)
-                        .await
-                        .map_err(|e| async_graphql::Error::new(e.client_message()))?;
-                    let mut data = Data::default();
-                    data.insert(RequestCtx::new(
-                        st.engine.clone(),
-                        st.settings.clone(),
-                        Some(viewer),
-                    ));
-                    Ok(data)
-                })
-                .serve()
-        })
+        // Small buffers: a subscriber mostly waits, and there may be tens of thousands.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(state.settings.max_body_bytes)
+        .on_upgrade(move |socket| ws::serve(socket, state, protocol, slot, header_token))
 }
 
 /// GET /: GraphiQL, its assets served by this server.

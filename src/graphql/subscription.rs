@@ -1,19 +1,69 @@
 //! Subscription root: live alerts and usage updates from the bus, filtered to what the caller may see.
+//!
+//! A subscriber listens on its organization's bounded channel. One that falls behind is not waited
+//! for: it receives, in its stream, an error with `extensions.code = "LAGGED"`, how many events it
+//! missed, and the `since` to pass to the `usageAlerts` query (or to this subscription) to catch up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::{Context, ID, Result, Subscription as GqlSubscription};
-use futures_util::Stream;
+use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription as GqlSubscription};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
 
 use super::request_ctx;
 use super::types::{AlertKind, UsageAlert, UsageSummary};
 use crate::alerts::BusEvent;
 use crate::domain::access::{self, Action};
-use crate::domain::{OrganizationId, Period};
+use crate::domain::{OrganizationId, Period, Scope};
 
 pub struct Subscription;
+
+/// Most stored alerts replayed by `since` before the live ones.
+const REPLAY_LIMIT: usize = 1000;
+
+/// How long usageUpdated gathers a burst before it reads the state once.
+const COALESCE: Duration = Duration::from_millis(250);
+
+fn lagged(missed: u64, since: Option<DateTime<Utc>>) -> async_graphql::Error {
+    async_graphql::Error::new(format!(
+        "this subscriber fell behind and missed {missed} events; read them with the usageAlerts query"
+    ))
+    .extend_with(|_, e| {
+        e.set("code", "LAGGED");
+        e.set("missed", missed);
+        if let Some(s) = since {
+            e.set("since", s.to_rfc3339());
+        }
+    })
+}
+
+/// Stored alerts since `since`, oldest first (the catch-up before the live stream).
+async fn replay(
+    db: &sea_orm::DatabaseConnection,
+    scope: Scope,
+    org: Option<OrganizationId>,
+    since: DateTime<Utc>,
+) -> Result<Vec<entity::usage_alert::Model>> {
+    let mut out = Vec::new();
+    let mut after: Option<Uuid> = None;
+    while out.len() < REPLAY_LIMIT {
+        let page =
+            crate::store::ledger::alerts_page(db, scope, org, Some(since), after, 200).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        let short = page.len() < 200;
+        out.extend(page);
+        if short {
+            break;
+        }
+    }
+    out.truncate(REPLAY_LIMIT);
+    out.reverse();
+    Ok(out)
+}
 
 #[GqlSubscription]
 impl Subscription {
@@ -23,7 +73,11 @@ impl Subscription {
         ctx: &Context<'_>,
         organization_id: Option<ID>,
         kinds: Option<Vec<AlertKind>>,
-    ) -> Result<impl Stream<Item = UsageAlert>> {
+        #[graphql(
+            desc = "Replay the stored alerts raised since this instant (at most 1000, oldest first) before the live ones, with none missed or repeated in between: what a reconnecting client passes."
+        )]
+        since: Option<DateTime<Utc>>,
+    ) -> Result<impl Stream<Item = Result<UsageAlert>>> {
         let rc = request_ctx(ctx)?;
         let viewer = rc.viewer()?;
         let only: Option<OrganizationId> = match (&organization_id, viewer.platform) {
@@ -39,25 +93,53 @@ impl Subscription {
         };
         let kinds: Option<Vec<entity::enums::AlertKind>> =
             kinds.map(|k| k.into_iter().map(Into::into).collect());
-        let rx = rc.engine.bus.subscribe();
-        Ok(futures_util::stream::unfold(
-            (rx, kinds),
-            move |(mut rx, kinds)| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(BusEvent::Alert(a)) => {
-                            let org_ok = only.is_none_or(|o| o.0 == a.organization_id);
-                            let kind_ok = kinds.as_ref().is_none_or(|k| k.contains(&a.kind));
-                            if org_ok && kind_ok {
-                                return Some((UsageAlert(a), (rx, kinds)));
+        let wanted = Arc::new(move |a: &entity::usage_alert::Model| {
+            only.is_none_or(|o| o.0 == a.organization_id)
+                && kinds.as_ref().is_none_or(|k| k.contains(&a.kind))
+        });
+        // Listen first, then read the store: an alert committed in between is in one or the other,
+        // and the ids (time-ordered) tell which were already sent.
+        let rx = rc.engine.bus.subscribe(only);
+        let stored = match since {
+            Some(s) => replay(&rc.engine.db, viewer.scope(), only, s).await?,
+            None => vec![],
+        };
+        let stored: Vec<_> = stored.into_iter().filter(|a| wanted(a)).collect();
+        let last_sent = stored.last().map(|a| (a.id, a.created_at));
+        let replayed = futures_util::stream::iter(
+            stored
+                .into_iter()
+                .map(|a| Ok(UsageAlert(Arc::new(a))))
+                .collect::<Vec<_>>(),
+        );
+        let live = futures_util::stream::unfold(
+            (rx, last_sent.or(since.map(|s| (Uuid::nil(), s)))),
+            move |(mut rx, mut last)| {
+                let wanted = wanted.clone();
+                async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(BusEvent::Alert(a)) => {
+                                if !wanted(&a) || last.is_some_and(|(id, _)| a.id <= id) {
+                                    continue;
+                                }
+                                last = Some((a.id, a.created_at));
+                                return Some((Ok(UsageAlert(a)), (rx, last)));
                             }
+                            Ok(BusEvent::UsageChanged(_)) => continue,
+                            Err(RecvError::Lagged(missed)) => {
+                                return Some((
+                                    Err(lagged(missed, last.map(|(_, at)| at))),
+                                    (rx, last),
+                                ));
+                            }
+                            Err(RecvError::Closed) => return None,
                         }
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
                     }
                 }
             },
-        ))
+        );
+        Ok(replayed.chain(live))
     }
 
     /// A fresh summary whenever the organization's usage changes, for live dashboards (at most a few a second per organization).
@@ -75,21 +157,20 @@ impl Subscription {
                 .id,
         );
         let engine = rc.engine.clone();
-        let rx = engine.bus.subscribe();
+        let rx = engine.bus.subscribe(Some(org));
         let state = (rx, engine, viewer);
         Ok(futures_util::stream::unfold(
             state,
             move |(mut rx, engine, viewer)| async move {
                 loop {
                     match rx.recv().await {
-                        Ok(ev)
-                            if ev.organization() == org
-                                && matches!(ev, BusEvent::UsageChanged(_)) =>
-                        {
-                            // Coalesce a burst: wait a moment and drain what queued meanwhile, then read
-                            // the latest state once.
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                            while let Ok(_ev) = rx.try_recv() {}
+                        // A lag only means more changes happened: the state read below covers them.
+                        Ok(BusEvent::UsageChanged(_)) | Err(RecvError::Lagged(_)) => {
+                            // Coalesce a burst: wait a moment, drain what queued meanwhile, then read
+                            // the latest state once. A change after the drain wakes the next round,
+                            // so the stream always ends on the latest state.
+                            tokio::time::sleep(COALESCE).await;
+                            while rx.try_recv().is_ok() {}
                             let orgs =
                                 crate::store::orgs::by_ids(&engine.db, viewer.scope(), &[org])
                                     .await
@@ -101,7 +182,7 @@ impl Subscription {
                             let s = summary.into_iter().next()?;
                             return Some((UsageSummary(Arc::new(s)), (rx, engine, viewer)));
                         }
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                        Ok(BusEvent::Alert(_)) => continue,
                         Err(RecvError::Closed) => return None,
                     }
                 }

@@ -31,15 +31,19 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// Runs `$body` (an async fn taking a `TestApp`) once on SQLite and once on Postgres.
+/// Runs `$body` (an async fn taking a `TestApp`) once on SQLite and once on Postgres, with optional
+/// extra server flags.
 #[macro_export]
 macro_rules! both_engines {
     ($name:ident, $body:path) => {
+        $crate::both_engines!($name, $body, &[]);
+    };
+    ($name:ident, $body:path, $args:expr) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
                 if let Some(app) =
-                    $crate::helpers::spawn_app($crate::helpers::Engine::Sqlite, &[]).await
+                    $crate::helpers::spawn_app($crate::helpers::Engine::Sqlite, $args).await
                 {
                     $body(app).await;
                 }
@@ -47,7 +51,7 @@ macro_rules! both_engines {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 if let Some(app) =
-                    $crate::helpers::spawn_app($crate::helpers::Engine::Postgres, &[]).await
+                    $crate::helpers::spawn_app($crate::helpers::Engine::Postgres, $args).await
                 {
                     $body(app).await;
                 }

@@ -9,3 +9,4 @@ mod engine;
 mod http;
 mod tenancy;
 mod usage;
+mod ws;

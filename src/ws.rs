@@ -1,0 +1,604 @@
+//! GraphQL over WebSocket, owned rather than stock: graphql-transport-ws as graphql-ws's PROTOCOL.md
+//! lays it down (close codes 4400, 4401, 4403, 4408, 4409, 4429; ping/pong), and the legacy
+//! subscriptions-transport-ws (subprotocol `graphql-ws`) that older Apollo clients speak.
+//!
+//! One task per connection reads the socket and writes what the operations produce. Each operation
+//! runs in its own task and hands its results over a small bounded channel, so a slow socket stops
+//! its own operations from reading the bus (they lag, and are told so) and never slows a recording or
+//! another subscriber.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep};
+
+use crate::app::AppState;
+use crate::auth;
+use crate::domain::Viewer;
+use crate::graphql::RequestCtx;
+
+/// Results an operation may queue for a socket that is slow to take them.
+const OUT_BUFFER: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// graphql-transport-ws (the `graphql-ws` npm package).
+    TransportWs,
+    /// subscriptions-transport-ws, whose subprotocol is named `graphql-ws`.
+    Legacy,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::Legacy => "graphql-ws",
+        }
+    }
+
+    /// The protocol for a `Sec-WebSocket-Protocol` offer: graphql-transport-ws when offered (or when
+    /// nothing is offered), else the legacy one; None when only unknown subprotocols are offered.
+    pub fn choose(offer: Option<&str>) -> Option<Protocol> {
+        let Some(offer) = offer.filter(|o| !o.trim().is_empty()) else {
+            return Some(Protocol::TransportWs);
+        };
+        let offered: Vec<&str> = offer.split(',').map(str::trim).collect();
+        if offered.contains(&"graphql-transport-ws") {
+            Some(Protocol::TransportWs)
+        } else if offered.contains(&"graphql-ws") {
+            Some(Protocol::Legacy)
+        } else {
+            None
+        }
+    }
+}
+
+/// Open connections, in total and per tenant (an organization, or a platform-team member).
+pub struct Registry {
+    total: AtomicUsize,
+    tenants: Mutex<HashMap<String, usize>>,
+    max_total: usize,
+    max_per_tenant: usize,
+}
+
+/// One connection's place in the registry, given back on drop.
+pub struct Slot {
+    registry: Arc<Registry>,
+    tenant: Option<String>,
+}
+
+impl Registry {
+    pub fn new(max_total: usize, max_per_tenant: usize) -> Arc<Self> {
+        Arc::new(Registry {
+            total: AtomicUsize::new(0),
+            tenants: Mutex::new(HashMap::new()),
+            max_total,
+            max_per_tenant,
+        })
+    }
+
+    /// A place for one more connection, or None at the total limit.
+    pub fn connect(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        taken.ok().map(|_| Slot {
+            registry: self.clone(),
+            tenant: None,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    fn claim(&self, slot: &mut Slot, tenant: String) -> bool {
+        let Ok(mut tenants) = self.tenants.lock() else {
+            return false;
+        };
+        let n = tenants.entry(tenant.clone()).or_insert(0);
+        if *n >= self.max_per_tenant {
+            return false;
+        }
+        *n += 1;
+        slot.tenant = Some(tenant);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(t) = self.tenant.take()
+            && let Ok(mut tenants) = self.registry.tenants.lock()
+            && let Some(n) = tenants.get_mut(&t)
+        {
+            *n -= 1;
+            if *n == 0 {
+                tenants.remove(&t);
+            }
+        }
+    }
+}
+
+fn tenant_key(viewer: &Viewer) -> String {
+    match (viewer.platform, viewer.org_id) {
+        (false, Some(org)) => format!("org:{}", org.0),
+        _ => format!("platform:{}", viewer.sub),
+    }
+}
+
+/// What an operation task sends to its connection.
+enum Out {
+    /// A result (`next`/`data`) or a request error (`error`) of operation `id`, generation `generation`.
+    Message {
+        id: String,
+        generation: u64,
+        message: Value,
+    },
+    /// The operation ended; `complete` says whether the client is told with a `complete` message.
+    Ended {
+        id: String,
+        generation: u64,
+        complete: bool,
+    },
+}
+
+/// Why the server closes a connection.
+struct Close(u16, String);
+
+impl Close {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Close(code, reason.into())
+    }
+}
+
+struct Session {
+    viewer: Viewer,
+}
+
+struct Connection {
+    state: Arc<AppState>,
+    protocol: Protocol,
+    slot: Slot,
+    header_token: Option<String>,
+    session: Option<Session>,
+    init_seen: bool,
+    operations: HashMap<String, (u64, AbortHandle)>,
+    next_gen: u64,
+    out_tx: mpsc::Sender<Out>,
+}
+
+/// Serves one upgraded connection until either side closes it.
+pub async fn serve(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    protocol: Protocol,
+    slot: Slot,
+    header_token: Option<String>,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel(OUT_BUFFER);
+    let settings = state.settings.clone();
+    let mut shutdown = state.shutdown.subscribe();
+    let mut conn = Connection {
+        state,
+        protocol,
+        slot,
+        header_token,
+        session: None,
+        init_seen: false,
+        operations: HashMap::new(),
+        next_gen: 0,
+        out_tx,
+    };
+    let mut init_deadline = pin!(sleep(settings.ws_init_timeout));
+    // Replaced by the token's expiry once the connection is acknowledged.
+    let mut expiry = pin!(sleep(Duration::from_secs(365 * 86400)));
+    let mut keepalive = tokio::time::interval_at(
+        Instant::now() + settings.ws_keepalive,
+        settings.ws_keepalive,
+    );
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let close: Option<Close> = loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let text = match incoming {
+                    None | Some(Err(_)) => break None,
+                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        break Some(Close::new(4400, "Binary messages are not supported"));
+                    }
+                    Some(Ok(Message::Text(t))) => t,
+                };
+                match conn.handle(text.as_str()).await {
+                    Ok(replies) => {
+                        let mut failed = false;
+                        for reply in replies {
+                            if let Some(exp) = reply.expires {
+                                expiry.as_mut().reset(exp);
+                            }
+                            if let Some(m) = reply.message
+                                && socket.send(text_message(&m)).await.is_err()
+                            {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed {
+                            break None;
+                        }
+                    }
+                    Err(close) => break Some(close),
+                }
+            }
+            out = out_rx.recv() => {
+                let Some(out) = out else { continue };
+                if let Some(m) = conn.deliver(out)
+                    && socket.send(text_message(&m)).await.is_err()
+                {
+                    break None;
+                }
+            }
+            _ = &mut init_deadline, if !conn.init_seen => {
+                break Some(Close::new(4408, "Connection initialisation timeout"));
+            }
+            _ = &mut expiry, if conn.session.is_some() => {
+                break Some(Close::new(4403, "Forbidden: the token expired"));
+            }
+            _ = keepalive.tick(), if conn.session.is_some() => {
+                let ping = match conn.protocol {
+                    Protocol::TransportWs => json!({ "type": "ping" }),
+                    Protocol::Legacy => json!({ "type": "ka" }),
+                };
+                if socket.send(text_message(&ping)).await.is_err() {
+                    break None;
+                }
+            }
+            _ = shutdown.changed() => {
+                break Some(Close::new(1001, "the server is shutting down"));
+            }
+        }
+    };
+    for (_, (_, handle)) in conn.operations.drain() {
+        handle.abort();
+    }
+    if let Some(Close(code, reason)) = close {
+        if conn.protocol == Protocol::Legacy && code == 4403 {
+            let _ = socket
+                .send(text_message(
+                    &json!({ "type": "connection_error", "payload": { "message": reason } }),
+                ))
+                .await;
+        }
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+fn text_message(v: &Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+/// A message to send back, and possibly the new expiry of the connection.
+struct Reply {
+    message: Option<Value>,
+    expires: Option<Instant>,
+}
+
+impl Reply {
+    fn send(message: Value) -> Self {
+        Reply {
+            message: Some(message),
+            expires: None,
+        }
+    }
+}
+
+fn invalid(what: &str) -> Close {
+    Close::new(4400, format!("Invalid message received: {what}"))
+}
+
+impl Connection {
+    /// Handles one client message: replies to send, or a reason to close.
+    async fn handle(&mut self, text: &str) -> Result<Vec<Reply>, Close> {
+        let msg: Value = serde_json::from_str(text).map_err(|_| invalid("not JSON"))?;
+        let kind = msg
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("no type"))?;
+        match (self.protocol, kind) {
+            (_, "connection_init") => self.init(msg.get("payload")).await,
+            (Protocol::TransportWs, "ping") => {
+                let mut pong = json!({ "type": "pong" });
+                if let Some(p) = msg.get("payload").filter(|p| !p.is_null()) {
+                    pong["payload"] = p.clone();
+                }
+                Ok(vec![Reply::send(pong)])
+            }
+            (Protocol::TransportWs, "pong") => Ok(vec![]),
+            (Protocol::TransportWs, "subscribe") | (Protocol::Legacy, "start") => {
+                let id = operation_id(&msg)?;
+                self.subscribe(id, msg.get("payload")).map(|_| vec![])
+            }
+            (Protocol::TransportWs, "complete") | (Protocol::Legacy, "stop") => {
+                let id = operation_id(&msg)?;
+                let stopped = self.operations.remove(&id);
+                if let Some((_, handle)) = &stopped {
+                    handle.abort();
+                }
+                // The legacy protocol confirms a stop; graphql-transport-ws does not.
+                Ok(match (self.protocol, stopped) {
+                    (Protocol::Legacy, Some(_)) => {
+                        vec![Reply::send(json!({ "type": "complete", "id": id }))]
+                    }
+                    _ => vec![],
+                })
+            }
+            (Protocol::Legacy, "connection_terminate") => {
+                Err(Close::new(1000, "connection terminated"))
+            }
+            (_, other) => Err(invalid(&format!("unknown type {other:?}"))),
+        }
+    }
+
+    async fn init(&mut self, payload: Option<&Value>) -> Result<Vec<Reply>, Close> {
+        if self.init_seen {
+            return Err(Close::new(4429, "Too many initialisation requests"));
+        }
+        self.init_seen = true;
+        let payload = payload.cloned().unwrap_or(Value::Null);
+        if !(payload.is_null() || payload.is_object()) {
+            return Err(invalid("the connection_init payload must be an object"));
+        }
+        let token = init_token(&payload)
+            .or_else(|| self.header_token.clone())
+            .ok_or_else(|| Close::new(4403, "Forbidden: a token is required"))?;
+        let (viewer, exp) =
+            auth::session_from_token(&self.state.keys, &self.state.engine.db, &token)
+                .await
+                .map_err(|e| Close::new(4403, format!("Forbidden: {}", e.client_message())))?;
+        if !self
+            .slot
+            .registry
+            .clone()
+            .claim(&mut self.slot, tenant_key(&viewer))
+        {
+            return Err(Close::new(
+                1013,
+                "Too many connections for this organization; try again later",
+            ));
+        }
+        let left = exp - chrono::Utc::now().timestamp();
+        let expires = Instant::now() + Duration::from_secs(left.max(0) as u64);
+        self.session = Some(Session { viewer });
+        let mut replies = vec![Reply {
+            message: Some(json!({ "type": "connection_ack" })),
+            expires: Some(expires),
+        }];
+        if self.protocol == Protocol::Legacy {
+            replies.push(Reply::send(json!({ "type": "ka" })));
+        }
+        Ok(replies)
+    }
+
+    fn subscribe(&mut self, id: String, payload: Option<&Value>) -> Result<(), Close> {
+        let Some(session) = &self.session else {
+            return Err(Close::new(4401, "Unauthorized"));
+        };
+        let payload = payload
+            .filter(|p| p.get("query").is_some_and(Value::is_string))
+            .ok_or_else(|| invalid("subscribe needs a payload with a query"))?;
+        let request: async_graphql::Request = serde_json::from_value(payload.clone())
+            .map_err(|_| invalid("the subscribe payload is not a GraphQL request"))?;
+        if let Some((_, previous)) = self.operations.get(&id) {
+            match self.protocol {
+                Protocol::TransportWs => {
+                    return Err(Close::new(
+                        4409,
+                        format!("Subscriber for {id} already exists"),
+                    ));
+                }
+                // The legacy protocol replaces an operation started again under the same id.
+                Protocol::Legacy => previous.abort(),
+            }
+        }
+        self.next_gen += 1;
+        let generation = self.next_gen;
+        let ctx = RequestCtx::new(
+            self.state.engine.clone(),
+            self.state.settings.clone(),
+            Some(session.viewer.clone()),
+        );
+        let stream = self.state.schema.execute_stream(request.data(ctx));
+        let (tx, protocol, op) = (self.out_tx.clone(), self.protocol, id.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = pin!(stream);
+            let mut first = true;
+            while let Some(resp) = stream.next().await {
+                let (message, terminal) = render(protocol, &op, resp, first);
+                first = false;
+                let sent = tx
+                    .send(Out::Message {
+                        id: op.clone(),
+                        generation,
+                        message,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+                if terminal {
+                    let _ = tx
+                        .send(Out::Ended {
+                            id: op,
+                            generation,
+                            complete: false,
+                        })
+                        .await;
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Out::Ended {
+                    id: op,
+                    generation,
+                    complete: true,
+                })
+                .await;
+        });
+        self.operations
+            .insert(id, (generation, task.abort_handle()));
+        Ok(())
+    }
+
+    /// What to send for an operation's output, unless the operation was stopped meanwhile.
+    fn deliver(&mut self, out: Out) -> Option<Value> {
+        match out {
+            Out::Message {
+                id,
+                generation,
+                message,
+            } => (self.operations.get(&id).map(|(g, _)| *g) == Some(generation)).then_some(message),
+            Out::Ended {
+                id,
+                generation,
+                complete,
+            } => {
+                if self.operations.get(&id).map(|(g, _)| *g) != Some(generation) {
+                    return None;
+                }
+                self.operations.remove(&id);
+                complete.then(|| json!({ "type": "complete", "id": id }))
+            }
+        }
+    }
+}
+
+fn operation_id(msg: &Value) -> Result<String, Close> {
+    msg.get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| invalid("an operation id is required"))
+}
+
+/// A result as a protocol message, and whether it ends the operation. A request that fails before
+/// executing (parse, validation, or a subscription refused at its start) is an `error` message.
+fn render(
+    protocol: Protocol,
+    id: &str,
+    resp: async_graphql::Response,
+    first: bool,
+) -> (Value, bool) {
+    let request_error = first && resp.data == async_graphql::Value::Null && resp.is_err();
+    let body = serde_json::to_value(&resp).unwrap_or_else(|_| json!({ "data": null }));
+    match (protocol, request_error) {
+        (Protocol::TransportWs, true) => (
+            json!({ "type": "error", "id": id, "payload": body["errors"] }),
+            true,
+        ),
+        (Protocol::TransportWs, false) => {
+            (json!({ "type": "next", "id": id, "payload": body }), false)
+        }
+        (Protocol::Legacy, true) => (
+            json!({ "type": "error", "id": id, "payload": body["errors"][0] }),
+            true,
+        ),
+        (Protocol::Legacy, false) => (json!({ "type": "data", "id": id, "payload": body }), false),
+    }
+}
+
+/// The token of a connection_init payload: `{"Authorization": "Bearer ..."}`, the same under
+/// `headers`, or `{"token": "..."}`.
+pub fn init_token(payload: &Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    let header = |o: &serde_json::Map<String, Value>| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.as_str())
+            .map(|v| auth::bearer(v).map(str::to_owned).unwrap_or_default())
+    };
+    if let Some(t) = header(obj) {
+        return Some(t);
+    }
+    if let Some(t) = obj
+        .get("headers")
+        .and_then(Value::as_object)
+        .and_then(header)
+    {
+        return Some(t);
+    }
+    obj.get("token")
+        .and_then(Value::as_str)
+        .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_are_chosen_from_the_offer() {
+        assert_eq!(Protocol::choose(None), Some(Protocol::TransportWs));
+        assert_eq!(
+            Protocol::choose(Some("graphql-ws, graphql-transport-ws")),
+            Some(Protocol::TransportWs)
+        );
+        assert_eq!(Protocol::choose(Some("graphql-ws")), Some(Protocol::Legacy));
+        assert_eq!(Protocol::choose(Some("mqtt")), None);
+    }
+
+    #[test]
+    fn tokens_come_from_the_init_payload() {
+        assert_eq!(
+            init_token(&json!({ "Authorization": "Bearer abc" })),
+            Some("abc".into())
+        );
+        assert_eq!(
+            init_token(&json!({ "headers": { "authorization": "Bearer abc" } })),
+            Some("abc".into())
+        );
+        assert_eq!(init_token(&json!({ "token": "abc" })), Some("abc".into()));
+        assert_eq!(init_token(&json!({})), None);
+        // A malformed header is a wrong token, not a missing one.
+        assert_eq!(
+            init_token(&json!({ "Authorization": "Basic abc" })),
+            Some(String::new())
+        );
+    }
+
+    #[test]
+    fn the_registry_enforces_both_limits() {
+        let reg = Registry::new(3, 1);
+        let mut a = reg.connect().unwrap();
+        let mut b = reg.connect().unwrap();
+        assert!(reg.claim(&mut a, "org:1".into()));
+        assert!(!reg.claim(&mut b, "org:1".into()), "one per tenant");
+        assert!(reg.claim(&mut b, "org:2".into()));
+        let _c = reg.connect().unwrap();
+        assert!(reg.connect().is_none(), "three in total");
+        drop(a);
+        let mut d = reg.connect().unwrap();
+        assert!(
+            reg.claim(&mut d, "org:1".into()),
+            "a closed connection frees its place"
+        );
+        assert_eq!(reg.open(), 3);
+    }
+}

@@ -1,0 +1,439 @@
+//! GraphQL over WebSocket through the real server: graphql-transport-ws close codes and keep-alive,
+//! the legacy subscriptions-transport-ws, tenant scope, alerts after commit, catch-up, coalescing,
+//! and what a lagging subscriber is told.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tollgate::domain::Role;
+
+use crate::both_engines;
+use crate::helpers::TestApp;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Debug, PartialEq)]
+enum Event {
+    Msg(Value),
+    Closed(u16, String),
+}
+
+struct Ws {
+    socket: Socket,
+}
+
+impl Ws {
+    async fn connect(app: &TestApp, protocol: Option<&str>) -> Ws {
+        let mut req = format!("ws://{}/graphql", app.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(p) = protocol {
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        let (socket, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        if let Some(p) = protocol {
+            assert_eq!(
+                resp.headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok()),
+                Some(p.split(',').next().unwrap().trim())
+            );
+        }
+        Ws { socket }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.socket
+            .send(Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next message or close within `within`, or None.
+    async fn next_within(&mut self, within: Duration) -> Option<Event> {
+        loop {
+            let msg = match tokio::time::timeout(within, self.socket.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(Event::Closed(1006, String::new())),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => return Some(Event::Msg(serde_json::from_str(&t).unwrap())),
+                Message::Close(frame) => {
+                    return Some(match frame {
+                        Some(f) => Event::Closed(f.code.into(), f.reason.to_string()),
+                        None => Event::Closed(1005, String::new()),
+                    });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Event {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a message within 10s")
+    }
+
+    /// The next protocol message, skipping keep-alives.
+    async fn message(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Event::Msg(m) if m["type"] == "ping" || m["type"] == "ka" => continue,
+                Event::Msg(m) => return m,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    async fn closed_with(&mut self) -> u16 {
+        loop {
+            match self.next().await {
+                Event::Closed(code, _) => return code,
+                Event::Msg(m) if m["type"] == "ping" || m["type"] == "ka" => continue,
+                Event::Msg(m) => panic!("expected a close, got {m}"),
+            }
+        }
+    }
+
+    async fn init(&mut self, payload: Value) {
+        self.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        assert_eq!(self.message().await["type"], "connection_ack");
+    }
+
+    async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        self.send(json!({ "type": "subscribe", "id": id, "payload": { "query": query, "variables": variables } }))
+            .await;
+    }
+}
+
+fn bearer(token: &str) -> Value {
+    json!({ "Authorization": format!("Bearer {token}") })
+}
+
+const ALERTS: &str = "subscription($o: ID, $since: DateTime) { usageAlerts(organizationId: $o, since: $since) { \
+    id kind metric { code } organization { id } utilizationPct } }";
+
+async fn close_codes_follow_the_protocol(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let token = app.tenant_token(&org, Role::Viewer);
+    let proto = Some("graphql-transport-ws");
+
+    // No connection_init in time (the server runs with a 1s limit here).
+    let mut ws = Ws::connect(&app, proto).await;
+    let started = Instant::now();
+    assert_eq!(ws.closed_with().await, 4408);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // Without a valid token: 4403, whichever way it is wrong.
+    for payload in [
+        json!({}),
+        json!(null),
+        bearer("not-a-token"),
+        json!({ "token": "x.y.z" }),
+    ] {
+        let mut ws = Ws::connect(&app, proto).await;
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        assert_eq!(ws.closed_with().await, 4403, "init payload {payload}");
+    }
+
+    // Subscribe before the ack: 4401.
+    let mut ws = Ws::connect(&app, proto).await;
+    ws.subscribe("1", "subscription { usageAlerts { id } }", json!({}))
+        .await;
+    assert_eq!(ws.closed_with().await, 4401);
+
+    // A second init: 4429. The token may also come as {"token": ...}.
+    let mut ws = Ws::connect(&app, proto).await;
+    ws.init(json!({ "token": token })).await;
+    ws.send(json!({ "type": "connection_init", "payload": bearer(&token) }))
+        .await;
+    assert_eq!(ws.closed_with().await, 4429);
+
+    // A duplicate operation id: 4409.
+    let mut ws = Ws::connect(&app, proto).await;
+    ws.init(bearer(&token)).await;
+    ws.subscribe("dup", "subscription { usageAlerts { id } }", json!({}))
+        .await;
+    ws.subscribe("dup", "subscription { usageAlerts { id } }", json!({}))
+        .await;
+    assert_eq!(ws.closed_with().await, 4409);
+
+    // Invalid messages: 4400.
+    for bad in [
+        "not json",
+        "{\"type\": \"nonsense\"}",
+        "{\"no\": \"type\"}",
+        "{\"type\": \"subscribe\", \"payload\": {\"query\": \"{ viewer { userId } }\"}}",
+        "{\"type\": \"subscribe\", \"id\": \"1\", \"payload\": {}}",
+    ] {
+        let mut ws = Ws::connect(&app, proto).await;
+        ws.init(bearer(&token)).await;
+        ws.send_raw(bad).await;
+        assert_eq!(ws.closed_with().await, 4400, "{bad}");
+    }
+
+    // ping answers pong with its payload; a query runs once and completes.
+    let mut ws = Ws::connect(&app, proto).await;
+    ws.init(bearer(&token)).await;
+    ws.send(json!({ "type": "ping", "payload": { "n": 1 } }))
+        .await;
+    assert_eq!(
+        ws.message().await,
+        json!({ "type": "pong", "payload": { "n": 1 } })
+    );
+    ws.subscribe("q", "{ viewer { role organization { id } } }", json!({}))
+        .await;
+    let next = ws.message().await;
+    assert_eq!(next["type"], "next");
+    assert_eq!(next["id"], "q");
+    assert_eq!(next["payload"]["data"]["viewer"]["role"], "VIEWER");
+    assert_eq!(ws.message().await, json!({ "type": "complete", "id": "q" }));
+    // A validation error is an `error` message, and ends the operation.
+    ws.subscribe("bad", "subscription { noSuchField }", json!({}))
+        .await;
+    let err = ws.message().await;
+    assert_eq!(err["type"], "error");
+    assert!(err["payload"][0]["message"].as_str().is_some(), "{err}");
+}
+both_engines!(
+    close_codes,
+    super::close_codes_follow_the_protocol,
+    &["--ws-init-timeout", "1s"]
+);
+
+async fn keepalive_and_expiry(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    // The server pings an idle connection (here every second), and the client's pong is accepted.
+    let token = app.tenant_token(&org, Role::Viewer);
+    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&token)).await;
+    match ws.next_within(Duration::from_secs(3)).await {
+        Some(Event::Msg(m)) => assert_eq!(m["type"], "ping"),
+        other => panic!("expected a keep-alive ping, got {other:?}"),
+    }
+    ws.send(json!({ "type": "pong" })).await;
+
+    // The socket closes when its token expires.
+    let short = app
+        .keys
+        .mint(
+            "short-lived",
+            Some(&org),
+            Some(Role::Viewer),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&short)).await;
+    let started = Instant::now();
+    assert_eq!(ws.closed_with().await, 4403);
+    assert!(started.elapsed() <= Duration::from_secs(4));
+}
+both_engines!(
+    keepalive,
+    super::keepalive_and_expiry,
+    &["--ws-keepalive", "1s"]
+);
+
+async fn legacy_protocol_works(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let viewer = app.tenant_token(&org, Role::Viewer);
+    let service = app.tenant_token(&org, Role::Service);
+    let mut ws = Ws::connect(&app, Some("graphql-ws")).await;
+    ws.send(json!({ "type": "connection_init", "payload": bearer(&viewer) }))
+        .await;
+    assert_eq!(
+        ws.next().await,
+        Event::Msg(json!({ "type": "connection_ack" }))
+    );
+    assert_eq!(ws.next().await, Event::Msg(json!({ "type": "ka" })));
+    ws.send(json!({ "type": "start", "id": "a", "payload": { "query": ALERTS } }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.record(&service, "bookings", "85").await;
+    let data = ws.message().await;
+    assert_eq!(data["type"], "data", "{data}");
+    assert_eq!(data["id"], "a");
+    assert_eq!(data["payload"]["data"]["usageAlerts"]["kind"], "NEAR_LIMIT");
+    ws.send(json!({ "type": "stop", "id": "a" })).await;
+    assert_eq!(ws.message().await, json!({ "type": "complete", "id": "a" }));
+    ws.send(json!({ "type": "connection_terminate" })).await;
+    assert_eq!(ws.closed_with().await, 1000);
+
+    // A wrong token: connection_error, then the close.
+    let mut ws = Ws::connect(&app, Some("graphql-ws")).await;
+    ws.send(json!({ "type": "connection_init", "payload": { "token": "nope" } }))
+        .await;
+    assert_eq!(ws.message().await["type"], "connection_error");
+    assert_eq!(ws.closed_with().await, 4403);
+}
+both_engines!(legacy, super::legacy_protocol_works);
+
+async fn alerts_reach_only_their_tenant(app: TestApp) {
+    let a = app.create_org("alpha", "basic").await;
+    let b = app.create_org("bravo", "basic").await;
+    let started_at = chrono::Utc::now();
+    let mut wa = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    wa.init(bearer(&app.tenant_token(&a, Role::Viewer))).await;
+    wa.subscribe("a", ALERTS, json!({})).await;
+    let mut wb = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    wb.init(bearer(&app.tenant_token(&b, Role::Viewer))).await;
+    wb.subscribe("b", ALERTS, json!({})).await;
+    let mut wp = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    wp.init(bearer(&app.platform_token())).await;
+    wp.subscribe("p", ALERTS, json!({})).await;
+    // Subscribing to another tenant's organization fails exactly as a missing one does.
+    wb.subscribe("foreign", ALERTS, json!({ "o": a })).await;
+    let foreign = wb.message().await;
+    wb.subscribe("ghost", ALERTS, json!({ "o": uuid::Uuid::new_v4() }))
+        .await;
+    let ghost = wb.message().await;
+    assert_eq!(foreign["type"], "error", "{foreign}");
+    assert_eq!(foreign["payload"], ghost["payload"]);
+    assert_eq!(foreign["payload"][0]["extensions"]["code"], "NOT_FOUND");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let service = app.tenant_token(&a, Role::Service);
+    let mut latencies = Vec::new();
+    for (quantity, kind) in [("85", "NEAR_LIMIT"), ("20", "LIMIT_EXCEEDED")] {
+        app.record(&service, "bookings", quantity).await;
+        let answered = Instant::now();
+        let m = wa.message().await;
+        latencies.push(answered.elapsed());
+        assert_eq!(m["type"], "next");
+        let alert = &m["payload"]["data"]["usageAlerts"];
+        assert_eq!(alert["kind"], kind, "{m}");
+        assert_eq!(alert["organization"]["id"], a.as_str());
+        let p = wp.message().await;
+        assert_eq!(p["payload"]["data"]["usageAlerts"]["kind"], kind);
+    }
+    println!("alert delivery after the mutation answered: {latencies:?}");
+    assert_eq!(
+        wb.next_within(Duration::from_millis(500)).await,
+        None,
+        "the other tenant hears nothing"
+    );
+
+    // Reconnecting with `since` replays what was stored, then continues live without repeats.
+    let mut again = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    again
+        .init(bearer(&app.tenant_token(&a, Role::Viewer)))
+        .await;
+    again
+        .subscribe("r", ALERTS, json!({ "since": started_at.to_rfc3339() }))
+        .await;
+    let kinds: Vec<Value> = [again.message().await, again.message().await]
+        .iter()
+        .map(|m| m["payload"]["data"]["usageAlerts"]["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("NEAR_LIMIT"), json!("LIMIT_EXCEEDED")]);
+    // The same alerts are there for the catch-up query.
+    let d = app
+        .ok(
+            &service,
+            "query($s: DateTime) { usageAlerts(since: $s) { nodes { kind } } }",
+            json!({ "s": started_at.to_rfc3339() }),
+        )
+        .await;
+    assert_eq!(d["usageAlerts"]["nodes"].as_array().unwrap().len(), 2);
+}
+both_engines!(alerts, super::alerts_reach_only_their_tenant);
+
+async fn usage_updates_coalesce_and_end_on_the_latest(app: TestApp) {
+    let org = app.create_org("acme", "growth").await;
+    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
+    ws.subscribe(
+        "u",
+        "subscription { usageUpdated { metric(code: \"bookings\") { used } } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let service = app.tenant_token(&org, Role::Service);
+    for _ in 0..30 {
+        app.record(&service, "bookings", "1").await;
+    }
+    let mut seen = Vec::new();
+    while let Some(Event::Msg(m)) = ws.next_within(Duration::from_millis(1500)).await {
+        seen.push(m["payload"]["data"]["usageUpdated"]["metric"]["used"].clone());
+    }
+    assert!(!seen.is_empty() && seen.len() < 30, "coalesced: {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&json!("30")),
+        "ends on the latest: {seen:?}"
+    );
+}
+both_engines!(updates, super::usage_updates_coalesce_and_end_on_the_latest);
+
+async fn a_lagging_subscriber_is_told_what_it_missed(app: TestApp) {
+    use tollgate::alerts::BusEvent;
+    let org = app.create_org("acme", "basic").await;
+    let viewer = tollgate::auth::viewer_from_token(
+        &app.state.keys,
+        &app.state.engine.db,
+        &app.tenant_token(&org, Role::Viewer),
+    )
+    .await
+    .unwrap();
+    let ctx = tollgate::graphql::RequestCtx::new(
+        app.state.engine.clone(),
+        app.state.settings.clone(),
+        Some(viewer),
+    );
+    let request = async_graphql::Request::new("subscription { usageAlerts { kind } }").data(ctx);
+    let mut stream = Box::pin(app.state.schema.execute_stream(request));
+    // The first poll starts the subscription; nothing has happened yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), stream.next())
+            .await
+            .is_err()
+    );
+    // A burst larger than the organization's channel, while this subscriber is not reading.
+    let oid = uuid::Uuid::parse_str(&org).unwrap();
+    for _ in 0..300 {
+        app.state
+            .engine
+            .bus
+            .send(BusEvent::Alert(std::sync::Arc::new(
+                entity::usage_alert::Model {
+                    organization_id: oid,
+                    id: uuid::Uuid::now_v7(),
+                    metric_code: "bookings".into(),
+                    kind: entity::enums::AlertKind::NearLimit,
+                    period_start: chrono::Utc::now().date_naive(),
+                    alert_epoch: 0,
+                    threshold_pct: 800_000,
+                    used: 0,
+                    allowance: 0,
+                    utilization_pct: 0,
+                    created_at: chrono::Utc::now(),
+                },
+            )));
+    }
+    let first = stream.next().await.unwrap();
+    let err = &first.errors[0];
+    let ext = serde_json::to_value(&err.extensions).unwrap();
+    assert_eq!(ext["code"], "LAGGED", "{ext}");
+    assert_eq!(ext["missed"], 300 - 256);
+    // Then the stream goes on with what it still holds.
+    let next = stream.next().await.unwrap();
+    assert!(next.errors.is_empty());
+}
+both_engines!(lagging, super::a_lagging_subscriber_is_told_what_it_missed);
