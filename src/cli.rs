@@ -72,6 +72,10 @@ async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
             )
         {
             println!("demo token (ADMIN of {id}, 24h):\n{t}");
+            println!(
+                "playground with this token: http://{}/#token={t}",
+                state.settings.bind
+            );
         }
     }
     let app = Application::build(state).await?;

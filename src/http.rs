@@ -169,7 +169,43 @@ async fn execute(
         ),
     };
     let resp = state.schema.execute_batch(batch).await;
-    json_response(status_for(media, &resp), media, &resp)
+    let status = status_for(media, &resp);
+    if status == StatusCode::OK {
+        return json_response(status, media, &resp);
+    }
+    // A request that failed before execution has no data entry at all (GraphQL over HTTP).
+    let mut body =
+        serde_json::to_value(&resp).unwrap_or_else(|_| error_body("internal error", "INTERNAL"));
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("data");
+    }
+    json_response(status, media, &body)
+}
+
+/// Checks the shape of a POST body (one request or a batch) before it is read as GraphQL requests:
+/// each must be an object with a non-empty string `query`. Answers the problem, if any.
+fn request_shape_problem(body: &serde_json::Value) -> Option<&'static str> {
+    let one = |r: &serde_json::Value| -> Option<&'static str> {
+        let obj = r.as_object()?;
+        match obj.get("query") {
+            Some(serde_json::Value::String(q)) if !q.trim().is_empty() => None,
+            Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
+                Some("the query parameter is required")
+            }
+            Some(_) => Some("query must be a string"),
+        }
+    };
+    match body {
+        serde_json::Value::Object(_) => one(body),
+        serde_json::Value::Array(items) => items.iter().find_map(|i| {
+            if i.is_object() {
+                one(i)
+            } else {
+                Some("each request of a batch must be an object")
+            }
+        }),
+        _ => Some("the body must be a JSON object"),
+    }
 }
 
 /// POST /graphql
@@ -204,9 +240,13 @@ pub async fn graphql_post(
             "BAD_USER_INPUT",
         );
     }
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(_) => {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if let Some(problem) = parsed.as_ref().and_then(request_shape_problem) {
+        return request_error(StatusCode::BAD_REQUEST, media, problem, "BAD_USER_INPUT");
+    }
+    let batch: BatchRequest = match parsed.map(serde_json::from_value) {
+        Some(Ok(b)) => b,
+        _ => {
             return request_error(
                 StatusCode::BAD_REQUEST,
                 media,
@@ -435,13 +475,22 @@ const PLAYGROUND_HTML: &str = r#"<!doctype html>
   <script>
     const wsUrl = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/graphql';
     const fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: wsUrl });
-    const root = ReactDOM.createRoot(document.getElementById('graphiql'));
-    root.render(React.createElement(GraphiQL, {
+    // `/?query=...` opens with that query; `/#token=...` opens with that token in the headers (the
+    // fragment never reaches a server, and is removed from the address bar at once).
+    const params = new URLSearchParams(location.search);
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const token = fragment.get('token');
+    if (token) { history.replaceState(null, '', location.pathname + location.search); }
+    const props = {
       fetcher,
       defaultEditorToolsVisibility: true,
       defaultHeaders: '{\n  "Authorization": "Bearer <token from: tollgate token --sub you --org ORG_ID --role ADMIN>"\n}',
       defaultQuery: '# Welcome to Tollgate. Mint a token with `tollgate token`, put it in the headers below,\n# then run:\n{\n  viewer { userId role isPlatformTeam }\n  organization { name plan { name } usage { metrics { metric { code } used allowance utilizationPct exceeded } } }\n}\n',
-    }));
+    };
+    if (params.get('query')) { props.query = params.get('query'); }
+    if (token) { props.headers = JSON.stringify({ Authorization: 'Bearer ' + token }, null, 2); }
+    const root = ReactDOM.createRoot(document.getElementById('graphiql'));
+    root.render(React.createElement(GraphiQL, props));
   </script>
 </body>
 </html>

@@ -669,7 +669,7 @@ impl Engine {
         let moved =
             store::ledger::change_counter(&txn, scope, oid, period, code.as_str(), change, None)
                 .await?;
-        if moved.is_some_and(|(used, _)| used < 0) {
+        if kind == UsageEventKind::Adjustment && moved.is_some_and(|(used, _)| used < 0) {
             // Dropping the transaction rolls the change back.
             return Err(AppError::bad_input(
                 "the adjustment would take usage below zero",
@@ -827,13 +827,20 @@ impl Engine {
             let epoch = store::ledger::lock_period(&txn, scope, oid, period)
                 .await?
                 .unwrap_or(0);
+            // A reversal never takes a counter below zero: after a resetUsage (or a correction)
+            // already removed the usage it undoes, it removes only what is left. The period is
+            // locked, so the value read here is the one the update changes.
+            let used = store::ledger::counter_used(&txn, scope, oid, period, &e.metric_code)
+                .await?
+                .unwrap_or(0);
+            let undo = e.quantity.min(used.max(0));
             store::ledger::change_counter(
                 &txn,
                 scope,
                 oid,
                 period,
                 &e.metric_code,
-                CounterChange::Add(-e.quantity),
+                CounterChange::Add(-undo),
                 None,
             )
             .await?;
@@ -845,7 +852,7 @@ impl Engine {
                     oid,
                     &e.metric_code,
                     UsageEventKind::Reversal,
-                    -e.quantity,
+                    -undo,
                     period,
                     reason.clone(),
                     Some(e.id),

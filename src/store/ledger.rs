@@ -174,6 +174,26 @@ pub async fn ensure_counter<C: ConnectionTrait>(
     .map(|_| ())
 }
 
+/// A counter's `used`, when the row exists.
+pub async fn counter_used<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+) -> Result<Option<i64>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let row = query_one(
+        db,
+        "SELECT used FROM usage_counters WHERE organization_id = $1 AND period_start = $2 AND metric_code = $3",
+        vec![org.0.into(), period.start.into(), metric.into()],
+    )
+    .await?;
+    row.map(|r| r.try_get::<i64>("", "used")).transpose()
+}
+
 /// How a counter moves.
 #[derive(Debug, Clone, Copy)]
 pub enum CounterChange {

@@ -336,6 +336,17 @@ async fn reversal_is_idempotent(app: TestApp) {
         code(&app.gql(&t, REVERSE, json!({ "r": " " })).await),
         Some("BAD_USER_INPUT")
     );
+    // After a reset wiped the usage, a reversal removes only what is left: never below zero.
+    app.ok(&t, rec, json!({ "q": "4", "k": "c" })).await;
+    let reset = "mutation($o: ID!) { resetUsage(input: {organizationId: $o, metric: \"bookings\", reason: \"r\"}) { hasExceededLimits } }";
+    app.ok(&app.platform_token(), reset, json!({ "o": org }))
+        .await;
+    let d = app.ok(&t, REVERSE, json!({ "r": "booking:42" })).await;
+    assert_eq!(
+        pluck(&d["reverseUsage"]["reversedEvents"], &["quantity"]),
+        ["0"]
+    );
+    assert_eq!(d["reverseUsage"]["usage"][0]["used"], "0");
 }
 both_engines!(reversal, super::reversal_is_idempotent);
 

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod auth;
+mod clients;
 mod contract;
 mod decimals;
 mod engine;
