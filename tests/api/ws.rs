@@ -437,3 +437,39 @@ async fn a_lagging_subscriber_is_told_what_it_missed(app: TestApp) {
     assert!(next.errors.is_empty());
 }
 both_engines!(lagging, super::a_lagging_subscriber_is_told_what_it_missed);
+
+async fn connection_limits_hold(app: TestApp) {
+    let a = app.create_org("alpha", "basic").await;
+    let b = app.create_org("bravo", "basic").await;
+    let token_a = app.tenant_token(&a, Role::Viewer);
+    let mut first = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    first.init(bearer(&token_a)).await;
+    // A second connection of the same organization is past its limit of 1.
+    let mut second = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    second
+        .send(json!({ "type": "connection_init", "payload": bearer(&token_a) }))
+        .await;
+    assert_eq!(second.closed_with().await, 1013);
+    // Another organization still gets in, up to the total of 2; the third upgrade is refused.
+    let mut other = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    other
+        .init(bearer(&app.tenant_token(&b, Role::Viewer)))
+        .await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/graphql", app.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    // Closing one frees its place.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    again.init(bearer(&token_a)).await;
+}
+both_engines!(
+    limits,
+    super::connection_limits_hold,
+    &["--ws-max-connections", "2", "--ws-max-per-tenant", "1"]
+);
