@@ -6,11 +6,21 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use entity::enums::AlertKind;
 use entity::usage_alert;
+use sea_orm::ActiveEnum;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::domain::OrganizationId;
+
+/// The Postgres channel that carries committed alerts and usage changes between replicas.
+pub const CHANNEL: &str = "tollgate_events";
+
+/// Largest NOTIFY payload we send (Postgres refuses 8000 bytes and more).
+const MAX_PAYLOAD: usize = 7000;
 
 #[derive(Debug, Clone)]
 pub enum BusEvent {
@@ -95,6 +105,117 @@ impl AlertBus {
     /// Organizations with a channel (someone listens, or did until the last event).
     pub fn channels(&self) -> usize {
         self.inner.orgs.read().map(|o| o.len()).unwrap_or(0)
+    }
+}
+
+fn alert_json(a: &usage_alert::Model) -> Value {
+    json!({
+        "id": a.id,
+        "m": a.metric_code,
+        "k": a.kind.to_value(),
+        "p": a.period_start,
+        "e": a.alert_epoch,
+        "t": a.threshold_pct,
+        "u": a.used,
+        "al": a.allowance,
+        "up": a.utilization_pct,
+        "c": a.created_at,
+    })
+}
+
+fn alert_from_json(org: uuid::Uuid, v: &Value) -> Option<usage_alert::Model> {
+    Some(usage_alert::Model {
+        organization_id: org,
+        id: serde_json::from_value(v.get("id")?.clone()).ok()?,
+        metric_code: v.get("m")?.as_str()?.to_owned(),
+        kind: AlertKind::try_from_value(&v.get("k")?.as_str()?.to_owned()).ok()?,
+        period_start: serde_json::from_value(v.get("p")?.clone()).ok()?,
+        alert_epoch: i32::try_from(v.get("e")?.as_i64()?).ok()?,
+        threshold_pct: v.get("t")?.as_i64()?,
+        used: v.get("u")?.as_i64()?,
+        allowance: v.get("al")?.as_i64()?,
+        utilization_pct: v.get("up")?.as_i64()?,
+        created_at: serde_json::from_value(v.get("c")?.clone()).ok()?,
+    })
+}
+
+/// The NOTIFY payloads of one commit: its alerts and the usage change of `org`, in as few payloads
+/// as fit (usually one).
+pub fn encode(org: OrganizationId, alerts: &[usage_alert::Model]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut batch: Vec<Value> = Vec::new();
+    for a in alerts {
+        batch.push(alert_json(a));
+        let text = json!({ "o": org.0, "a": batch }).to_string();
+        if text.len() > MAX_PAYLOAD && batch.len() > 1 {
+            let last = batch.pop();
+            payloads.push(json!({ "o": org.0, "a": batch, "x": true }).to_string());
+            batch = last.into_iter().collect();
+        }
+    }
+    payloads.push(json!({ "o": org.0, "a": batch }).to_string());
+    payloads
+}
+
+/// The bus events of one NOTIFY payload. A payload marked `x` carries alerts only; the last payload
+/// of a commit also says the organization's usage changed.
+pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
+    let v: Value = serde_json::from_str(payload).ok()?;
+    let org: uuid::Uuid = serde_json::from_value(v.get("o")?.clone()).ok()?;
+    let mut events: Vec<BusEvent> = v
+        .get("a")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| alert_from_json(org, a))
+        .map(|a| BusEvent::Alert(Arc::new(a)))
+        .collect();
+    if v.get("x").is_none() {
+        events.push(BusEvent::UsageChanged(OrganizationId(org)));
+    }
+    Some(events)
+}
+
+/// Forwards the channel's notifications to this replica's bus, for as long as the process runs. It
+/// reconnects after its connection drops; what was committed meanwhile is read with the catch-up
+/// query (`usageAlerts(since:)`). `ready` turns true each time LISTEN is in place.
+pub async fn listen(url: String, bus: AlertBus, ready: tokio::sync::watch::Sender<bool>) {
+    use sea_orm::sqlx::postgres::PgListener;
+    loop {
+        let listener = match PgListener::connect(&url).await {
+            Ok(mut l) => match l.listen(CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect for LISTEN; retrying");
+                None
+            }
+        };
+        if let Some(mut listener) = listener {
+            ready.send_replace(true);
+            tracing::info!(channel = CHANNEL, "listening for alerts from every replica");
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => match decode(n.payload()) {
+                        Some(events) => events.into_iter().for_each(|e| bus.send(e)),
+                        None => tracing::warn!("an unreadable notification was ignored"),
+                    },
+                    Ok(None) => {
+                        tracing::warn!("the LISTEN connection dropped; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+        ready.send_replace(false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -30,6 +30,8 @@ pub struct AppState {
     pub ws: Arc<crate::ws::Registry>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
+    pub listening: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -38,9 +40,15 @@ impl AppState {
         let (db, statements) = store::connect(
             settings.database_url.expose_secret(),
             settings.db_max_connections,
+            settings.db_statement_timeout,
         )
         .await?;
         store::migrate(&db).await?;
+        if store::bypasses_rls(&db).await? {
+            tracing::warn!(
+                "the database role is a superuser or has BYPASSRLS: row-level security does not apply                  to it; connect as an ordinary role that owns the schema"
+            );
+        }
         Ok(Self::with_db(settings, keys, db, statements))
     }
 
@@ -55,6 +63,7 @@ impl AppState {
         AppState {
             ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
             shutdown: tokio::sync::watch::Sender::new(false),
+            listening: tokio::sync::watch::Sender::new(false),
             engine,
             settings: Arc::new(settings),
             keys: Arc::new(keys),
@@ -86,15 +95,36 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    notifications: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
     /// Binds the configured address (port 0: a free port).
+    /// On Postgres, also starts LISTEN for the alerts of every replica, and waits until it is in place
+    /// so that nothing committed after this returns is missed.
     pub async fn build(state: AppState) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(state.settings.bind).await?;
+        let state = Arc::new(state);
+        let notifications = if state.engine.db.is_postgres() {
+            let url = state.settings.database_url.expose_secret().to_owned();
+            let task = tokio::spawn(crate::alerts::listen(
+                url,
+                state.engine.bus.clone(),
+                state.listening.clone(),
+            ));
+            let mut ready = state.listening.subscribe();
+            tokio::time::timeout(std::time::Duration::from_secs(30), ready.wait_for(|l| *l))
+                .await
+                .map_err(|_| anyhow::anyhow!("LISTEN did not start within 30s"))?
+                .map_err(|_| anyhow::anyhow!("the LISTEN task ended"))?;
+            Some(task)
+        } else {
+            None
+        };
         Ok(Application {
             listener,
-            state: Arc::new(state),
+            state,
+            notifications,
         })
     }
 
@@ -124,7 +154,7 @@ impl Application {
         let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
-        if let Some(task) = recompute {
+        for task in [recompute, self.notifications].into_iter().flatten() {
             task.abort();
         }
         served

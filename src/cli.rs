@@ -87,7 +87,12 @@ async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn connect_migrated(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    let (db, _) = store::connect(settings.database_url.expose_secret(), 2).await?;
+    let (db, _) = store::connect(
+        settings.database_url.expose_secret(),
+        2,
+        settings.db_statement_timeout,
+    )
+    .await?;
     store::migrate(&db).await?;
     Ok(db)
 }

@@ -181,6 +181,10 @@ pub struct Settings {
         default_value_t = 16
     )]
     pub db_max_connections: u32,
+    /// Longest a database statement may run (Postgres statement_timeout; on SQLite, the longest wait
+    /// for the write lock).
+    #[arg(long, global = true, env = "TOLLGATE_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub db_statement_timeout: Duration,
     /// Whether introspection is answered (the playground needs it).
     #[arg(long, global = true, env = "TOLLGATE_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub introspection: bool,
@@ -254,6 +258,7 @@ impl Settings {
             "TOLLGATE_LATENESS_DAYS",
             "TOLLGATE_CLOCK_SKEW",
             "TOLLGATE_DB_MAX_CONNECTIONS",
+            "TOLLGATE_DB_STATEMENT_TIMEOUT",
             "TOLLGATE_INTROSPECTION",
             "TOLLGATE_LOG_JSON",
             "TOLLGATE_RECOMPUTE_INTERVAL",

@@ -86,7 +86,7 @@ async fn viewer_from_headers(
         .to_str()
         .map_err(|_| AppError::Unauthenticated("malformed Authorization header".into()))?;
     let token = auth::bearer(value)?;
-    auth::viewer_from_token(&state.keys, &state.engine.db, token)
+    auth::viewer_from_token(&state.keys, state.engine.db.pool(), token)
         .await
         .map(Some)
 }
@@ -150,25 +150,21 @@ async fn execute(
         let msg = format!("a batch holds 1 to {} operations", state.settings.max_batch);
         return request_error(StatusCode::BAD_REQUEST, media, &msg, "BAD_USER_INPUT");
     }
+    // Each request's database handle is released once it has answered.
+    let mut handles = Vec::with_capacity(n);
+    let mut with_ctx = |r: async_graphql::Request| {
+        let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), viewer.clone());
+        handles.push(ctx.engine.db.clone());
+        r.data(ctx)
+    };
     let batch = match batch {
-        BatchRequest::Single(r) => BatchRequest::Single(r.data(RequestCtx::new(
-            state.engine.clone(),
-            state.settings.clone(),
-            viewer,
-        ))),
-        BatchRequest::Batch(rs) => BatchRequest::Batch(
-            rs.into_iter()
-                .map(|r| {
-                    r.data(RequestCtx::new(
-                        state.engine.clone(),
-                        state.settings.clone(),
-                        viewer.clone(),
-                    ))
-                })
-                .collect(),
-        ),
+        BatchRequest::Single(r) => BatchRequest::Single(with_ctx(r)),
+        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(with_ctx).collect()),
     };
     let resp = state.schema.execute_batch(batch).await;
+    for db in handles {
+        db.release().await;
+    }
     let status = status_for(media, &resp);
     if status == StatusCode::OK {
         return json_response(status, media, &resp);
@@ -503,7 +499,11 @@ pub async fn healthz() -> &'static str {
 
 /// GET /readyz: the database answers.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match crate::store::ping(&state.engine.db).await {
+    let postgres = state.engine.db.is_postgres();
+    if postgres && !*state.listening.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not listening for alerts").into_response();
+    }
+    match crate::store::ping(state.engine.db.pool()).await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

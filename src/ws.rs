@@ -370,7 +370,7 @@ impl Connection {
             .or_else(|| self.header_token.clone())
             .ok_or_else(|| Close::new(4403, "Forbidden: a token is required"))?;
         let (viewer, exp) =
-            auth::session_from_token(&self.state.keys, &self.state.engine.db, &token)
+            auth::session_from_token(&self.state.keys, self.state.engine.db.pool(), &token)
                 .await
                 .map_err(|e| Close::new(4403, format!("Forbidden: {}", e.client_message())))?;
         if !self
@@ -425,12 +425,15 @@ impl Connection {
             self.state.settings.clone(),
             Some(session.viewer.clone()),
         );
+        let db = ctx.engine.db.clone();
         let stream = self.state.schema.execute_stream(request.data(ctx));
         let (tx, protocol, op) = (self.out_tx.clone(), self.protocol, id.clone());
         let task = tokio::spawn(async move {
             let mut stream = pin!(stream);
             let mut first = true;
             while let Some(resp) = stream.next().await {
+                // Between results an operation holds no database connection.
+                db.release().await;
                 let (message, terminal) = render(protocol, &op, resp, first);
                 first = false;
                 let sent = tx

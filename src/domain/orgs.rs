@@ -5,7 +5,7 @@ use entity::enums::{ChangeType, OrganizationStatus};
 use entity::{organization, subscription_history};
 use uuid::Uuid;
 
-use super::{Slug, Viewer, access, required_text, usage::begin_write};
+use super::{Slug, Viewer, access, required_text};
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::store;
 
@@ -46,7 +46,7 @@ pub async fn create(
         _ => (OrganizationStatus::Active, None),
     };
     let scope = viewer.scope();
-    let txn = begin_write(&engine.db).await?;
+    let txn = engine.db.begin_write().await?;
     let created = store::orgs::insert(
         &txn,
         scope,

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::access::{self, Action};
-use super::usage::{Engine, begin_write};
+use super::usage::Engine;
 use super::{Amount, MetricCode, OrganizationId, Viewer, optional_text, required_text};
 use crate::error::{AppError, AppResult};
 use crate::store;
@@ -116,7 +116,7 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             overage_unit_price: overage.map(Amount::scaled),
         });
     }
-    let txn = begin_write(&engine.db).await?;
+    let txn = engine.db.begin_write().await?;
     let id = store::catalog::upsert_plan(
         &txn,
         store::catalog::PlanFields {
@@ -167,7 +167,7 @@ pub async fn change(
     access::authorize(&engine.db, viewer, oid, Action::ManageSubscription).await?;
     let reason = optional_text("reason", reason, 1000)?;
     let scope = viewer.scope();
-    let txn = begin_write(&engine.db).await?;
+    let txn = engine.db.begin_write().await?;
     store::ledger::lock_period(&txn, scope, oid, super::Period::current()).await?;
     let org = store::orgs::find(&txn, scope, oid)
         .await?
@@ -318,7 +318,8 @@ pub async fn change(
     let alerts = engine
         .rearm_and_reevaluate(&txn, scope, oid, new_plan_id.or(org.plan_id))
         .await?;
-    txn.commit().await?;
-    engine.publish(OrganizationId(oid.0), &alerts);
+    engine
+        .commit_and_publish(txn, OrganizationId(oid.0), &alerts)
+        .await?;
     Ok(saved)
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use entity::enums::{MetricKind, UsageEventKind};
 
 use super::limits::exceeded_details;
-use super::usage::{Engine, begin_write, plan_rules, states_from};
+use super::usage::{Engine, plan_rules, states_from};
 use super::{Amount, OrganizationId, Period, Scope};
 use crate::error::{AppError, AppResult};
 use crate::store;
@@ -142,7 +142,7 @@ impl Engine {
         let scope = Scope::Platform;
         let until = only.map(|p| p.start);
         let kinds = self.metric_kinds().await?;
-        let txn = begin_write(&self.db).await?;
+        let txn = self.db.begin_write().await?;
         let Some(current_org) = store::orgs::find(&txn, scope, org).await? else {
             return Err(AppError::not_found("organization"));
         };
@@ -285,8 +285,7 @@ impl Engine {
                     .await?,
             );
         }
-        txn.commit().await?;
-        self.publish(org, &alerts);
+        self.commit_and_publish(txn, org, &alerts).await?;
         Ok(report)
     }
 }

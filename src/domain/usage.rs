@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use entity::enums::{AlertKind, MetricKind, UsageEventKind};
 use entity::{organization, usage_alert, usage_event};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 
 use super::access::{self, Action};
@@ -21,7 +21,8 @@ use crate::store::{self, ledger::CounterChange};
 /// What the engine needs besides the caller: the database, the bus and the configured rules.
 #[derive(Clone)]
 pub struct Engine {
-    pub db: DatabaseConnection,
+    /// The database behind a scope: the process's base handle, or a request's (`Engine::scoped`).
+    pub db: crate::store::db::Db,
     pub bus: AlertBus,
     pub near_limit_pct: Decimal,
     pub lateness: Duration,
@@ -163,7 +164,7 @@ impl Engine {
     /// An engine over a connected, migrated database, with the rules from settings.
     pub fn new(db: DatabaseConnection, settings: &crate::config::Settings) -> Self {
         Engine {
-            db,
+            db: crate::store::db::Db::new(db),
             bus: AlertBus::new(4096),
             near_limit_pct: settings.near_limit_pct,
             lateness: Duration::days(settings.lateness_days.into()),
@@ -172,10 +173,18 @@ impl Engine {
         }
     }
 
+    /// The same engine for one caller: its reads share one transaction that carries the scope.
+    pub fn scoped(&self, scope: Scope) -> Self {
+        Engine {
+            db: self.db.scoped(scope),
+            ..self.clone()
+        }
+    }
+
     pub async fn catalog(&self) -> AppResult<Arc<MetricCatalog>> {
         self.catalog
             .get_or_try_init(|| async {
-                let metrics = store::catalog::metrics(&self.db).await?;
+                let metrics = store::catalog::metrics(self.db.pool()).await?;
                 let kinds = metrics.iter().map(|m| (m.code.clone(), m.kind)).collect();
                 Ok::<_, AppError>(Arc::new(MetricCatalog { metrics, kinds }))
             })
@@ -247,10 +256,9 @@ impl Engine {
         let kinds = self.metric_kinds().await?;
         let parsed = self.parse_record(viewer, &kinds, input).await?;
         let org = OrganizationId(parsed.org.id);
-        let txn = begin_write(&self.db).await?;
+        let txn = self.db.begin_write().await?;
         let outcome = self.record_in(&txn, viewer, &parsed).await?;
-        txn.commit().await?;
-        self.publish(org, &outcome.alerts);
+        self.commit_and_publish(txn, org, &outcome.alerts).await?;
         Ok(outcome)
     }
 
@@ -275,15 +283,14 @@ impl Engine {
         }
         let mut results: Vec<Option<RecordOutcome>> = parsed.iter().map(|_| None).collect();
         for org in order {
-            let txn = begin_write(&self.db).await?;
+            let txn = self.db.begin_write().await?;
             let mut alerts = Vec::new();
             for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
                 let outcome = self.record_in(&txn, viewer, p).await?;
                 alerts.extend(outcome.alerts.iter().cloned());
                 results[i] = Some(outcome);
             }
-            txn.commit().await?;
-            self.publish(org, &alerts);
+            self.commit_and_publish(txn, org, &alerts).await?;
         }
         results
             .into_iter()
@@ -517,7 +524,28 @@ impl Engine {
         Ok(new_alerts)
     }
 
-    /// Publishes committed alerts and a usage change to live subscribers.
+    /// Commits, and delivers the commit's alerts and usage change to live subscribers: on Postgres by
+    /// NOTIFY inside the transaction, so every replica's listener receives it exactly when (and only
+    /// if) it commits; elsewhere on this process's bus right after the commit.
+    pub async fn commit_and_publish(
+        &self,
+        txn: DatabaseTransaction,
+        org: OrganizationId,
+        alerts: &[usage_alert::Model],
+    ) -> AppResult<()> {
+        if self.db.is_postgres() {
+            for payload in crate::alerts::encode(org, alerts) {
+                store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
+            }
+            txn.commit().await?;
+        } else {
+            txn.commit().await?;
+            self.publish(org, alerts);
+        }
+        Ok(())
+    }
+
+    /// Publishes committed alerts and a usage change to this process's subscribers.
     pub fn publish(&self, org: OrganizationId, alerts: &[usage_alert::Model]) {
         for a in alerts {
             self.bus.send(BusEvent::Alert(Arc::new(a.clone())));
@@ -655,7 +683,7 @@ impl Engine {
         }
         let period = period.unwrap_or_else(Period::current);
         let scope = viewer.scope();
-        let txn = begin_write(&self.db).await?;
+        let txn = self.db.begin_write().await?;
         let epoch = store::ledger::lock_period(&txn, scope, oid, period)
             .await?
             .ok_or_else(|| AppError::not_found("organization"))?;
@@ -693,8 +721,7 @@ impl Engine {
             .reevaluate(&txn, scope, oid, period, epoch, &rules, None)
             .await?;
         let counters = store::ledger::counters(&txn, scope, &[oid], period).await?;
-        txn.commit().await?;
-        self.publish(oid, &alerts);
+        self.commit_and_publish(txn, oid, &alerts).await?;
         states_from(period, &kinds, &rules, &counters)
             .into_iter()
             .find(|m| m.metric == code.as_str())
@@ -737,7 +764,7 @@ impl Engine {
         };
         let period = period.unwrap_or_else(Period::current);
         let scope = viewer.scope();
-        let txn = begin_write(&self.db).await?;
+        let txn = self.db.begin_write().await?;
         let epoch = store::ledger::lock_period(&txn, scope, oid, period)
             .await?
             .ok_or_else(|| AppError::not_found("organization"))?;
@@ -788,8 +815,7 @@ impl Engine {
             .reevaluate(&txn, scope, oid, period, epoch, &rules, None)
             .await?;
         let summary = self.summaries(&txn, scope, vec![org], period).await?;
-        txn.commit().await?;
-        self.publish(oid, &alerts);
+        self.commit_and_publish(txn, oid, &alerts).await?;
         summary
             .into_iter()
             .next()
@@ -810,7 +836,7 @@ impl Engine {
         let reason = super::optional_text("reason", reason, 1000)?;
         let scope = viewer.scope();
         let kinds = self.metric_kinds().await?;
-        let txn = begin_write(&self.db).await?;
+        let txn = self.db.begin_write().await?;
         // Lock the current period first so concurrent reversals of one reference serialize.
         store::ledger::lock_period(&txn, scope, oid, Period::current()).await?;
         let events = store::ledger::unreversed_by_reference(&txn, scope, oid, &reference).await?;
@@ -885,9 +911,10 @@ impl Engine {
                     .filter(|m| &m.metric == code),
             );
         }
-        txn.commit().await?;
-        if !written.is_empty() {
-            self.publish(oid, &alerts);
+        if written.is_empty() {
+            txn.commit().await?;
+        } else {
+            self.commit_and_publish(txn, oid, &alerts).await?;
         }
         Ok((written, usage))
     }
@@ -953,14 +980,4 @@ fn threshold_for(kind: AlertKind, near: Decimal) -> Decimal {
         AlertKind::NearLimit => near,
         AlertKind::LimitExceeded | AlertKind::OverageStarted => Decimal::ONE_HUNDRED,
     }
-}
-
-/// Begins a transaction that writes: on SQLite `BEGIN IMMEDIATE`, so it takes the write lock at once
-/// and never fails later on a lock upgrade.
-pub async fn begin_write(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
-    let opts = sea_orm::TransactionOptions {
-        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-        ..Default::default()
-    };
-    Ok(db.begin_with_options(opts).await?)
 }

@@ -53,6 +53,8 @@ impl RequestCtx {
             .as_ref()
             .map(Viewer::scope)
             .unwrap_or(Scope::Tenant(OrganizationId(uuid::Uuid::nil())));
+        // The request's reads share one transaction that carries its scope (row-level security).
+        let engine = engine.scoped(scope);
         // The cache makes a key loaded (or fed) once per request; batching alone would not.
         let loaders = DataLoader::with_cache(
             Loaders {

@@ -42,7 +42,7 @@ fn lagged(missed: u64, since: Option<DateTime<Utc>>) -> async_graphql::Error {
 
 /// Stored alerts since `since`, oldest first (the catch-up before the live stream).
 async fn replay(
-    db: &sea_orm::DatabaseConnection,
+    db: &crate::store::db::Db,
     scope: Scope,
     org: Option<OrganizationId>,
     since: DateTime<Utc>,
@@ -104,6 +104,8 @@ impl Subscription {
             Some(s) => replay(&rc.engine.db, viewer.scope(), only, s).await?,
             None => vec![],
         };
+        // A subscription lives long: it must not keep the request's read transaction open.
+        rc.engine.db.release().await;
         let stored: Vec<_> = stored.into_iter().filter(|a| wanted(a)).collect();
         let last_sent = stored.last().map(|a| (a.id, a.created_at));
         let replayed = futures_util::stream::iter(
@@ -157,6 +159,7 @@ impl Subscription {
                 .id,
         );
         let engine = rc.engine.clone();
+        engine.db.release().await;
         let rx = engine.bus.subscribe(Some(org));
         let state = (rx, engine, viewer);
         Ok(futures_util::stream::unfold(
@@ -171,14 +174,16 @@ impl Subscription {
                             // so the stream always ends on the latest state.
                             tokio::time::sleep(COALESCE).await;
                             while rx.try_recv().is_ok() {}
-                            let orgs =
-                                crate::store::orgs::by_ids(&engine.db, viewer.scope(), &[org])
-                                    .await
-                                    .ok()?;
-                            let summary = engine
-                                .summaries(&engine.db, viewer.scope(), orgs, Period::current())
+                            // A handle for this round only: its transaction ends with it.
+                            let db = engine.db.scoped(viewer.scope());
+                            let orgs = crate::store::orgs::by_ids(&db, viewer.scope(), &[org])
                                 .await
                                 .ok()?;
+                            let summary = engine
+                                .summaries(&db, viewer.scope(), orgs, Period::current())
+                                .await
+                                .ok()?;
+                            db.release().await;
                             let s = summary.into_iter().next()?;
                             return Some((UsageSummary(Arc::new(s)), (rx, engine, viewer)));
                         }

@@ -3,6 +3,7 @@
 //! `organization_id` filter in the statement itself.
 
 pub mod catalog;
+pub mod db;
 pub mod ledger;
 pub mod orgs;
 pub mod rebuild;
@@ -34,6 +35,7 @@ impl StatementCounter {
 pub async fn connect(
     url: &str,
     max_connections: u32,
+    statement_timeout: Duration,
 ) -> Result<(DatabaseConnection, Arc<StatementCounter>), DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_owned());
@@ -43,11 +45,18 @@ pub async fn connect(
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
     if is_sqlite {
-        opts.map_sqlx_sqlite_opts(|o| {
+        // SQLite has no statement timeout; the same setting bounds the wait for the write lock.
+        opts.map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(statement_timeout)
                 .foreign_keys(true)
+        });
+    } else {
+        let ms = statement_timeout.as_millis().to_string();
+        opts.map_sqlx_postgres_opts(move |o| {
+            o.options([("statement_timeout", ms.as_str())])
+                .application_name("tollgate")
         });
     }
     let mut db = Database::connect(opts).await?;
@@ -58,6 +67,24 @@ pub async fn connect(
         tracing::trace!(target: "tollgate::sql", sql = %info.statement.sql, elapsed_us = info.elapsed.as_micros() as u64, failed = info.failed);
     });
     Ok((db, counter))
+}
+
+/// On Postgres, whether the connected role bypasses row-level security (a superuser, or BYPASSRLS):
+/// then the policies are no second wall, and the server says so at boot.
+pub async fn bypasses_rls(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(false);
+    }
+    let row = query_one(
+        db,
+        "SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user",
+        vec![],
+    )
+    .await?;
+    Ok(row
+        .map(|r| r.try_get::<bool>("", "bypass"))
+        .transpose()?
+        .unwrap_or(false))
 }
 
 /// Applies pending migrations (schema and default data).
@@ -117,6 +144,18 @@ pub fn placeholders(start: usize, n: usize) -> String {
         .join(", ")
 }
 
-pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+/// Queues a notification on a Postgres channel; it is delivered when (and only if) the transaction
+/// commits.
+pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<(), DbErr> {
+    query_one(
+        db,
+        "SELECT pg_notify($1, $2)",
+        vec![channel.into(), payload.into()],
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     query_one(db, "SELECT 1", vec![]).await.map(|_| ())
 }

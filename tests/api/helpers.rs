@@ -346,7 +346,34 @@ fn start_cluster() -> Option<Cluster> {
         .arg(stop)
         .stdin(std::process::Stdio::null())
         .spawn();
+    // The server connects as an ordinary role: row-level security does not apply to superusers.
+    assert!(
+        psql(
+            &bin,
+            port,
+            "CREATE ROLE tollgate LOGIN NOSUPERUSER NOBYPASSRLS"
+        ),
+        "CREATE ROLE failed"
+    );
     Some(Cluster { port })
+}
+
+fn psql(bin: &Path, port: u16, sql: &str) -> bool {
+    Command::new(bin.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A fresh database in the shared cluster, or None when Postgres is not installed (and not required).
@@ -354,25 +381,16 @@ fn postgres_database() -> Option<String> {
     let cluster = CLUSTER.get_or_init(start_cluster).as_ref()?;
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let bin = pg_bin_dir()?;
-    let psql = bin.join("psql");
-    let status = Command::new(psql)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("psql");
-    assert!(status.success(), "CREATE DATABASE failed");
+    assert!(
+        psql(
+            &bin,
+            cluster.port,
+            &format!("CREATE DATABASE {name} OWNER tollgate")
+        ),
+        "CREATE DATABASE failed"
+    );
     Some(format!(
-        "postgres://postgres@127.0.0.1:{}/{name}",
+        "postgres://tollgate@127.0.0.1:{}/{name}",
         cluster.port
     ))
 }

@@ -8,6 +8,7 @@ mod contract;
 mod decimals;
 mod engine;
 mod http;
+mod production;
 mod tenancy;
 mod usage;
 mod ws;

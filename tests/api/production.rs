@@ -1,0 +1,104 @@
+//! Production on Postgres: row-level security as the second wall, alerts across replicas, graceful
+//! shutdown, metrics.
+
+use serde_json::json;
+use tollgate::domain::{OrganizationId, Role, Scope};
+use tollgate::store;
+
+use crate::helpers::{Engine, TestApp, spawn_app};
+
+async fn organization_ids_in(db: &store::db::Db, sql: &str) -> Vec<uuid::Uuid> {
+    let rows = store::query_all(db, sql, vec![]).await.expect("query");
+    let mut ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.try_get("", "o").unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn row_level_security_hides_other_tenants_from_unscoped_queries() {
+    let Some(app) = spawn_app(Engine::Postgres, &[]).await else {
+        return;
+    };
+    let a = app.create_org("alpha", "basic").await;
+    let b = app.create_org("bravo", "basic").await;
+    for org in [&a, &b] {
+        let t = app.tenant_token(org, Role::Service);
+        app.record(&t, "bookings", "90").await;
+    }
+    let (ua, ub) = (
+        uuid::Uuid::parse_str(&a).unwrap(),
+        uuid::Uuid::parse_str(&b).unwrap(),
+    );
+    let base = &app.state.engine.db;
+    let tenant = base.scoped(Scope::Tenant(OrganizationId(ua)));
+    // Queries that forgot their organization filter, through the app's connection setup.
+    for sql in [
+        "SELECT organization_id AS o FROM usage_events",
+        "SELECT organization_id AS o FROM usage_counters",
+        "SELECT organization_id AS o FROM organization_usage",
+        "SELECT organization_id AS o FROM usage_alerts",
+        "SELECT id AS o FROM organizations",
+    ] {
+        assert_eq!(organization_ids_in(&tenant, sql).await, [ua], "{sql}");
+    }
+    tenant.release().await;
+    let mut both = vec![ua, ub];
+    both.sort();
+    let platform = base.scoped(Scope::Platform);
+    assert_eq!(
+        organization_ids_in(&platform, "SELECT organization_id AS o FROM usage_events").await,
+        both
+    );
+    platform.release().await;
+
+    // A transaction that set no scope sees nothing at all (fail closed).
+    let rows = store::query_all(
+        base.pool(),
+        "SELECT organization_id AS o FROM usage_events",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert!(rows.is_empty(), "no scope, no rows");
+
+    // And a tenant's transaction cannot write another tenant's rows.
+    let txn = tenant.begin_write().await.unwrap();
+    let denied = store::execute(
+        &txn,
+        "UPDATE usage_counters SET used = 0 WHERE organization_id = $1",
+        vec![ub.into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        denied, 0,
+        "another tenant's counters are invisible to an UPDATE"
+    );
+    let insert = store::execute(
+        &txn,
+        "INSERT INTO usage_alerts (organization_id, id, metric_code, kind, period_start, alert_epoch, \
+         threshold_pct, used, allowance, utilization_pct, created_at) \
+         VALUES ($1, $2, 'bookings', 'NEAR_LIMIT', '2026-01-01', 0, 0, 0, 0, 0, now())",
+        vec![ub.into(), uuid::Uuid::now_v7().into()],
+    )
+    .await;
+    assert!(
+        insert.is_err(),
+        "WITH CHECK refuses a row of another tenant"
+    );
+    drop(txn);
+
+    // The server warns at boot when its role would bypass the policies; this one does not.
+    let row = store::query_one(
+        base.pool(),
+        "SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!row.try_get::<bool>("", "bypass").unwrap());
+    let _ = json!({});
+    let _: Option<&TestApp> = None;
+}
