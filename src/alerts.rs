@@ -246,4 +246,41 @@ mod tests {
             "an organization nobody listens to loses its channel"
         );
     }
+
+    fn alert(org: uuid::Uuid) -> usage_alert::Model {
+        usage_alert::Model {
+            organization_id: org,
+            id: uuid::Uuid::now_v7(),
+            metric_code: "bookings".into(),
+            kind: AlertKind::LimitExceeded,
+            period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            alert_epoch: 2,
+            threshold_pct: 1_000_000,
+            used: 1_200_000,
+            allowance: 1_000_000,
+            utilization_pct: 1_200_000,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn notifications_round_trip_and_split_when_large() {
+        let org = uuid::Uuid::new_v4();
+        let one = alert(org);
+        let payloads = encode(OrganizationId(org), std::slice::from_ref(&one));
+        assert_eq!(payloads.len(), 1);
+        let events = decode(&payloads[0]).unwrap();
+        assert!(matches!(&events[0], BusEvent::Alert(a) if **a == one));
+        assert!(matches!(events[1], BusEvent::UsageChanged(o) if o.0 == org));
+
+        let many: Vec<_> = (0..60).map(|_| alert(org)).collect();
+        let payloads = encode(OrganizationId(org), &many);
+        assert!(payloads.len() > 1 && payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let events: Vec<BusEvent> = payloads.iter().flat_map(|p| decode(p).unwrap()).collect();
+        let alerts = events
+            .iter()
+            .filter(|e| matches!(e, BusEvent::Alert(_)))
+            .count();
+        assert_eq!((alerts, events.len() - alerts), (60, 1));
+    }
 }

@@ -58,6 +58,7 @@ impl AppState {
         db: DatabaseConnection,
         statements: Arc<store::StatementCounter>,
     ) -> Self {
+        crate::telemetry::handle();
         let engine = Engine::new(db, &settings);
         let schema = build_schema(&settings);
         AppState {
@@ -86,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/{name}", get(http::asset))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(TraceLayer::new_for_http())

@@ -11,6 +11,7 @@ use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::domain::Viewer;
@@ -150,6 +151,13 @@ async fn execute(
         let msg = format!("a batch holds 1 to {} operations", state.settings.max_batch);
         return request_error(StatusCode::BAD_REQUEST, media, &msg, "BAD_USER_INPUT");
     }
+    let operation = crate::telemetry::operation_label(match &batch {
+        BatchRequest::Single(r) => r
+            .operation_name
+            .as_deref()
+            .or_else(|| crate::telemetry::first_operation_name(&r.query)),
+        BatchRequest::Batch(_) => Some("batch"),
+    });
     // Each request's database handle is released once it has answered.
     let mut handles = Vec::with_capacity(n);
     let mut with_ctx = |r: async_graphql::Request| {
@@ -161,10 +169,27 @@ async fn execute(
         BatchRequest::Single(r) => BatchRequest::Single(with_ctx(r)),
         BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(with_ctx).collect()),
     };
-    let resp = state.schema.execute_batch(batch).await;
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "graphql",
+        operation = %operation,
+        batch = n,
+        status = tracing::field::Empty
+    );
+    let resp = state
+        .schema
+        .execute_batch(batch)
+        .instrument(span.clone())
+        .await;
     for db in handles {
         db.release().await;
     }
+    let outcome = if resp.is_ok() { "ok" } else { "error" };
+    span.record("status", outcome);
+    metrics::counter!("tollgate_graphql_requests_total", "operation" => operation.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("tollgate_graphql_request_duration_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
     let status = status_for(media, &resp);
     if status == StatusCode::OK {
         return json_response(status, media, &resp);
@@ -510,6 +535,18 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
     }
+}
+
+/// GET /metrics: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&state),
+    )
+        .into_response()
 }
 
 /// Any other method on /graphql.

@@ -138,6 +138,22 @@ fn tenant_key(viewer: &Viewer) -> String {
     }
 }
 
+/// Counts a running operation in `tollgate_websocket_operations` for as long as it lives.
+struct ActiveOperation;
+
+impl ActiveOperation {
+    fn start() -> Self {
+        metrics::gauge!("tollgate_websocket_operations").increment(1.0);
+        ActiveOperation
+    }
+}
+
+impl Drop for ActiveOperation {
+    fn drop(&mut self) {
+        metrics::gauge!("tollgate_websocket_operations").decrement(1.0);
+    }
+}
+
 /// What an operation task sends to its connection.
 enum Out {
     /// A result (`next`/`data`) or a request error (`error`) of operation `id`, generation `generation`.
@@ -429,6 +445,7 @@ impl Connection {
         let stream = self.state.schema.execute_stream(request.data(ctx));
         let (tx, protocol, op) = (self.out_tx.clone(), self.protocol, id.clone());
         let task = tokio::spawn(async move {
+            let _active = ActiveOperation::start();
             let mut stream = pin!(stream);
             let mut first = true;
             while let Some(resp) = stream.next().await {

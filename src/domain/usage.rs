@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use entity::enums::{AlertKind, MetricKind, UsageEventKind};
 use entity::{organization, usage_alert, usage_event};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
+use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 
 use super::access::{self, Action};
@@ -259,6 +259,7 @@ impl Engine {
         let txn = self.db.begin_write().await?;
         let outcome = self.record_in(&txn, viewer, &parsed).await?;
         self.commit_and_publish(txn, org, &outcome.alerts).await?;
+        count_recording(&outcome);
         Ok(outcome)
     }
 
@@ -287,6 +288,7 @@ impl Engine {
             let mut alerts = Vec::new();
             for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
                 let outcome = self.record_in(&txn, viewer, p).await?;
+                count_recording(&outcome);
                 alerts.extend(outcome.alerts.iter().cloned());
                 results[i] = Some(outcome);
             }
@@ -533,6 +535,9 @@ impl Engine {
         org: OrganizationId,
         alerts: &[usage_alert::Model],
     ) -> AppResult<()> {
+        for a in alerts {
+            metrics::counter!("tollgate_alerts_total", "kind" => a.kind.to_value()).increment(1);
+        }
         if self.db.is_postgres() {
             for payload in crate::alerts::encode(org, alerts) {
                 store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
@@ -973,6 +978,16 @@ impl Engine {
         self.reevaluate(txn, scope, org, period, epoch, &rules, None)
             .await
     }
+}
+
+/// Counts a recording by outcome, for /metrics.
+fn count_recording(outcome: &RecordOutcome) {
+    let label = match (outcome.accepted, outcome.duplicate) {
+        (false, _) => "refused",
+        (true, true) => "duplicate",
+        (true, false) => "accepted",
+    };
+    metrics::counter!("tollgate_recordings_total", "outcome" => label).increment(1);
 }
 
 fn threshold_for(kind: AlertKind, near: Decimal) -> Decimal {

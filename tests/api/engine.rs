@@ -674,21 +674,10 @@ async fn every_mutation_follows_the_access_table(app: TestApp) {
 both_engines!(access, super::every_mutation_follows_the_access_table);
 
 /// Runs the real binary's `recompute` against the test's database.
-fn recompute_cli(app: &TestApp, extra: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("--database-url")
-        .arg(&app.database_url)
-        .arg("recompute")
-        .args(extra)
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .output()
-        .expect("run tollgate recompute");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+async fn recompute_cli(app: &TestApp, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["recompute"];
+    args.extend_from_slice(extra);
+    crate::helpers::tollgate_cli(&app.database_url, &args).await
 }
 
 async fn recompute_finds_nothing_after_a_mixed_load(app: TestApp) {
@@ -756,7 +745,7 @@ async fn recompute_finds_nothing_after_a_mixed_load(app: TestApp) {
     for h in handles {
         h.await.unwrap();
     }
-    let (ok, out) = recompute_cli(&app, &["--check"]);
+    let (ok, out) = recompute_cli(&app, &["--check"]).await;
     assert!(ok, "recompute --check after the load: {out}");
     assert!(out.contains("differences 0"), "{out}");
 
@@ -768,14 +757,14 @@ async fn recompute_finds_nothing_after_a_mixed_load(app: TestApp) {
     )
     .await
     .unwrap();
-    let (ok, out) = recompute_cli(&app, &["--check"]);
+    let (ok, out) = recompute_cli(&app, &["--check"]).await;
     assert!(!ok, "--check must fail on a drifted counter: {out}");
     assert!(out.contains("bookings: stored used"), "{out}");
-    let (ok, out) = recompute_cli(&app, &[]);
+    let (ok, out) = recompute_cli(&app, &[]).await;
     assert!(ok, "{out}");
-    let (ok, out) = recompute_cli(&app, &["--check", "--org", &orgs[0]]);
+    let (ok, out) = recompute_cli(&app, &["--check", "--org", &orgs[0]]).await;
     assert!(ok, "{out}");
-    let (ok, out) = recompute_cli(&app, &["--check"]);
+    let (ok, out) = recompute_cli(&app, &["--check"]).await;
     assert!(ok, "{out}");
 }
 both_engines!(recompute, super::recompute_finds_nothing_after_a_mixed_load);

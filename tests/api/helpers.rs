@@ -60,6 +60,19 @@ macro_rules! both_engines {
     };
 }
 
+/// A fresh database: a SQLite file in a temp dir (kept alive by the returned guard), or a new
+/// database in the shared Postgres cluster. None when Postgres is not installed (and not required).
+pub fn database(engine: Engine) -> Option<(String, Option<tempfile::TempDir>)> {
+    Some(match engine {
+        Engine::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+            (url, Some(dir))
+        }
+        Engine::Postgres => (postgres_database()?, None),
+    })
+}
+
 pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
     // Logs only when asked: TEST_LOG=tollgate::sql=trace shows every statement.
     if let Ok(filter) = std::env::var("TEST_LOG") {
@@ -68,14 +81,7 @@ pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
             .with_test_writer()
             .try_init();
     }
-    let (url, dir) = match engine {
-        Engine::Sqlite => {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-            (url, Some(dir))
-        }
-        Engine::Postgres => (postgres_database()?, None),
-    };
+    let (url, dir) = database(engine)?;
     let mut args = vec![
         "--database-url",
         url.as_str(),
@@ -135,18 +141,9 @@ impl TestApp {
 
     /// POSTs a GraphQL request and answers (HTTP status, JSON body).
     pub async fn post(&self, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
-        let mut req = self
-            .client
-            .post(self.url("/graphql"))
-            .header("content-type", "application/json")
-            .header("accept", "application/graphql-response+json")
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.expect("json body"))
+        post_graphql(&self.client, &self.url("/graphql"), token, query, variables)
+            .await
+            .expect("request")
     }
 
     /// The JSON body of a GraphQL request.
@@ -183,6 +180,62 @@ impl TestApp {
         )
         .await
     }
+}
+
+/// Runs a command of the `tollgate` binary against database `db`; answers (success, output).
+pub async fn tollgate_cli(db: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--database-url", db])
+        .args(args)
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .output()
+        .await
+        .expect("run tollgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs `$body` (an async fn taking an `Engine`) once per engine, for tests that start their own
+/// server processes.
+#[macro_export]
+macro_rules! per_engine {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $body($crate::helpers::Engine::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $body($crate::helpers::Engine::Postgres).await;
+            }
+        }
+    };
+}
+
+/// POSTs a GraphQL request to `url`; answers (HTTP status, JSON body), or the transport error.
+pub async fn post_graphql(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await?))
 }
 
 /// The string at `path` in every item of a JSON list, e.g. `pluck(&nodes, &["metric", "code"])`.

@@ -9,6 +9,7 @@ mod decimals;
 mod engine;
 mod http;
 mod production;
+mod replicas;
 mod tenancy;
 mod usage;
 mod ws;

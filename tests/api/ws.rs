@@ -17,18 +17,18 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[derive(Debug, PartialEq)]
-enum Event {
+pub enum Event {
     Msg(Value),
     Closed(u16, String),
 }
 
-struct Ws {
+pub struct Ws {
     socket: Socket,
 }
 
 impl Ws {
-    async fn connect(app: &TestApp, protocol: Option<&str>) -> Ws {
-        let mut req = format!("ws://{}/graphql", app.addr)
+    pub async fn connect(addr: std::net::SocketAddr, protocol: Option<&str>) -> Ws {
+        let mut req = format!("ws://{addr}/graphql")
             .into_client_request()
             .unwrap();
         if let Some(p) = protocol {
@@ -49,7 +49,7 @@ impl Ws {
         Ws { socket }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub async fn send(&mut self, v: Value) {
         self.socket
             .send(Message::text(v.to_string()))
             .await
@@ -61,7 +61,7 @@ impl Ws {
     }
 
     /// The next message or close within `within`, or None.
-    async fn next_within(&mut self, within: Duration) -> Option<Event> {
+    pub async fn next_within(&mut self, within: Duration) -> Option<Event> {
         loop {
             let msg = match tokio::time::timeout(within, self.socket.next()).await {
                 Err(_) => return None,
@@ -81,14 +81,14 @@ impl Ws {
         }
     }
 
-    async fn next(&mut self) -> Event {
+    pub async fn next(&mut self) -> Event {
         self.next_within(Duration::from_secs(10))
             .await
             .expect("a message within 10s")
     }
 
     /// The next protocol message, skipping keep-alives.
-    async fn message(&mut self) -> Value {
+    pub async fn message(&mut self) -> Value {
         loop {
             match self.next().await {
                 Event::Msg(m) if m["type"] == "ping" || m["type"] == "ka" => continue,
@@ -98,7 +98,7 @@ impl Ws {
         }
     }
 
-    async fn closed_with(&mut self) -> u16 {
+    pub async fn closed_with(&mut self) -> u16 {
         loop {
             match self.next().await {
                 Event::Closed(code, _) => return code,
@@ -108,23 +108,23 @@ impl Ws {
         }
     }
 
-    async fn init(&mut self, payload: Value) {
+    pub async fn init(&mut self, payload: Value) {
         self.send(json!({ "type": "connection_init", "payload": payload }))
             .await;
         assert_eq!(self.message().await["type"], "connection_ack");
     }
 
-    async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
         self.send(json!({ "type": "subscribe", "id": id, "payload": { "query": query, "variables": variables } }))
             .await;
     }
 }
 
-fn bearer(token: &str) -> Value {
+pub fn bearer(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
 
-const ALERTS: &str = "subscription($o: ID, $since: DateTime) { usageAlerts(organizationId: $o, since: $since) { \
+pub const ALERTS: &str = "subscription($o: ID, $since: DateTime) { usageAlerts(organizationId: $o, since: $since) { \
     id kind metric { code } organization { id } utilizationPct } }";
 
 async fn close_codes_follow_the_protocol(app: TestApp) {
@@ -133,7 +133,7 @@ async fn close_codes_follow_the_protocol(app: TestApp) {
     let proto = Some("graphql-transport-ws");
 
     // No connection_init in time (the server runs with a 1s limit here).
-    let mut ws = Ws::connect(&app, proto).await;
+    let mut ws = Ws::connect(app.addr, proto).await;
     let started = Instant::now();
     assert_eq!(ws.closed_with().await, 4408);
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -145,27 +145,27 @@ async fn close_codes_follow_the_protocol(app: TestApp) {
         bearer("not-a-token"),
         json!({ "token": "x.y.z" }),
     ] {
-        let mut ws = Ws::connect(&app, proto).await;
+        let mut ws = Ws::connect(app.addr, proto).await;
         ws.send(json!({ "type": "connection_init", "payload": payload }))
             .await;
         assert_eq!(ws.closed_with().await, 4403, "init payload {payload}");
     }
 
     // Subscribe before the ack: 4401.
-    let mut ws = Ws::connect(&app, proto).await;
+    let mut ws = Ws::connect(app.addr, proto).await;
     ws.subscribe("1", "subscription { usageAlerts { id } }", json!({}))
         .await;
     assert_eq!(ws.closed_with().await, 4401);
 
     // A second init: 4429. The token may also come as {"token": ...}.
-    let mut ws = Ws::connect(&app, proto).await;
+    let mut ws = Ws::connect(app.addr, proto).await;
     ws.init(json!({ "token": token })).await;
     ws.send(json!({ "type": "connection_init", "payload": bearer(&token) }))
         .await;
     assert_eq!(ws.closed_with().await, 4429);
 
     // A duplicate operation id: 4409.
-    let mut ws = Ws::connect(&app, proto).await;
+    let mut ws = Ws::connect(app.addr, proto).await;
     ws.init(bearer(&token)).await;
     ws.subscribe("dup", "subscription { usageAlerts { id } }", json!({}))
         .await;
@@ -181,14 +181,14 @@ async fn close_codes_follow_the_protocol(app: TestApp) {
         "{\"type\": \"subscribe\", \"payload\": {\"query\": \"{ viewer { userId } }\"}}",
         "{\"type\": \"subscribe\", \"id\": \"1\", \"payload\": {}}",
     ] {
-        let mut ws = Ws::connect(&app, proto).await;
+        let mut ws = Ws::connect(app.addr, proto).await;
         ws.init(bearer(&token)).await;
         ws.send_raw(bad).await;
         assert_eq!(ws.closed_with().await, 4400, "{bad}");
     }
 
     // ping answers pong with its payload; a query runs once and completes.
-    let mut ws = Ws::connect(&app, proto).await;
+    let mut ws = Ws::connect(app.addr, proto).await;
     ws.init(bearer(&token)).await;
     ws.send(json!({ "type": "ping", "payload": { "n": 1 } }))
         .await;
@@ -220,7 +220,7 @@ async fn keepalive_and_expiry(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     // The server pings an idle connection (here every second), and the client's pong is accepted.
     let token = app.tenant_token(&org, Role::Viewer);
-    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     ws.init(bearer(&token)).await;
     match ws.next_within(Duration::from_secs(3)).await {
         Some(Event::Msg(m)) => assert_eq!(m["type"], "ping"),
@@ -238,7 +238,7 @@ async fn keepalive_and_expiry(app: TestApp) {
             Duration::from_secs(2),
         )
         .unwrap();
-    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     ws.init(bearer(&short)).await;
     let started = Instant::now();
     assert_eq!(ws.closed_with().await, 4403);
@@ -254,7 +254,7 @@ async fn legacy_protocol_works(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     let viewer = app.tenant_token(&org, Role::Viewer);
     let service = app.tenant_token(&org, Role::Service);
-    let mut ws = Ws::connect(&app, Some("graphql-ws")).await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-ws")).await;
     ws.send(json!({ "type": "connection_init", "payload": bearer(&viewer) }))
         .await;
     assert_eq!(
@@ -276,7 +276,7 @@ async fn legacy_protocol_works(app: TestApp) {
     assert_eq!(ws.closed_with().await, 1000);
 
     // A wrong token: connection_error, then the close.
-    let mut ws = Ws::connect(&app, Some("graphql-ws")).await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-ws")).await;
     ws.send(json!({ "type": "connection_init", "payload": { "token": "nope" } }))
         .await;
     assert_eq!(ws.message().await["type"], "connection_error");
@@ -288,13 +288,13 @@ async fn alerts_reach_only_their_tenant(app: TestApp) {
     let a = app.create_org("alpha", "basic").await;
     let b = app.create_org("bravo", "basic").await;
     let started_at = chrono::Utc::now();
-    let mut wa = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut wa = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     wa.init(bearer(&app.tenant_token(&a, Role::Viewer))).await;
     wa.subscribe("a", ALERTS, json!({})).await;
-    let mut wb = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut wb = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     wb.init(bearer(&app.tenant_token(&b, Role::Viewer))).await;
     wb.subscribe("b", ALERTS, json!({})).await;
-    let mut wp = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut wp = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     wp.init(bearer(&app.platform_token())).await;
     wp.subscribe("p", ALERTS, json!({})).await;
     // Subscribing to another tenant's organization fails exactly as a missing one does.
@@ -330,7 +330,7 @@ async fn alerts_reach_only_their_tenant(app: TestApp) {
     );
 
     // Reconnecting with `since` replays what was stored, then continues live without repeats.
-    let mut again = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut again = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     again
         .init(bearer(&app.tenant_token(&a, Role::Viewer)))
         .await;
@@ -356,7 +356,7 @@ both_engines!(alerts, super::alerts_reach_only_their_tenant);
 
 async fn usage_updates_coalesce_and_end_on_the_latest(app: TestApp) {
     let org = app.create_org("acme", "growth").await;
-    let mut ws = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
     ws.subscribe(
         "u",
@@ -442,16 +442,16 @@ async fn connection_limits_hold(app: TestApp) {
     let a = app.create_org("alpha", "basic").await;
     let b = app.create_org("bravo", "basic").await;
     let token_a = app.tenant_token(&a, Role::Viewer);
-    let mut first = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut first = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     first.init(bearer(&token_a)).await;
     // A second connection of the same organization is past its limit of 1.
-    let mut second = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut second = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     second
         .send(json!({ "type": "connection_init", "payload": bearer(&token_a) }))
         .await;
     assert_eq!(second.closed_with().await, 1013);
     // Another organization still gets in, up to the total of 2; the third upgrade is refused.
-    let mut other = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut other = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     other
         .init(bearer(&app.tenant_token(&b, Role::Viewer)))
         .await;
@@ -465,7 +465,7 @@ async fn connection_limits_hold(app: TestApp) {
     // Closing one frees its place.
     drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = Ws::connect(&app, Some("graphql-transport-ws")).await;
+    let mut again = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     again.init(bearer(&token_a)).await;
 }
 both_engines!(
