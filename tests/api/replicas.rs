@@ -104,6 +104,16 @@ impl Server {
     }
 }
 
+/// A fresh database with the platform team's member, and a temp dir for the servers' logs.
+async fn prepared(
+    engine: Engine,
+) -> Option<(String, Option<tempfile::TempDir>, tempfile::TempDir)> {
+    let (db, guard) = database(engine)?;
+    let (ok, out) = tollgate_cli(&db, &["platform-team", "add", PLATFORM_SUB]).await;
+    assert!(ok, "{out}");
+    Some((db, guard, tempfile::tempdir().unwrap()))
+}
+
 async fn create_org(server: &Server, slug: &str, plan: &str) -> String {
     let body = server
         .gql(
@@ -144,15 +154,9 @@ async fn next_alert(ws: &mut Ws) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_alerts_exactly_once() {
-    let Some((db, _guard)) = database(Engine::Postgres) else {
+    let Some((db, _guard, dir)) = prepared(Engine::Postgres).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        tollgate_cli(&db, &["platform-team", "add", PLATFORM_SUB])
-            .await
-            .0
-    );
     let a = Server::start(&db, dir.path(), "a", &[]).await;
     let b = Server::start(&db, dir.path(), "b", &[]).await;
     let since = chrono::Utc::now();
@@ -247,15 +251,9 @@ async fn two_replicas_share_alerts_exactly_once() {
 }
 
 async fn kill_9_mid_load(engine: Engine) {
-    let Some((db, _guard)) = database(engine) else {
+    let Some((db, _guard, dir)) = prepared(engine).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        tollgate_cli(&db, &["platform-team", "add", PLATFORM_SUB])
-            .await
-            .0
-    );
     let server = Server::start(&db, dir.path(), "before", &[]).await;
     let mut orgs = Vec::new();
     for i in 0..4 {
@@ -341,15 +339,9 @@ async fn kill_9_mid_load(engine: Engine) {
 crate::per_engine!(kill_9_loses_nothing_acknowledged, super::kill_9_mid_load);
 
 async fn graceful_shutdown(engine: Engine) {
-    let Some((db, _guard)) = database(engine) else {
+    let Some((db, _guard, dir)) = prepared(engine).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        tollgate_cli(&db, &["platform-team", "add", PLATFORM_SUB])
-            .await
-            .0
-    );
     let mut server = Server::start(&db, dir.path(), "graceful", &["--log-json"]).await;
     let org = create_org(&server, "acme", "enterprise").await;
     let mut ws = Ws::connect(server.addr, Some("graphql-transport-ws")).await;
