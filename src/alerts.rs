@@ -178,7 +178,12 @@ pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
 /// Forwards the channel's notifications to this replica's bus, for as long as the process runs. It
 /// reconnects after its connection drops; what was committed meanwhile is read with the catch-up
 /// query (`usageAlerts(since:)`). `ready` turns true each time LISTEN is in place.
-pub async fn listen(url: String, bus: AlertBus, ready: tokio::sync::watch::Sender<bool>) {
+pub async fn listen(
+    url: String,
+    bus: AlertBus,
+    ready: tokio::sync::watch::Sender<bool>,
+    on_connect: impl Fn() + Send + 'static,
+) {
     use sea_orm::sqlx::postgres::PgListener;
     loop {
         let listener = match PgListener::connect(&url).await {
@@ -195,6 +200,8 @@ pub async fn listen(url: String, bus: AlertBus, ready: tokio::sync::watch::Sende
             }
         };
         if let Some(mut listener) = listener {
+            // Notifications may have been missed while disconnected.
+            on_connect();
             ready.send_replace(true);
             tracing::info!(channel = CHANNEL, "listening for alerts from every replica");
             loop {

@@ -97,7 +97,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    notifications: Option<tokio::task::JoinHandle<()>>,
+    /// Background tasks that live as long as the server: LISTEN, cache invalidation.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -109,10 +110,12 @@ impl Application {
         let state = Arc::new(state);
         let notifications = if state.engine.db.is_postgres() {
             let url = state.settings.database_url.expose_secret().to_owned();
+            let cache = state.engine.cache.clone();
             let task = tokio::spawn(crate::alerts::listen(
                 url,
                 state.engine.bus.clone(),
                 state.listening.clone(),
+                move || cache.clear(),
             ));
             let mut ready = state.listening.subscribe();
             tokio::time::timeout(std::time::Duration::from_secs(30), ready.wait_for(|l| *l))
@@ -123,10 +126,17 @@ impl Application {
         } else {
             None
         };
+        let invalidation = tokio::spawn(invalidate_on_changes(
+            state.engine.bus.clone(),
+            state.engine.cache.clone(),
+        ));
         Ok(Application {
             listener,
             state,
-            notifications,
+            tasks: [Some(invalidation), notifications]
+                .into_iter()
+                .flatten()
+                .collect(),
         })
     }
 
@@ -156,10 +166,28 @@ impl Application {
         let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
-        for task in [recompute, self.notifications].into_iter().flatten() {
+        for task in recompute.into_iter().chain(self.tasks) {
             task.abort();
         }
         served
+    }
+}
+
+/// Drops an organization's cached entitlement state whenever a committed change of it reaches the
+/// bus (from this replica or, through LISTEN, from another); everything when the bus lagged.
+async fn invalidate_on_changes(
+    bus: crate::alerts::AlertBus,
+    cache: Arc<crate::domain::cache::StateCache>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = bus.subscribe(None);
+    loop {
+        match rx.recv().await {
+            Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => cache.clear(),
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

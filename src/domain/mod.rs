@@ -2,6 +2,7 @@
 //! own transactions and call the store.
 
 pub mod access;
+pub mod cache;
 pub mod limits;
 pub mod orgs;
 pub mod plans;

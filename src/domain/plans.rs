@@ -136,6 +136,8 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
     txn.commit().await?;
+    // Every organization on this plan now has other limits.
+    engine.cache.clear();
     Ok(saved)
 }
 

@@ -28,6 +28,8 @@ pub struct Engine {
     pub lateness: Duration,
     pub clock_skew: Duration,
     pub catalog: Arc<tokio::sync::OnceCell<Arc<MetricCatalog>>>,
+    /// Current-period summaries for the hot reads (see `domain::cache`).
+    pub cache: Arc<super::cache::StateCache>,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -170,6 +172,7 @@ impl Engine {
             lateness: Duration::days(settings.lateness_days.into()),
             clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
             catalog: Default::default(),
+            cache: Default::default(),
         }
     }
 
@@ -543,8 +546,11 @@ impl Engine {
                 store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
             }
             txn.commit().await?;
+            // Before the answer leaves: this replica's next read sees the write.
+            self.cache.invalidate(org);
         } else {
             txn.commit().await?;
+            self.cache.invalidate(org);
             self.publish(org, alerts);
         }
         Ok(())
@@ -567,7 +573,7 @@ impl Engine {
         quantity: Option<Decimal>,
     ) -> AppResult<(MetricUsage, Decimal, bool, Option<String>)> {
         let org = access::target_org(viewer, org_id)?;
-        let org = access::authorize(&self.db, viewer, org, Action::Read).await?;
+        let summary = self.current_summary(viewer, org).await?;
         let kinds = self.metric_kinds().await?;
         let code = MetricCode::parse(metric)?;
         let kind = *kinds
@@ -577,14 +583,11 @@ impl Engine {
         if qty.is_negative() {
             return Err(AppError::bad_input("quantity must be 0 or more"));
         }
-        let period = Period::current();
-        let rules = plan_rules(&self.db, org.plan_id).await?;
-        let counters =
-            store::ledger::counters(&self.db, viewer.scope(), &[OrganizationId(org.id)], period)
-                .await?;
-        let usage = states_from(period, &kinds, &rules, &counters)
-            .into_iter()
+        let usage = summary
+            .metrics
+            .iter()
             .find(|m| m.metric == code.as_str())
+            .cloned()
             .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
         let new_used = match kind {
             MetricKind::Counter => usage.state.used() + qty.to_decimal(),
@@ -600,6 +603,50 @@ impl Engine {
             )
         });
         Ok((usage, new_used, !refused, reason))
+    }
+
+    /// An organization the viewer may read, from the cache when it holds it (the same answers as
+    /// `access::authorize`: a foreign or missing organization is NOT_FOUND).
+    pub async fn readable_org(
+        &self,
+        viewer: &Viewer,
+        org: OrganizationId,
+    ) -> AppResult<organization::Model> {
+        if viewer.scope().allows(org)
+            && access::role_allows(viewer, Action::Read)
+            && let Some(s) = self.cache.get(org)
+        {
+            return Ok(s.org.clone());
+        }
+        access::authorize(&self.db, viewer, org, Action::Read).await
+    }
+
+    /// The current period's summary of an organization the viewer may read, from the cache or read
+    /// (and cached).
+    pub async fn current_summary(
+        &self,
+        viewer: &Viewer,
+        org: OrganizationId,
+    ) -> AppResult<Arc<UsageSummary>> {
+        if viewer.scope().allows(org)
+            && access::role_allows(viewer, Action::Read)
+            && let Some(s) = self.cache.get(org)
+        {
+            return Ok(s);
+        }
+        let ticket = self.cache.ticket(org);
+        let model = access::authorize(&self.db, viewer, org, Action::Read).await?;
+        let summary = self
+            .summaries(&self.db, viewer.scope(), vec![model], Period::current())
+            .await?
+            .into_iter()
+            .next()
+            .map(Arc::new)
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        if let Some(t) = ticket {
+            self.cache.put(t, summary.clone());
+        }
+        Ok(summary)
     }
 
     /// Summaries of organizations (already scoped and loaded) in a period.

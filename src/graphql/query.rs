@@ -77,7 +77,7 @@ impl Query {
         let viewer = rc.viewer()?;
         let org = access::target_org(viewer, id.as_ref().map(|i| i.as_str()))?;
         Ok(Some(Organization(
-            access::authorize(&rc.engine.db, viewer, org, Action::Read).await?,
+            rc.engine.readable_org(viewer, org).await?,
         )))
     }
 

@@ -894,3 +894,51 @@ async fn the_server_repairs_drift_on_its_own_schedule() {
         "the periodic recompute repaired the drifted counter"
     );
 }
+
+async fn cached_reads_follow_every_write(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let viewer = app.tenant_token(&org, Role::Viewer);
+    let service = app.tenant_token(&org, Role::Service);
+    let read = |t: String| {
+        let app = &app;
+        async move {
+            let d = app.ok(&t, USAGE, json!({})).await;
+            metric(&d["organization"]["usage"], "bookings").clone()
+        }
+    };
+    // Warm the cache, then every kind of write is visible on the next read.
+    assert_eq!(read(viewer.clone()).await["used"], "0");
+    app.record(&service, "bookings", "7").await;
+    assert_eq!(read(viewer.clone()).await["used"], "7");
+    let check = "{ checkEntitlement(metric: \"bookings\", quantity: \"1\") { used remaining } }";
+    assert_eq!(
+        app.ok(&viewer, check, json!({})).await["checkEntitlement"]["used"],
+        "7"
+    );
+    app.record(&service, "bookings", "3").await;
+    assert_eq!(
+        app.ok(&viewer, check, json!({})).await["checkEntitlement"]["used"],
+        "10"
+    );
+    let platform = app.platform_token();
+    app.ok(
+        &platform,
+        "mutation($o: ID!) { grantCredit(input: {organizationId: $o, metric: \"bookings\", quantity: \"5\", reason: \"r\"}) { used } }",
+        json!({ "o": org }),
+    )
+    .await;
+    assert_eq!(read(viewer.clone()).await["allowance"], "105");
+    // A plan's limits changing shows at once for every organization on it.
+    app.ok(
+        &platform,
+        "mutation { upsertPlan(input: {code: \"basic\", name: \"Basic\", rank: 1, priceMonthly: \"49\", \
+         limits: [{metric: \"bookings\", included: \"200\", enforcement: SOFT}]}) { code } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(read(viewer.clone()).await["allowance"], "205");
+    let admin = app.tenant_token(&org, Role::Admin);
+    app.ok(&admin, CHANGE, json!({ "p": "growth" })).await;
+    assert_eq!(read(viewer).await["allowance"], "1005");
+}
+both_engines!(cache, super::cached_reads_follow_every_write);

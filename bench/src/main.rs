@@ -1,0 +1,803 @@
+//! tollgate-bench: starts a release `tollgate serve` process on a database, seeds it, drives it over
+//! HTTP and WebSocket, and prints one results table with the ceilings and the target ratios.
+//!
+//! Usage (see bench/run.sh, which builds in release and provides a throwaway Postgres):
+//!   tollgate-bench --server target/release/tollgate --database-url sqlite:///tmp/b.db?mode=rwc
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tollgate::auth::JwtKeys;
+use tollgate::config::Settings;
+use tollgate::domain::Role;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
+const PLATFORM: &str = "bench-platform";
+
+static ONLY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The server binary (a release build).
+    #[arg(long)]
+    server: String,
+    /// The database to run on (a fresh one: the harness seeds it).
+    #[arg(long)]
+    database_url: String,
+    /// A label for the table (sqlite, postgres).
+    #[arg(long, default_value = "db")]
+    engine: String,
+    /// How long each measurement runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Organizations to seed.
+    #[arg(long, default_value_t = 1000)]
+    orgs: usize,
+    /// WebSocket subscribers for the fan-out measurement (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Ledger events of the big organization (the small one gets 1%).
+    #[arg(long, default_value_t = 1_000_000)]
+    big_ledger: usize,
+    /// Only the measurements whose name contains this (the framework ceiling always runs), e.g. to
+    /// profile one of them.
+    #[arg(long)]
+    only: Option<String>,
+    /// Database connections of the server (and of the storage-ceiling loop).
+    #[arg(long, default_value_t = 16)]
+    pool: u32,
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(args: &Args) -> Result<Server> {
+        let mut child = Command::new(&args.server)
+            .args(["--database-url", &args.database_url])
+            .args(["--bind", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .args([
+                "--ws-max-connections",
+                "60000",
+                "--ws-max-per-tenant",
+                "60000",
+            ])
+            .args(["--db-max-connections", &args.pool.to_string()])
+            .args(["--recompute-interval", "0", "--max-page-size", "100"])
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the server")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let addr = loop {
+            let Some(line) = lines.next_line().await? else {
+                bail!("the server exited before listening");
+            };
+            if let Some(a) = line.strip_prefix("tollgate listening on http://") {
+                break a.trim().parse()?;
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server { child, addr })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn keys() -> JwtKeys {
+    let settings = Settings::parse_from_env_and(&["--jwt-secret", SECRET]).expect("settings");
+    JwtKeys::from_settings(&settings).expect("keys")
+}
+
+fn mint(sub: &str, org: Option<&str>, role: Option<Role>) -> String {
+    keys()
+        .mint(sub, org, role, Duration::from_secs(6 * 3600))
+        .expect("mint")
+}
+
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Http {
+    async fn post(&self, token: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() || v.get("errors").is_some() {
+            bail!("{status}: {v}");
+        }
+        Ok(v)
+    }
+}
+
+/// One measured scenario.
+struct Row {
+    name: String,
+    concurrency: usize,
+    ops: f64,
+    p50: Duration,
+    p99: Duration,
+    note: String,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `op` from `concurrency` tasks for `seconds` (after a short warm-up); `op(task, n)` does one
+/// operation and answers how many units it did (1, or the items of a batch).
+async fn drive<F, Fut>(name: &str, concurrency: usize, seconds: u64, op: F) -> Row
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64>> + Send,
+{
+    if let Some(only) = ONLY.get().and_then(|o| o.as_deref())
+        && !name.contains(only)
+        && !name.starts_with("framework")
+    {
+        return Row {
+            name: name.to_owned(),
+            concurrency,
+            ops: 0.0,
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            note: "skipped".into(),
+        };
+    }
+    let op = Arc::new(op);
+    let warmup = Duration::from_millis(700);
+    let measure = Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut units = 0u64;
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            loop {
+                let began = Instant::now();
+                if began - start > warmup + measure {
+                    break;
+                }
+                let r = op(t, n).await;
+                n += 1;
+                if began - start < warmup {
+                    continue;
+                }
+                match r {
+                    Ok(u) => {
+                        units += u;
+                        lat.push(began.elapsed());
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("{t}: {e:#}");
+                        }
+                    }
+                }
+            }
+            (lat, units, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let (mut units, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (l, u, e) = t.await.expect("task");
+        lat.extend(l);
+        units += u;
+        errors += e;
+    }
+    lat.sort();
+    let row = Row {
+        name: name.to_owned(),
+        concurrency,
+        ops: units as f64 / measure.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        note: if errors > 0 {
+            format!("{errors} errors")
+        } else {
+            String::new()
+        },
+    };
+    eprintln!(
+        "  {:<44} c={:<3} {:>10.0}/s  p50 {:>9.3?}  p99 {:>9.3?} {}",
+        row.name, row.concurrency, row.ops, row.p50, row.p99, row.note
+    );
+    row
+}
+
+/// Drives one read query, each task as the viewer of its own organization.
+async fn viewer_query(
+    name: &str,
+    concurrency: usize,
+    seconds: u64,
+    http: &Http,
+    tokens: &Arc<Vec<(String, String)>>,
+    body: Value,
+) -> Row {
+    let (h, t, body) = (http.clone(), tokens.clone(), Arc::new(body));
+    drive(name, concurrency, seconds, move |task, _| {
+        let (h, t, body) = (h.clone(), t.clone(), body.clone());
+        async move {
+            h.post(&t[task % t.len()].1, &body).await?;
+            Ok(1)
+        }
+    })
+    .await
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+struct Seeded {
+    orgs: Vec<String>,
+    small: String,
+    big: String,
+}
+
+/// Organizations on Growth, a few bookings each (so utilization spreads from 0% to 99%), and two
+/// organizations whose ledgers hold 1% and 100% of `big_ledger` events, inserted in bulk in SQL
+/// with their counters set to match.
+async fn seed(args: &Args, http: &Http, platform: &str) -> Result<Seeded> {
+    let mut orgs = Vec::with_capacity(args.orgs);
+    for i in 0..args.orgs + 2 {
+        let v = http
+            .post(
+                platform,
+                &json!({ "query": "mutation($i: CreateOrganizationInput!) { createOrganization(input: $i) { id } }",
+                         "variables": { "i": { "name": format!("Org {i}"), "slug": format!("org-{i:05}"), "planCode": "growth" } } }),
+            )
+            .await?;
+        orgs.push(
+            v["data"]["createOrganization"]["id"]
+                .as_str()
+                .context("id")?
+                .to_owned(),
+        );
+    }
+    let big = orgs.pop().context("big")?;
+    let small = orgs.pop().context("small")?;
+    // Spread utilization: org i gets (i % 100) * 10 bookings of Growth's 1000, in batches of 100.
+    let mut items: Vec<Value> = Vec::new();
+    for (i, org) in orgs.iter().enumerate() {
+        let q = (i % 100) * 10;
+        if q > 0 {
+            items.push(
+                json!({ "organizationId": org, "metric": "bookings", "quantity": q.to_string() }),
+            );
+        }
+        if items.len() == 100 || i + 1 == orgs.len() {
+            http.post(
+                platform,
+                &json!({ "query": "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted } }",
+                         "variables": { "i": items } }),
+            )
+            .await?;
+            items.clear();
+        }
+    }
+    let (pool, _) =
+        tollgate::store::connect(&args.database_url, 2, Duration::from_secs(600)).await?;
+    let db = tollgate::store::db::Db::new(pool);
+    for (org, n) in [(&small, args.big_ledger / 100), (&big, args.big_ledger)] {
+        bulk_ledger(&db, org, n).await?;
+    }
+    Ok(Seeded { orgs, small, big })
+}
+
+/// Appends `n` USAGE events of 1 booking to `org`'s current period in one statement, and sets its
+/// counter to match (so recompute stays clean).
+async fn bulk_ledger(db: &tollgate::store::db::Db, org: &str, n: usize) -> Result<()> {
+    use sea_orm::ConnectionTrait;
+    let org = uuid::Uuid::parse_str(org)?;
+    let period = tollgate::domain::Period::current().start;
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let now = chrono::Utc::now();
+    // Ids: UUIDv7-shaped (a day-old millisecond, then the row number), unique per organization and
+    // older than anything recorded later. SQLite keeps UUIDs as 16-byte blobs.
+    let (series, id) = if postgres {
+        (
+            "SELECT g AS n FROM generate_series(1, $4) AS g",
+            "(lpad(to_hex($5::bigint), 12, '0') || '70008000' || lpad(to_hex(s.n), 12, '0'))::uuid",
+        )
+    } else {
+        (
+            "WITH RECURSIVE q(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM q WHERE n < $4) SELECT n FROM q",
+            "unhex(printf('%012x70008000%012x', $5, s.n))",
+        )
+    };
+    let sql = format!(
+        "INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, actor, occurred_at, recorded_at) \
+         SELECT $1, {id}, 'bookings', 'USAGE', 10000, $2, 'bench', $3, $3 FROM ({series}) AS s"
+    );
+    tollgate::store::execute(
+        db,
+        &sql,
+        vec![
+            org.into(),
+            period.into(),
+            now.into(),
+            (n as i64).into(),
+            (now.timestamp_millis() - 86_400_000).into(),
+        ],
+    )
+    .await?;
+    tollgate::store::execute(
+        db,
+        "INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+         VALUES ($1, $2, 'bookings', $3, 0, $4) \
+         ON CONFLICT (organization_id, period_start, metric_code) DO UPDATE SET used = excluded.used",
+        vec![org.into(), period.into(), (n as i64 * 10_000).into(), now.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// 10K (or `--subscribers`) platform WebSocket subscribers to every organization's alerts; each
+/// round raises one alert and times its arrival at every subscriber after the mutation answered.
+async fn fan_out(
+    args: &Args,
+    server: &Server,
+    http: &Http,
+    platform: &str,
+) -> Result<(Row, f64, usize)> {
+    let before = server.rss_kib();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut ready = 0usize;
+    let mut conns = Vec::new();
+    let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {platform}") } });
+    let sub = json!({ "type": "subscribe", "id": "a", "payload": { "query": "subscription { usageAlerts { id } }" } });
+    for chunk in 0..args.subscribers.div_ceil(500) {
+        let mut batch = Vec::new();
+        for _ in 0..500.min(args.subscribers - chunk * 500) {
+            let addr = server.addr;
+            let (init, sub, tx) = (init.clone(), sub.clone(), tx.clone());
+            batch.push(tokio::spawn(async move {
+                let mut req =
+                    tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                        format!("ws://{addr}/graphql"),
+                    )?;
+                req.headers_mut()
+                    .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+                let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+                use tokio_tungstenite::tungstenite::Message;
+                ws.send(Message::text(init.to_string())).await?;
+                let _ack = ws.next().await;
+                ws.send(Message::text(sub.to_string())).await?;
+                let task = tokio::spawn(async move {
+                    while let Some(Ok(m)) = ws.next().await {
+                        let Message::Text(t) = m else { continue };
+                        if t.contains("\"next\"") {
+                            let _ = tx.send(Instant::now());
+                        } else if t.contains("\"ping\"") {
+                            let _ = ws.send(Message::text("{\"type\":\"pong\"}")).await;
+                        }
+                    }
+                });
+                anyhow::Ok(task)
+            }));
+        }
+        for b in batch {
+            match b.await? {
+                Ok(task) => {
+                    ready += 1;
+                    conns.push(task);
+                }
+                Err(e) => eprintln!("subscriber failed: {e:#}"),
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_kib();
+    let per_sub = (after.saturating_sub(before)) as f64 * 1024.0 / ready.max(1) as f64;
+    eprintln!("  {ready} subscribers; server RSS {before} KiB -> {after} KiB");
+
+    let mut lat = Vec::new();
+    for round in 0..5 {
+        let v = http
+            .post(
+                platform,
+                &json!({ "query": "mutation($i: CreateOrganizationInput!) { createOrganization(input: $i) { id } }",
+                         "variables": { "i": { "name": format!("Fan {round}"), "slug": format!("fan-{round}"), "planCode": "basic" } } }),
+            )
+            .await?;
+        let org = v["data"]["createOrganization"]["id"]
+            .as_str()
+            .context("id")?
+            .to_owned();
+        let service = mint("svc", Some(&org), Some(Role::Service));
+        // 85 of Basic's 100 bookings: one NEAR_LIMIT alert.
+        http.post(
+            &service,
+            &json!({ "query": "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"85\"}) { accepted } }" }),
+        )
+        .await?;
+        let answered = Instant::now();
+        let mut got = 0;
+        while got < ready {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(at)) => {
+                    lat.push(at.saturating_duration_since(answered));
+                    got += 1;
+                }
+                _ => break,
+            }
+        }
+        if got < ready {
+            eprintln!("  round {round}: {got} of {ready} subscribers got the alert");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    lat.sort();
+    for c in conns {
+        c.abort();
+    }
+    let row = Row {
+        name: "alert fan-out (delivery after the mutation answered)".into(),
+        concurrency: ready,
+        ops: lat.len() as f64,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        note: format!("{:.1} KiB server memory per subscriber", per_sub / 1024.0),
+    };
+    Ok((row, per_sub, ready))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = ONLY.set(args.only.clone());
+    raise_fd_limit();
+    let (ok, out) = {
+        let o = std::process::Command::new(&args.server)
+            .args(["--database-url", &args.database_url])
+            .args(["platform-team", "add", PLATFORM])
+            .output()?;
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    if !ok {
+        bail!("platform-team add failed: {out}");
+    }
+    let server = Server::start(&args).await?;
+    let http = Http {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+        url: format!("http://{}/graphql", server.addr),
+    };
+    let platform = mint(PLATFORM, None, None);
+    eprintln!(
+        "seeding {} organizations and {} + {} ledger events ({})",
+        args.orgs,
+        args.big_ledger / 100,
+        args.big_ledger,
+        args.engine
+    );
+    let seeded = Arc::new(seed(&args, &http, &platform).await?);
+    let tokens: Arc<Vec<(String, String)>> = Arc::new(
+        seeded
+            .orgs
+            .iter()
+            .map(|o| {
+                (
+                    mint("bench-service", Some(o), Some(Role::Service)),
+                    mint("bench-viewer", Some(o), Some(Role::Viewer)),
+                )
+            })
+            .collect(),
+    );
+    let secs = args.seconds;
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("measuring, {secs}s each");
+
+    // Framework ceiling: the cheapest authenticated request through the same server.
+    for c in [1, 64] {
+        let body = json!({ "query": "{ __typename }" });
+        rows.push(
+            viewer_query(
+                "framework ceiling: { __typename }",
+                c,
+                secs,
+                &http,
+                &tokens,
+                body,
+            )
+            .await,
+        );
+    }
+
+    // recordUsage at 1, 16, 64.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for c in [1, 16, 64] {
+        let (h, t, run) = (http.clone(), tokens.clone(), run.clone());
+        rows.push(
+            drive("recordUsage", c, secs, move |task, n| {
+                let (h, t, run) = (h.clone(), t.clone(), run.clone());
+                async move {
+                    let body = json!({ "query": "mutation($k: String!) { recordUsage(input: {metric: \"bookings\", quantity: \"1\", idempotencyKey: $k}) { accepted usage { used } } }",
+                                       "variables": { "k": format!("{run}-{c}-{task}-{n}") } });
+                    h.post(&t[task % t.len()].0, &body).await?;
+                    Ok(1)
+                }
+            })
+            .await,
+        );
+    }
+
+    // Storage ceiling: the same transaction as recordUsage (Engine::record) in a bare loop against
+    // the same database, no HTTP or GraphQL.
+    {
+        let settings = Settings::parse_from_env_and(&["--database-url", &args.database_url])?;
+        let (pool, _) =
+            tollgate::store::connect(&args.database_url, args.pool, Duration::from_secs(30))
+                .await?;
+        let engine = Arc::new(tollgate::domain::usage::Engine::new(pool, &settings));
+        let viewers: Arc<Vec<tollgate::domain::Viewer>> = Arc::new(
+            seeded
+                .orgs
+                .iter()
+                .map(|o| tollgate::domain::Viewer {
+                    sub: "bench-service".into(),
+                    org_id: Some(tollgate::domain::OrganizationId(
+                        uuid::Uuid::parse_str(o).unwrap_or_default(),
+                    )),
+                    role: Some(Role::Service),
+                    platform: false,
+                })
+                .collect(),
+        );
+        let run = run.clone();
+        rows.push(
+            drive(
+                "storage ceiling: recordUsage's transaction, bare loop",
+                64,
+                secs,
+                move |task, n| {
+                    let (engine, viewers, run) = (engine.clone(), viewers.clone(), run.clone());
+                    async move {
+                        let v = &viewers[task % viewers.len()];
+                        let e = engine.scoped(v.scope());
+                        e.record(
+                            v,
+                            tollgate::domain::usage::RecordInput {
+                                organization_id: None,
+                                metric: "bookings".into(),
+                                quantity: rust_decimal::Decimal::ONE,
+                                idempotency_key: Some(format!("{run}-bare-{task}-{n}")),
+                                reference: None,
+                                occurred_at: None,
+                            },
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                        e.db.release().await;
+                        Ok(1)
+                    }
+                },
+            )
+            .await,
+        );
+    }
+
+    // recordUsageBatch, 100 items a request (throughput in items/s).
+    {
+        let (h, t, run) = (http.clone(), tokens.clone(), run.clone());
+        rows.push(
+            drive("recordUsageBatch (items/s, 100 a request)", 16, secs, move |task, n| {
+                let (h, t, run) = (h.clone(), t.clone(), run.clone());
+                async move {
+                    let items: Vec<Value> = (0..100)
+                        .map(|i| json!({ "metric": "bookings", "quantity": "1", "idempotencyKey": format!("{run}-b-{task}-{n}-{i}") }))
+                        .collect();
+                    let body = json!({ "query": "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted } }", "variables": { "i": items } });
+                    h.post(&t[task % t.len()].0, &body).await?;
+                    Ok(100)
+                }
+            })
+            .await,
+        );
+    }
+
+    let summary = Arc::new(
+        json!({ "query": "query Summary { organization { usage { hasExceededLimits exceededLimitsDetails metrics { metric { code } used allowance remaining utilizationPct exceeded overageAmount } } } }" }),
+    );
+    rows.push(
+        viewer_query(
+            "usage summary of one organization",
+            64,
+            secs,
+            &http,
+            &tokens,
+            (*summary).clone(),
+        )
+        .await,
+    );
+    {
+        let (h, p) = (http.clone(), platform.clone());
+        let body = Arc::new(
+            json!({ "query": "query Page { usageSummaries(first: 50, minUtilizationPct: 50) { totalCount nodes { organization { name } hasExceededLimits metrics { metric { code } used utilizationPct } } } }" }),
+        );
+        rows.push(
+            drive(
+                "usageSummaries: page of 50, minUtilizationPct 50",
+                16,
+                secs,
+                move |_, _| {
+                    let (h, p, body) = (h.clone(), p.clone(), body.clone());
+                    async move {
+                        let v = h.post(&p, &body).await?;
+                        let n = v["data"]["usageSummaries"]["nodes"]
+                            .as_array()
+                            .map_or(0, Vec::len);
+                        if n != 50 {
+                            bail!("page of {n}");
+                        }
+                        Ok(1)
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    let check = json!({ "query": "query Check { checkEntitlement(metric: \"bookings\", quantity: \"1\") { allowed remaining wouldExceed } }" });
+    rows.push(viewer_query("checkEntitlement", 64, secs, &http, &tokens, check).await);
+
+    // Cost as the ledger grows: the same summary for an organization with 1% and 100% of the events.
+    let mut ledger_rows = HashMap::new();
+    for (label, org) in [("small", seeded.small.clone()), ("big", seeded.big.clone())] {
+        let token = Arc::new(mint("bench-viewer", Some(&org), Some(Role::Viewer)));
+        let (h, body) = (http.clone(), summary.clone());
+        let name = if label == "small" {
+            format!("summary, ledger of {} events", args.big_ledger / 100)
+        } else {
+            format!("summary, ledger of {} events", args.big_ledger)
+        };
+        let row = drive(&name, 16, secs, move |_, _| {
+            let (h, body, token) = (h.clone(), body.clone(), token.clone());
+            async move {
+                h.post(&token, &body).await?;
+                Ok(1)
+            }
+        })
+        .await;
+        ledger_rows.insert(label, rows.len());
+        rows.push(row);
+    }
+
+    let fan = if args.subscribers > 0 {
+        eprintln!(
+            "fan-out: connecting {} WebSocket subscribers",
+            args.subscribers
+        );
+        let (row, per_sub, _) = fan_out(&args, &server, &http, &platform).await?;
+        rows.push(row);
+        Some(per_sub)
+    } else {
+        None
+    };
+
+    // The table.
+    println!("\n### {} ({} organizations)\n", args.engine, args.orgs);
+    println!("| measure | concurrency | throughput/s | p50 | p99 | note |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.name,
+            r.concurrency,
+            r.ops,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0,
+            r.note
+        );
+    }
+    let find = |name: &str, c: usize| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.concurrency == c)
+            .map(|r| r.ops)
+            .unwrap_or(0.0)
+    };
+    let ceiling = find("framework ceiling", 64);
+    let storage = find("storage ceiling", 64);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let small = &rows[ledger_rows["small"]];
+    let big = &rows[ledger_rows["big"]];
+    println!("\n| target | measured | goal | met |");
+    println!("|---|---:|---:|---|");
+    let target = |name: &str, measured: f64, goal: &str, met: bool| {
+        println!(
+            "| {name} | {measured:.2} | {goal} | {} |",
+            if met { "yes" } else { "**no**" }
+        );
+    };
+    let r = ratio(find("recordUsage", 64), storage);
+    target("recordUsage c=64 / storage ceiling", r, ">= 0.50", r >= 0.5);
+    let r = ratio(find("usage summary", 64), ceiling);
+    target("summary / framework ceiling", r, ">= 0.50", r >= 0.5);
+    let r = ratio(find("checkEntitlement", 64), ceiling);
+    target(
+        "checkEntitlement / framework ceiling",
+        r,
+        ">= 0.70",
+        r >= 0.7,
+    );
+    let r = ratio(big.p50.as_secs_f64(), small.p50.as_secs_f64());
+    target(
+        "summary p50, big ledger / small ledger",
+        r,
+        "<= 1.20",
+        r <= 1.2,
+    );
+    if let Some(per_sub) = fan {
+        let fan_row = rows
+            .last()
+            .map(|r| r.p99.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        target("alert fan-out p99 (ms)", fan_row, "< 100", fan_row < 100.0);
+        target(
+            "server memory per subscriber (KiB)",
+            per_sub / 1024.0,
+            "<= 16",
+            per_sub <= 16.0 * 1024.0,
+        );
+    }
+    drop(server);
+    Ok(())
+}
