@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 use chrono::NaiveDate;
-use entity::{metric, organization, plan, plan_limit};
+use entity::{organization, plan, plan_limit};
 use uuid::Uuid;
 
 use crate::domain::usage::{Engine, UsageSummary};
@@ -75,27 +75,6 @@ impl Loader<OrganizationId> for Loaders {
         Ok(rows
             .into_iter()
             .map(|o| (OrganizationId(o.id), o))
-            .collect())
-    }
-}
-
-/// A metric by code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MetricKey(pub String);
-
-impl Loader<MetricKey> for Loaders {
-    type Value = metric::Model;
-    type Error = async_graphql::Error;
-
-    async fn load(
-        &self,
-        keys: &[MetricKey],
-    ) -> Result<HashMap<MetricKey, Self::Value>, Self::Error> {
-        let all = self.engine.catalog().await.map_err(gql)?.metrics.clone();
-        Ok(all
-            .into_iter()
-            .filter(|m| keys.iter().any(|k| k.0 == m.code))
-            .map(|m| (MetricKey(m.code.clone()), m))
             .collect())
     }
 }

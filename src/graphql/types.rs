@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use entity::{metric, organization, subscription_history, usage_alert, usage_event};
 use rust_decimal::Decimal;
 
-use super::loaders::{Loaders, MetricKey, PlanWithLimits, UsageKey};
+use super::loaders::{Loaders, PlanWithLimits, UsageKey};
 use super::scalars::{Date, Dec};
 use super::{RequestCtx, connection_args, cursor_decode, cursor_encode};
 use crate::domain::limits::MetricState;
@@ -88,10 +88,14 @@ fn loader<'a>(
     Ok(&ctx.data::<RequestCtx>()?.loaders)
 }
 
+/// A metric of the catalogue, which the engine holds in memory (no loader round, no statement).
 async fn load_metric(ctx: &Context<'_>, code: &str) -> Result<Metric> {
-    loader(ctx)?
-        .load_one(MetricKey(code.to_owned()))
-        .await?
+    let catalog = ctx.data::<RequestCtx>()?.engine.catalog().await?;
+    catalog
+        .metrics
+        .iter()
+        .find(|m| m.code == code)
+        .cloned()
         .map(Metric)
         .ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("metric {code} missing from catalogue")).into()
@@ -165,8 +169,17 @@ impl Organization {
         let p = period
             .map(|d| Period::containing(d.0))
             .unwrap_or_else(Period::current);
+        let rc = ctx.data::<RequestCtx>()?;
+        let org = OrganizationId(self.0.id);
+        // The current period straight from the entitlement cache, without a loader round.
+        if p == Period::current()
+            && rc.scope().allows(org)
+            && let Some(s) = rc.engine.cache.get(org)
+        {
+            return Ok(UsageSummary(s));
+        }
         loader(ctx)?
-            .load_one(UsageKey(OrganizationId(self.0.id), p.start))
+            .load_one(UsageKey(org, p.start))
             .await?
             .map(UsageSummary)
             .ok_or_else(|| AppError::not_found("organization").into())
