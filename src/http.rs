@@ -438,8 +438,8 @@ async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts)
     };
     upgrade
         // Small buffers: a subscriber mostly waits, and there may be tens of thousands.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
         .max_message_size(state.settings.max_body_bytes)
         .on_upgrade(move |socket| ws::serve(socket, state, protocol, slot, header_token))
 }

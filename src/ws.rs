@@ -16,17 +16,13 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use futures_util::stream::AbortHandle;
 use tokio::time::{Instant, sleep};
 
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::Viewer;
 use crate::graphql::RequestCtx;
-
-/// Results an operation may queue for a socket that is slow to take them.
-const OUT_BUFFER: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -154,21 +150,22 @@ impl Drop for ActiveOperation {
     }
 }
 
-/// What an operation task sends to its connection.
+/// What an operation's stream yields to its connection.
 enum Out {
-    /// A result (`next`/`data`) or a request error (`error`) of operation `id`, generation `generation`.
-    Message {
-        id: String,
-        generation: u64,
-        message: Value,
-    },
+    /// A result (`next`/`data`) or a request error (`error`), as the frame's text.
+    Message(String),
     /// The operation ended; `complete` says whether the client is told with a `complete` message.
-    Ended {
-        id: String,
-        generation: u64,
-        complete: bool,
-    },
+    Ended { complete: bool },
 }
+
+/// An operation's output, tagged with its id and generation (an id may be reused after a stop).
+struct Tagged {
+    id: Arc<str>,
+    generation: u64,
+    out: Out,
+}
+
+type Operation = std::pin::Pin<Box<dyn futures_util::Stream<Item = Tagged> + Send>>;
 
 /// Why the server closes a connection.
 struct Close(u16, String);
@@ -191,8 +188,10 @@ struct Connection {
     session: Option<Session>,
     init_seen: bool,
     operations: HashMap<String, (u64, AbortHandle)>,
+    /// The running operations, polled by the connection itself: a slow socket stops them from
+    /// reading the bus (they lag and are told so) and never slows anyone else.
+    streams: futures_util::stream::SelectAll<Operation>,
     next_gen: u64,
-    out_tx: mpsc::Sender<Out>,
 }
 
 /// Serves one upgraded connection until either side closes it.
@@ -203,7 +202,6 @@ pub async fn serve(
     slot: Slot,
     header_token: Option<String>,
 ) {
-    let (out_tx, mut out_rx) = mpsc::channel(OUT_BUFFER);
     let settings = state.settings.clone();
     let mut shutdown = state.shutdown.subscribe();
     let mut conn = Connection {
@@ -214,8 +212,8 @@ pub async fn serve(
         session: None,
         init_seen: false,
         operations: HashMap::new(),
+        streams: futures_util::stream::SelectAll::new(),
         next_gen: 0,
-        out_tx,
     };
     let mut init_deadline = pin!(sleep(settings.ws_init_timeout));
     // Replaced by the token's expiry once the connection is acknowledged.
@@ -259,10 +257,9 @@ pub async fn serve(
                     Err(close) => break Some(close),
                 }
             }
-            out = out_rx.recv() => {
-                let Some(out) = out else { continue };
-                if let Some(m) = conn.deliver(out)
-                    && socket.send(text_message(&m)).await.is_err()
+            Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
+                if let Some(text) = conn.deliver(out)
+                    && socket.send(Message::Text(text.into())).await.is_err()
                 {
                     break None;
                 }
@@ -287,9 +284,8 @@ pub async fn serve(
             }
         }
     };
-    for (_, (_, handle)) in conn.operations.drain() {
-        handle.abort();
-    }
+    conn.operations.clear();
+    conn.streams.clear();
     if let Some(Close(code, reason)) = close {
         if conn.protocol == Protocol::Legacy && code == 4403 {
             let _ = socket
@@ -442,69 +438,63 @@ impl Connection {
             Some(session.viewer.clone()),
         );
         let db = ctx.engine.db.clone();
-        let stream = self.state.schema.execute_stream(request.data(ctx));
-        let (tx, protocol, op) = (self.out_tx.clone(), self.protocol, id.clone());
-        let task = tokio::spawn(async move {
-            let _active = ActiveOperation::start();
-            let mut stream = pin!(stream);
-            let mut first = true;
-            while let Some(resp) = stream.next().await {
-                // Between results an operation holds no database connection.
-                db.release().await;
-                let (message, terminal) = render(protocol, &op, resp, first);
-                first = false;
-                let sent = tx
-                    .send(Out::Message {
+        let (stream, handle) =
+            futures_util::stream::abortable(self.state.schema.execute_stream(request.data(ctx)));
+        let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
+        // The stream's state: running, or ending (with or without a `complete` to send), or done.
+        let state = (Box::pin(stream), true, None::<bool>, db, ActiveOperation::start());
+        let operation = futures_util::stream::unfold(
+            state,
+            move |(mut stream, first, ending, db, active)| {
+                let op = op.clone();
+                async move {
+                    let tag = |out| Tagged {
                         id: op.clone(),
                         generation,
-                        message,
-                    })
-                    .await;
-                if sent.is_err() {
-                    return;
+                        out,
+                    };
+                    if let Some(complete) = ending {
+                        // `first` doubles as "already emitted" once ending: the Ended message goes
+                        // out once, then the stream is over.
+                        if first {
+                            return None;
+                        }
+                        let out = tag(Out::Ended { complete });
+                        return Some((out, (stream, true, Some(complete), db, active)));
+                    }
+                    match stream.next().await {
+                        Some(resp) => {
+                            // Between results an operation holds no database connection.
+                            db.release().await;
+                            let (text, terminal) = render(protocol, &op, resp, first);
+                            let out = tag(Out::Message(text));
+                            Some((out, (stream, false, terminal.then_some(false), db, active)))
+                        }
+                        None if stream.is_aborted() => None,
+                        None => {
+                            let out = tag(Out::Ended { complete: true });
+                            Some((out, (stream, true, Some(true), db, active)))
+                        }
+                    }
                 }
-                if terminal {
-                    let _ = tx
-                        .send(Out::Ended {
-                            id: op,
-                            generation,
-                            complete: false,
-                        })
-                        .await;
-                    return;
-                }
-            }
-            let _ = tx
-                .send(Out::Ended {
-                    id: op,
-                    generation,
-                    complete: true,
-                })
-                .await;
-        });
-        self.operations
-            .insert(id, (generation, task.abort_handle()));
+            },
+        );
+        self.streams.push(Box::pin(operation));
+        self.operations.insert(id, (generation, handle));
         Ok(())
     }
 
     /// What to send for an operation's output, unless the operation was stopped meanwhile.
-    fn deliver(&mut self, out: Out) -> Option<Value> {
-        match out {
-            Out::Message {
-                id,
-                generation,
-                message,
-            } => (self.operations.get(&id).map(|(g, _)| *g) == Some(generation)).then_some(message),
-            Out::Ended {
-                id,
-                generation,
-                complete,
-            } => {
-                if self.operations.get(&id).map(|(g, _)| *g) != Some(generation) {
-                    return None;
-                }
-                self.operations.remove(&id);
-                complete.then(|| json!({ "type": "complete", "id": id }))
+    fn deliver(&mut self, tagged: Tagged) -> Option<String> {
+        let current = self.operations.get(&*tagged.id).map(|(g, _)| *g) == Some(tagged.generation);
+        if !current {
+            return None;
+        }
+        match tagged.out {
+            Out::Message(text) => Some(text),
+            Out::Ended { complete } => {
+                self.operations.remove(&*tagged.id);
+                complete.then(|| json!({ "type": "complete", "id": &*tagged.id }).to_string())
             }
         }
     }
@@ -518,30 +508,29 @@ fn operation_id(msg: &Value) -> Result<String, Close> {
         .ok_or_else(|| invalid("an operation id is required"))
 }
 
-/// A result as a protocol message, and whether it ends the operation. A request that fails before
-/// executing (parse, validation, or a subscription refused at its start) is an `error` message.
+/// A result as a protocol frame's text, and whether it ends the operation. A request that fails
+/// before executing (parse, validation, or a subscription refused at its start) is an `error`
+/// message, after which no `complete` follows. The payload is serialized once, straight into the
+/// frame.
 fn render(
     protocol: Protocol,
     id: &str,
     resp: async_graphql::Response,
     first: bool,
-) -> (Value, bool) {
+) -> (String, bool) {
     let request_error = first && resp.data == async_graphql::Value::Null && resp.is_err();
-    let body = serde_json::to_value(&resp).unwrap_or_else(|_| json!({ "data": null }));
-    match (protocol, request_error) {
-        (Protocol::TransportWs, true) => (
-            json!({ "type": "error", "id": id, "payload": body["errors"] }),
-            true,
-        ),
-        (Protocol::TransportWs, false) => {
-            (json!({ "type": "next", "id": id, "payload": body }), false)
-        }
-        (Protocol::Legacy, true) => (
-            json!({ "type": "error", "id": id, "payload": body["errors"][0] }),
-            true,
-        ),
-        (Protocol::Legacy, false) => (json!({ "type": "data", "id": id, "payload": body }), false),
-    }
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let (kind, payload) = match (protocol, request_error) {
+        (Protocol::TransportWs, true) => ("error", serde_json::to_string(&resp.errors)),
+        (Protocol::Legacy, true) => ("error", serde_json::to_string(&resp.errors.first())),
+        (Protocol::TransportWs, false) => ("next", serde_json::to_string(&resp)),
+        (Protocol::Legacy, false) => ("data", serde_json::to_string(&resp)),
+    };
+    let payload = payload.unwrap_or_else(|_| "{\"data\":null}".into());
+    (
+        format!("{{\"type\":\"{kind}\",\"id\":{id},\"payload\":{payload}}}"),
+        request_error,
+    )
 }
 
 /// The token of a connection_init payload: `{"Authorization": "Bearer ..."}`, the same under
