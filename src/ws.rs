@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
 use futures_util::stream::AbortHandle;
+use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
 use crate::app::AppState;
@@ -442,10 +442,15 @@ impl Connection {
             futures_util::stream::abortable(self.state.schema.execute_stream(request.data(ctx)));
         let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
         // The stream's state: running, or ending (with or without a `complete` to send), or done.
-        let state = (Box::pin(stream), true, None::<bool>, db, ActiveOperation::start());
-        let operation = futures_util::stream::unfold(
-            state,
-            move |(mut stream, first, ending, db, active)| {
+        let state = (
+            Box::pin(stream),
+            true,
+            None::<bool>,
+            db,
+            ActiveOperation::start(),
+        );
+        let operation =
+            futures_util::stream::unfold(state, move |(mut stream, first, ending, db, active)| {
                 let op = op.clone();
                 async move {
                     let tag = |out| Tagged {
@@ -477,8 +482,7 @@ impl Connection {
                         }
                     }
                 }
-            },
-        );
+            });
         self.streams.push(Box::pin(operation));
         self.operations.insert(id, (generation, handle));
         Ok(())
