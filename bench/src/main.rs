@@ -52,6 +52,10 @@ struct Args {
     /// profile one of them.
     #[arg(long)]
     only: Option<String>,
+    /// Fan-out: connect and acknowledge the WebSockets without subscribing (to split the memory
+    /// per subscriber between the connection and the subscription).
+    #[arg(long)]
+    connect_only: bool,
     /// Database connections of the server (and of the storage-ceiling loop).
     #[arg(long, default_value_t = 16)]
     pool: u32,
@@ -406,6 +410,7 @@ async fn fan_out(
         for _ in 0..500.min(args.subscribers - chunk * 500) {
             let addr = server.addr;
             let (init, sub, tx) = (init.clone(), sub.clone(), tx.clone());
+            let connect_only = args.connect_only;
             batch.push(tokio::spawn(async move {
                 let mut req =
                     tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
@@ -417,7 +422,9 @@ async fn fan_out(
                 use tokio_tungstenite::tungstenite::Message;
                 ws.send(Message::text(init.to_string())).await?;
                 let _ack = ws.next().await;
-                ws.send(Message::text(sub.to_string())).await?;
+                if !connect_only {
+                    ws.send(Message::text(sub.to_string())).await?;
+                }
                 let task = tokio::spawn(async move {
                     while let Some(Ok(m)) = ws.next().await {
                         let Message::Text(t) = m else { continue };
