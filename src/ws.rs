@@ -418,6 +418,7 @@ impl Connection {
             .ok_or_else(|| invalid("subscribe needs a payload with a query"))?;
         let request: async_graphql::Request = serde_json::from_value(payload.clone())
             .map_err(|_| invalid("the subscribe payload is not a GraphQL request"))?;
+        let (request_name, query_text) = (request.operation_name.clone(), request.query.clone());
         if let Some((_, previous)) = self.operations.get(&id) {
             match self.protocol {
                 Protocol::TransportWs => {
@@ -449,10 +450,22 @@ impl Connection {
             db,
             ActiveOperation::start(),
         );
+        // A tracing span per operation, entered while it produces each result.
+        let span = tracing::info_span!(
+            "graphql",
+            transport = "websocket",
+            operation = %crate::telemetry::operation_label(
+                request_name
+                    .as_deref()
+                    .or_else(|| crate::telemetry::first_operation_name(&query_text))
+            ),
+            id = %id,
+        );
         let operation =
             futures_util::stream::unfold(state, move |(mut stream, first, ending, db, active)| {
                 let op = op.clone();
-                async move {
+                let span = span.clone();
+                let next = async move {
                     let tag = |out| Tagged {
                         id: op.clone(),
                         generation,
@@ -481,7 +494,8 @@ impl Connection {
                             Some((out, (stream, true, Some(true), db, active)))
                         }
                     }
-                }
+                };
+                tracing::Instrument::instrument(next, span)
             });
         self.streams.push(Box::pin(operation));
         self.operations.insert(id, (generation, handle));
