@@ -534,7 +534,7 @@ impl Engine {
     /// if) it commits; elsewhere on this process's bus right after the commit.
     pub async fn commit_and_publish(
         &self,
-        txn: DatabaseTransaction,
+        txn: crate::store::db::WriteTxn,
         org: OrganizationId,
         alerts: &[usage_alert::Model],
     ) -> AppResult<()> {

@@ -28,6 +28,9 @@ pub struct Db {
     pool: DatabaseConnection,
     scope: Scope,
     rls: bool,
+    /// SQLite: one writer at a time per process, queued here (in order, without sleeping) rather than
+    /// in SQLite's busy handler, which sleeps with back-off.
+    write_gate: Arc<Mutex<()>>,
     /// A request's lazily opened read transaction; None for the base handle.
     read: Option<Arc<Mutex<Option<Arc<DatabaseTransaction>>>>>,
 }
@@ -47,6 +50,30 @@ pub async fn set_scope<C: ConnectionTrait>(txn: &C, scope: Scope) -> Result<(), 
     .map(|_| ())
 }
 
+/// A transaction that writes (and, on SQLite, the process's writer turn, given back when it ends).
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTxn {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
 enum Route {
     Pool,
     Read(Arc<DatabaseTransaction>),
@@ -61,6 +88,7 @@ impl Db {
             pool,
             scope: Scope::Platform,
             rls,
+            write_gate: Arc::new(Mutex::new(())),
             read: None,
         }
     }
@@ -71,6 +99,7 @@ impl Db {
             pool: self.pool.clone(),
             scope,
             rls: self.rls,
+            write_gate: self.write_gate.clone(),
             read: Some(Arc::new(Mutex::new(None))),
         }
     }
@@ -103,8 +132,13 @@ impl Db {
 
     /// Begins a transaction that writes, carrying the scope: on SQLite `BEGIN IMMEDIATE`, so it takes
     /// the write lock at once and never fails later on a lock upgrade.
-    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
         self.release().await;
+        let gate = if self.rls {
+            None
+        } else {
+            Some(self.write_gate.clone().lock_owned().await)
+        };
         let opts = sea_orm::TransactionOptions {
             sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
             ..Default::default()
@@ -113,7 +147,7 @@ impl Db {
         if self.rls {
             set_scope(&txn, self.scope).await?;
         }
-        Ok(txn)
+        Ok(WriteTxn { txn, _gate: gate })
     }
 
     async fn route(&self) -> Result<Route, DbErr> {
@@ -149,6 +183,33 @@ macro_rules! routed {
             }
         }
     };
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTxn {
+    fn get_database_backend(&self) -> DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.txn.query_all_raw(stmt).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.txn.support_returning()
+    }
 }
 
 #[async_trait::async_trait]
