@@ -439,6 +439,7 @@ impl Connection {
             Some(session.viewer.clone()),
         );
         let db = ctx.engine.db.clone();
+        let loaders = ctx.loaders.clone();
         let (stream, handle) =
             futures_util::stream::abortable(self.state.schema.execute_stream(request.data(ctx)));
         let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
@@ -465,6 +466,7 @@ impl Connection {
             futures_util::stream::unfold(state, move |(mut stream, first, ending, db, active)| {
                 let op = op.clone();
                 let span = span.clone();
+                let loaders = loaders.clone();
                 let next = async move {
                     let tag = |out| Tagged {
                         id: op.clone(),
@@ -482,8 +484,10 @@ impl Connection {
                     }
                     match stream.next().await {
                         Some(resp) => {
-                            // Between results an operation holds no database connection.
+                            // Between results an operation holds no database connection, and
+                            // forgets what it loaded: the next result reads fresh data.
                             db.release().await;
+                            RequestCtx::forget(&loaders);
                             let (text, terminal) = render(protocol, &op, resp, first);
                             let out = tag(Out::Message(text));
                             Some((out, (stream, false, terminal.then_some(false), db, active)))

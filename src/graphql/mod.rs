@@ -42,7 +42,9 @@ pub struct RequestCtx {
     pub engine: Engine,
     pub settings: Arc<Settings>,
     pub viewer: Option<Viewer>,
-    pub loaders: DataLoader<Loaders, async_graphql::dataloader::HashMapCache>,
+    /// Shared so that a long-lived operation (a subscription) can forget what it loaded between
+    /// results: each pushed result is resolved against fresh data.
+    pub loaders: Arc<DataLoader<Loaders, async_graphql::dataloader::HashMapCache>>,
 }
 
 pub use loaders::Loaders;
@@ -56,20 +58,27 @@ impl RequestCtx {
         // The request's reads share one transaction that carries its scope (row-level security).
         let engine = engine.scoped(scope);
         // The cache makes a key loaded (or fed) once per request; batching alone would not.
-        let loaders = DataLoader::with_cache(
+        let loaders = Arc::new(DataLoader::with_cache(
             Loaders {
                 engine: engine.clone(),
                 scope,
             },
             tokio::spawn,
             async_graphql::dataloader::HashMapCache::default(),
-        );
+        ));
         RequestCtx {
             engine,
             settings,
             viewer,
             loaders,
         }
+    }
+
+    /// Forgets what the loaders cached (between the results of a subscription).
+    pub fn forget(loaders: &DataLoader<Loaders, async_graphql::dataloader::HashMapCache>) {
+        loaders.clear::<uuid::Uuid>();
+        loaders.clear::<OrganizationId>();
+        loaders.clear::<loaders::UsageKey>();
     }
 
     pub fn viewer(&self) -> Result<&Viewer, AppError> {

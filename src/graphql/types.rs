@@ -85,7 +85,7 @@ pub enum UsageEventKind {
 fn loader<'a>(
     ctx: &'a Context<'_>,
 ) -> Result<&'a DataLoader<Loaders, async_graphql::dataloader::HashMapCache>> {
-    Ok(&ctx.data::<RequestCtx>()?.loaders)
+    Ok(&*ctx.data::<RequestCtx>()?.loaders)
 }
 
 /// A metric of the catalogue, which the engine holds in memory (no loader round, no statement).

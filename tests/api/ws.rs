@@ -484,3 +484,42 @@ both_engines!(
     super::connection_limits_hold,
     &["--ws-max-connections", "2", "--ws-max-per-tenant", "1"]
 );
+
+async fn each_pushed_result_reads_fresh_data(app: TestApp) {
+    let org = app.create_org("acme", "growth").await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
+    ws.subscribe(
+        "u",
+        "subscription { usageUpdated { plan { name } metric(code: \"bookings\") { used } } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let service = app.tenant_token(&org, Role::Service);
+    app.record(&service, "bookings", "1").await;
+    let first = ws.message().await;
+    assert_eq!(
+        first["payload"]["data"]["usageUpdated"]["plan"]["name"],
+        "Growth"
+    );
+    // The plan is renamed; the subscription's next result must not answer from what it loaded before.
+    app.ok(
+        &app.platform_token(),
+        "mutation { upsertPlan(input: {code: \"growth\", name: \"Growth Plus\", rank: 2, priceMonthly: \"299\", \
+         limits: [{metric: \"bookings\", included: \"1000\", enforcement: OVERAGE, overageUnitPrice: \"0.5\"}]}) { name } }",
+        json!({}),
+    )
+    .await;
+    app.record(&service, "bookings", "1").await;
+    let second = ws.message().await;
+    assert_eq!(
+        second["payload"]["data"]["usageUpdated"]["plan"]["name"], "Growth Plus",
+        "{second}"
+    );
+    assert_eq!(
+        second["payload"]["data"]["usageUpdated"]["metric"]["used"],
+        "2"
+    );
+}
+both_engines!(fresh, super::each_pushed_result_reads_fresh_data);
