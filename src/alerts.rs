@@ -26,13 +26,17 @@ const MAX_PAYLOAD: usize = 7000;
 pub enum BusEvent {
     Alert(Arc<usage_alert::Model>),
     UsageChanged(OrganizationId),
+    /// A plan's limits changed (upsertPlan): every organization on it may have other allowances.
+    PlansChanged,
 }
 
 impl BusEvent {
-    pub fn organization(&self) -> OrganizationId {
+    /// The organization the event is about; None for an event about every organization.
+    pub fn organization(&self) -> Option<OrganizationId> {
         match self {
-            BusEvent::Alert(a) => OrganizationId(a.organization_id),
-            BusEvent::UsageChanged(o) => *o,
+            BusEvent::Alert(a) => Some(OrganizationId(a.organization_id)),
+            BusEvent::UsageChanged(o) => Some(*o),
+            BusEvent::PlansChanged => None,
         }
     }
 }
@@ -63,7 +67,11 @@ impl AlertBus {
     }
 
     pub fn send(&self, event: BusEvent) {
-        let org = event.organization();
+        // An event about every organization goes to the firehose only.
+        let Some(org) = event.organization() else {
+            let _ = self.inner.all.send(event);
+            return;
+        };
         // No subscriber is not an error: alerts are stored and can be caught up with the query.
         let orphaned = match self.inner.orgs.read() {
             Ok(orgs) => orgs
@@ -157,10 +165,18 @@ pub fn encode(org: OrganizationId, alerts: &[usage_alert::Model]) -> Vec<String>
     payloads
 }
 
+/// The NOTIFY payload of an upsertPlan.
+pub fn encode_plans_changed() -> String {
+    json!({ "plans": true }).to_string()
+}
+
 /// The bus events of one NOTIFY payload. A payload marked `x` carries alerts only; the last payload
 /// of a commit also says the organization's usage changed.
 pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
     let v: Value = serde_json::from_str(payload).ok()?;
+    if v.get("plans").is_some() {
+        return Some(vec![BusEvent::PlansChanged]);
+    }
     let org: uuid::Uuid = serde_json::from_value(v.get("o")?.clone()).ok()?;
     let mut events: Vec<BusEvent> = v
         .get("a")?
@@ -241,10 +257,10 @@ mod tests {
         let mut all = bus.subscribe(None);
         bus.send(BusEvent::UsageChanged(b));
         bus.send(BusEvent::UsageChanged(a));
-        assert_eq!(ra.recv().await.unwrap().organization(), a);
+        assert_eq!(ra.recv().await.unwrap().organization(), Some(a));
         assert!(ra.try_recv().is_err());
-        assert_eq!(all.recv().await.unwrap().organization(), b);
-        assert_eq!(all.recv().await.unwrap().organization(), a);
+        assert_eq!(all.recv().await.unwrap().organization(), Some(b));
+        assert_eq!(all.recv().await.unwrap().organization(), Some(a));
         drop(ra);
         bus.send(BusEvent::UsageChanged(a));
         assert_eq!(
@@ -289,5 +305,9 @@ mod tests {
             .filter(|e| matches!(e, BusEvent::Alert(_)))
             .count();
         assert_eq!((alerts, events.len() - alerts), (60, 1));
+        assert!(matches!(
+            decode(&encode_plans_changed()).as_deref(),
+            Some([BusEvent::PlansChanged])
+        ));
     }
 }

@@ -46,7 +46,8 @@ impl AppState {
         store::migrate(&db).await?;
         if store::bypasses_rls(&db).await? {
             tracing::warn!(
-                "the database role is a superuser or has BYPASSRLS: row-level security does not apply                  to it; connect as an ordinary role that owns the schema"
+                "the database role is a superuser or has BYPASSRLS: row-level security does not apply \
+                 to it; connect as an ordinary role that owns the schema"
             );
         }
         Ok(Self::with_db(settings, keys, db, statements))
@@ -122,21 +123,20 @@ impl Application {
                 .await
                 .map_err(|_| anyhow::anyhow!("LISTEN did not start within 30s"))?
                 .map_err(|_| anyhow::anyhow!("the LISTEN task ended"))?;
-            Some(task)
+            // Commits of other replicas reach this one's cache only through the bus (this
+            // replica's own commits invalidate directly, before they answer).
+            let invalidation = tokio::spawn(invalidate_on_changes(
+                state.engine.bus.clone(),
+                state.engine.cache.clone(),
+            ));
+            Some([task, invalidation])
         } else {
             None
         };
-        let invalidation = tokio::spawn(invalidate_on_changes(
-            state.engine.bus.clone(),
-            state.engine.cache.clone(),
-        ));
         Ok(Application {
             listener,
             state,
-            tasks: [Some(invalidation), notifications]
-                .into_iter()
-                .flatten()
-                .collect(),
+            tasks: notifications.into_iter().flatten().collect(),
         })
     }
 
@@ -173,8 +173,8 @@ impl Application {
     }
 }
 
-/// Drops an organization's cached entitlement state whenever a committed change of it reaches the
-/// bus (from this replica or, through LISTEN, from another); everything when the bus lagged.
+/// Drops an organization's cached entitlement state whenever a committed change of it arrives through
+/// LISTEN (from any replica); everything when the bus lagged or the plans changed.
 async fn invalidate_on_changes(
     bus: crate::alerts::AlertBus,
     cache: Arc<crate::domain::cache::StateCache>,
@@ -184,7 +184,8 @@ async fn invalidate_on_changes(
     loop {
         match rx.recv().await {
             Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),
-            Ok(_) => {}
+            Ok(crate::alerts::BusEvent::PlansChanged) => cache.clear(),
+            Ok(crate::alerts::BusEvent::Alert(_)) => {}
             Err(RecvError::Lagged(_)) => cache.clear(),
             Err(RecvError::Closed) => return,
         }

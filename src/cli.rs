@@ -183,7 +183,11 @@ async fn recompute(settings: Settings, args: RecomputeArgs) -> anyhow::Result<()
             }
             vec![id]
         }
-        None => store::orgs::ids_with_status(&engine.db, Scope::Platform, &all_statuses()).await?,
+        None => {
+            use sea_orm::Iterable;
+            let every: Vec<_> = entity::enums::OrganizationStatus::iter().collect();
+            store::orgs::ids_with_status(&engine.db, Scope::Platform, &every).await?
+        }
     };
     let bar = (orgs.len() >= PROGRESS_BAR_FROM && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(orgs.len() as u64);
@@ -228,15 +232,4 @@ async fn recompute(settings: Settings, args: RecomputeArgs) -> anyhow::Result<()
         anyhow::bail!("{differences} counters or flags differ from the ledger");
     }
     Ok(())
-}
-
-fn all_statuses() -> [entity::enums::OrganizationStatus; 5] {
-    use entity::enums::OrganizationStatus as S;
-    [
-        S::Trialing,
-        S::Active,
-        S::PastDue,
-        S::Cancelled,
-        S::Suspended,
-    ]
 }

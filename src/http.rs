@@ -203,29 +203,12 @@ async fn execute(
     json_response(status, media, &body)
 }
 
-/// Checks the shape of a POST body (one request or a batch) before it is read as GraphQL requests:
-/// each must be an object with a non-empty string `query`. Answers the problem, if any.
-fn request_shape_problem(body: &serde_json::Value) -> Option<&'static str> {
-    let one = |r: &serde_json::Value| -> Option<&'static str> {
-        let obj = r.as_object()?;
-        match obj.get("query") {
-            Some(serde_json::Value::String(q)) if !q.trim().is_empty() => None,
-            Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
-                Some("the query parameter is required")
-            }
-            Some(_) => Some("query must be a string"),
-        }
-    };
-    match body {
-        serde_json::Value::Object(_) => one(body),
-        serde_json::Value::Array(items) => items.iter().find_map(|i| {
-            if i.is_object() {
-                one(i)
-            } else {
-                Some("each request of a batch must be an object")
-            }
-        }),
-        _ => Some("the body must be a JSON object"),
+/// A request (of a batch) without a query: a parameter problem, answered 400 before execution.
+fn lacks_query(batch: &BatchRequest) -> bool {
+    let empty = |r: &async_graphql::Request| r.query.trim().is_empty();
+    match batch {
+        BatchRequest::Single(r) => empty(r),
+        BatchRequest::Batch(rs) => rs.iter().any(empty),
     }
 }
 
@@ -261,13 +244,17 @@ pub async fn graphql_post(
             "BAD_USER_INPUT",
         );
     }
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    if let Some(problem) = parsed.as_ref().and_then(request_shape_problem) {
-        return request_error(StatusCode::BAD_REQUEST, media, problem, "BAD_USER_INPUT");
-    }
-    let batch: BatchRequest = match parsed.map(serde_json::from_value) {
-        Some(Ok(b)) => b,
-        _ => {
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) if lacks_query(&b) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                media,
+                "the query parameter is required",
+                "BAD_USER_INPUT",
+            );
+        }
+        Ok(b) => b,
+        Err(_) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
                 media,

@@ -1,5 +1,8 @@
 //! Tollgate: a multi-tenant usage and subscription gateway. See ARCHITECTURE.md for the map.
 
+// No panics on request paths: a fallible step answers an error. Tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod alerts;
 pub mod app;
 pub mod auth;

@@ -165,6 +165,14 @@ struct Tagged {
     out: Out,
 }
 
+/// Where an operation's stream is: producing results, owing its connection an `Ended`, or over.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Running { first: bool },
+    Ending { complete: bool },
+    Done,
+}
+
 type Operation = std::pin::Pin<Box<dyn futures_util::Stream<Item = Tagged> + Send>>;
 
 /// Why the server closes a connection.
@@ -176,16 +184,13 @@ impl Close {
     }
 }
 
-struct Session {
-    viewer: Viewer,
-}
-
 struct Connection {
     state: Arc<AppState>,
     protocol: Protocol,
     slot: Slot,
     header_token: Option<String>,
-    session: Option<Session>,
+    /// The caller, once connection_init was acknowledged.
+    viewer: Option<Viewer>,
     init_seen: bool,
     operations: HashMap<String, (u64, AbortHandle)>,
     /// The running operations, polled by the connection itself: a slow socket stops them from
@@ -209,7 +214,7 @@ pub async fn serve(
         protocol,
         slot,
         header_token,
-        session: None,
+        viewer: None,
         init_seen: false,
         operations: HashMap::new(),
         streams: futures_util::stream::SelectAll::new(),
@@ -267,10 +272,10 @@ pub async fn serve(
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
             }
-            _ = &mut expiry, if conn.session.is_some() => {
+            _ = &mut expiry, if conn.viewer.is_some() => {
                 break Some(Close::new(4403, "Forbidden: the token expired"));
             }
-            _ = keepalive.tick(), if conn.session.is_some() => {
+            _ = keepalive.tick(), if conn.viewer.is_some() => {
                 let ping = match conn.protocol {
                     Protocol::TransportWs => json!({ "type": "ping" }),
                     Protocol::Legacy => json!({ "type": "ka" }),
@@ -398,7 +403,7 @@ impl Connection {
         }
         let left = exp - chrono::Utc::now().timestamp();
         let expires = Instant::now() + Duration::from_secs(left.max(0) as u64);
-        self.session = Some(Session { viewer });
+        self.viewer = Some(viewer);
         let mut replies = vec![Reply {
             message: Some(json!({ "type": "connection_ack" })),
             expires: Some(expires),
@@ -410,7 +415,7 @@ impl Connection {
     }
 
     fn subscribe(&mut self, id: String, payload: Option<&Value>) -> Result<(), Close> {
-        let Some(session) = &self.session else {
+        let Some(viewer) = &self.viewer else {
             return Err(Close::new(4401, "Unauthorized"));
         };
         let payload = payload
@@ -436,18 +441,16 @@ impl Connection {
         let ctx = RequestCtx::new(
             self.state.engine.clone(),
             self.state.settings.clone(),
-            Some(session.viewer.clone()),
+            Some(viewer.clone()),
         );
         let db = ctx.engine.db.clone();
         let loaders = ctx.loaders.clone();
         let (stream, handle) =
             futures_util::stream::abortable(self.state.schema.execute_stream(request.data(ctx)));
         let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
-        // The stream's state: running, or ending (with or without a `complete` to send), or done.
         let state = (
             Box::pin(stream),
-            true,
-            None::<bool>,
+            Phase::Running { first: true },
             db,
             ActiveOperation::start(),
         );
@@ -463,7 +466,7 @@ impl Connection {
             id = %id,
         );
         let operation =
-            futures_util::stream::unfold(state, move |(mut stream, first, ending, db, active)| {
+            futures_util::stream::unfold(state, move |(mut stream, phase, db, active)| {
                 let op = op.clone();
                 let span = span.clone();
                 let loaders = loaders.clone();
@@ -473,15 +476,14 @@ impl Connection {
                         generation,
                         out,
                     };
-                    if let Some(complete) = ending {
-                        // `first` doubles as "already emitted" once ending: the Ended message goes
-                        // out once, then the stream is over.
-                        if first {
-                            return None;
+                    let first = match phase {
+                        Phase::Done => return None,
+                        Phase::Ending { complete } => {
+                            let out = tag(Out::Ended { complete });
+                            return Some((out, (stream, Phase::Done, db, active)));
                         }
-                        let out = tag(Out::Ended { complete });
-                        return Some((out, (stream, true, Some(complete), db, active)));
-                    }
+                        Phase::Running { first } => first,
+                    };
                     match stream.next().await {
                         Some(resp) => {
                             // Between results an operation holds no database connection, and
@@ -489,13 +491,17 @@ impl Connection {
                             db.release().await;
                             RequestCtx::forget(&loaders);
                             let (text, terminal) = render(protocol, &op, resp, first);
-                            let out = tag(Out::Message(text));
-                            Some((out, (stream, false, terminal.then_some(false), db, active)))
+                            let next = if terminal {
+                                Phase::Ending { complete: false }
+                            } else {
+                                Phase::Running { first: false }
+                            };
+                            Some((tag(Out::Message(text)), (stream, next, db, active)))
                         }
                         None if stream.is_aborted() => None,
                         None => {
                             let out = tag(Out::Ended { complete: true });
-                            Some((out, (stream, true, Some(true), db, active)))
+                            Some((out, (stream, Phase::Done, db, active)))
                         }
                     }
                 };

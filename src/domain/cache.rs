@@ -8,7 +8,7 @@
 //!   after the commit and before the answer leaves, so a client reads its own writes;
 //! - other replicas invalidate when the commit's notification arrives (Postgres LISTEN), and drop
 //!   everything when LISTEN reconnects (notifications may have been missed);
-//! - a plan's limits changing (upsertPlan) drops everything;
+//! - a plan's limits changing (upsertPlan) drops everything, on every replica (it notifies too);
 //! - entries also expire after `TTL`, which bounds how stale a write made outside the server (a
 //!   `tollgate recompute` from the command line, a manual SQL fix) can be seen.
 //!

@@ -68,7 +68,8 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             "applicationFeePct must be between 0 and 100",
         ));
     }
-    let kinds = engine.metric_kinds().await?;
+    let catalog = engine.catalog().await?;
+    let kinds = &catalog.kinds;
     let mut seen = HashSet::new();
     let mut limits = Vec::with_capacity(input.limits.len());
     for l in input.limits {
@@ -135,8 +136,17 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
     let saved = store::catalog::plan_by_id(&txn, id)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
+    // Every organization on this plan now has other limits: every replica drops its cached
+    // entitlement state (this one at once, the others when the notification arrives).
+    if engine.db.is_postgres() {
+        store::notify(
+            &txn,
+            crate::alerts::CHANNEL,
+            &crate::alerts::encode_plans_changed(),
+        )
+        .await?;
+    }
     txn.commit().await?;
-    // Every organization on this plan now has other limits.
     engine.cache.clear();
     Ok(saved)
 }

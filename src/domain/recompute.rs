@@ -141,7 +141,8 @@ impl Engine {
     ) -> AppResult<OrgReport> {
         let scope = Scope::Platform;
         let until = only.map(|p| p.start);
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let txn = self.db.begin_write().await?;
         let Some(current_org) = store::orgs::find(&txn, scope, org).await? else {
             return Err(AppError::not_found("organization"));
@@ -237,7 +238,7 @@ impl Engine {
         let rules = plan_rules(&txn, current_org.plan_id).await?;
         if check_flags {
             let counters = store::ledger::counters(&txn, scope, &[org], now).await?;
-            let states: Vec<_> = states_from(now, &kinds, &rules, &counters)
+            let states: Vec<_> = states_from(now, kinds, &rules, &counters)
                 .into_iter()
                 .map(|m| {
                     let key = (now, m.metric.clone());

@@ -86,6 +86,13 @@ pub struct RecordOutcome {
     pub rejection_reason: Option<String>,
 }
 
+impl RecordOutcome {
+    /// Whether the recording moved a counter (not a replay, not refused).
+    pub fn changed(&self) -> bool {
+        self.accepted && !self.duplicate
+    }
+}
+
 /// A recording checked and parsed, ready to run.
 struct ParsedRecord {
     org: organization::Model,
@@ -195,10 +202,6 @@ impl Engine {
             .cloned()
     }
 
-    pub async fn metric_kinds(&self) -> AppResult<HashMap<String, MetricKind>> {
-        Ok(self.catalog().await?.kinds.clone())
-    }
-
     fn validate_time(&self, occurred_at: Option<DateTime<Utc>>) -> AppResult<DateTime<Utc>> {
         let now = Utc::now();
         let Some(at) = occurred_at else {
@@ -256,12 +259,18 @@ impl Engine {
 
     /// recordUsage: one recording, one transaction.
     pub async fn record(&self, viewer: &Viewer, input: RecordInput) -> AppResult<RecordOutcome> {
-        let kinds = self.metric_kinds().await?;
-        let parsed = self.parse_record(viewer, &kinds, input).await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
+        let parsed = self.parse_record(viewer, kinds, input).await?;
         let org = OrganizationId(parsed.org.id);
         let txn = self.db.begin_write().await?;
         let outcome = self.record_in(&txn, viewer, &parsed).await?;
-        self.commit_and_publish(txn, org, &outcome.alerts).await?;
+        if outcome.changed() {
+            self.commit_and_publish(txn, org, &outcome.alerts).await?;
+        } else {
+            // A replay or a HARD refusal changed nothing: nothing to keep, nobody to tell.
+            txn.rollback().await?;
+        }
         count_recording(&outcome);
         Ok(outcome)
     }
@@ -273,10 +282,11 @@ impl Engine {
         viewer: &Viewer,
         inputs: Vec<RecordInput>,
     ) -> AppResult<Vec<RecordOutcome>> {
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let mut parsed = Vec::with_capacity(inputs.len());
         for input in inputs {
-            parsed.push(self.parse_record(viewer, &kinds, input).await?);
+            parsed.push(self.parse_record(viewer, kinds, input).await?);
         }
         let mut order: Vec<OrganizationId> = Vec::new();
         for p in &parsed {
@@ -288,14 +298,19 @@ impl Engine {
         let mut results: Vec<Option<RecordOutcome>> = parsed.iter().map(|_| None).collect();
         for org in order {
             let txn = self.db.begin_write().await?;
-            let mut alerts = Vec::new();
+            let (mut alerts, mut changed) = (Vec::new(), false);
             for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
                 let outcome = self.record_in(&txn, viewer, p).await?;
                 count_recording(&outcome);
                 alerts.extend(outcome.alerts.iter().cloned());
+                changed |= outcome.changed();
                 results[i] = Some(outcome);
             }
-            self.commit_and_publish(txn, org, &alerts).await?;
+            if changed {
+                self.commit_and_publish(txn, org, &alerts).await?;
+            } else {
+                txn.rollback().await?;
+            }
         }
         results
             .into_iter()
@@ -353,11 +368,12 @@ impl Engine {
         )
         .await?
         else {
-            // Refused by a HARD limit. The caller's transaction is rolled back by drop for a single
-            // recording; nothing of this item was written, and its idempotency key stays unused.
+            // Refused by a HARD limit: nothing of this item is written (a single recording's
+            // transaction is rolled back), and its idempotency key stays unused.
             let counters = store::ledger::counters(txn, scope, &[org], period).await?;
-            let kinds = self.metric_kinds().await?;
-            let usage = states_from(period, &kinds, &rules, &counters)
+            let catalog = self.catalog().await?;
+            let kinds = &catalog.kinds;
+            let usage = states_from(period, kinds, &rules, &counters)
                 .into_iter()
                 .find(|m| m.metric == p.metric.as_str())
                 .unwrap_or(MetricUsage {
@@ -487,9 +503,10 @@ impl Engine {
         rules: &HashMap<String, LimitRule>,
         only_metric: Option<&str>,
     ) -> AppResult<Vec<usage_alert::Model>> {
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let counters = store::ledger::counters(txn, scope, &[org], period).await?;
-        let states = states_from(period, &kinds, rules, &counters);
+        let states = states_from(period, kinds, rules, &counters);
         let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
         let exceeded = states.iter().any(|m| m.state.exceeded());
         store::ledger::write_flags(txn, scope, org, period, exceeded, details).await?;
@@ -557,7 +574,7 @@ impl Engine {
     }
 
     /// Publishes committed alerts and a usage change to this process's subscribers.
-    pub fn publish(&self, org: OrganizationId, alerts: &[usage_alert::Model]) {
+    fn publish(&self, org: OrganizationId, alerts: &[usage_alert::Model]) {
         for a in alerts {
             self.bus.send(BusEvent::Alert(Arc::new(a.clone())));
         }
@@ -574,7 +591,8 @@ impl Engine {
     ) -> AppResult<(MetricUsage, Decimal, bool, Option<String>)> {
         let org = access::target_org(viewer, org_id)?;
         let summary = self.current_summary(viewer, org).await?;
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let code = MetricCode::parse(metric)?;
         let kind = *kinds
             .get(code.as_str())
@@ -605,6 +623,18 @@ impl Engine {
         Ok((usage, new_used, !refused, reason))
     }
 
+    /// The cached current-period summary of `org`, when `scope` may see it.
+    pub fn cached_summary(&self, scope: Scope, org: OrganizationId) -> Option<Arc<UsageSummary>> {
+        scope.allows(org).then(|| self.cache.get(org)).flatten()
+    }
+
+    /// The cached summary of `org`, when the viewer may read it (as `access::authorize` would allow).
+    fn cached_for(&self, viewer: &Viewer, org: OrganizationId) -> Option<Arc<UsageSummary>> {
+        access::role_allows(viewer, Action::Read)
+            .then(|| self.cached_summary(viewer.scope(), org))
+            .flatten()
+    }
+
     /// An organization the viewer may read, from the cache when it holds it (the same answers as
     /// `access::authorize`: a foreign or missing organization is NOT_FOUND).
     pub async fn readable_org(
@@ -612,10 +642,7 @@ impl Engine {
         viewer: &Viewer,
         org: OrganizationId,
     ) -> AppResult<organization::Model> {
-        if viewer.scope().allows(org)
-            && access::role_allows(viewer, Action::Read)
-            && let Some(s) = self.cache.get(org)
-        {
+        if let Some(s) = self.cached_for(viewer, org) {
             return Ok(s.org.clone());
         }
         access::authorize(&self.db, viewer, org, Action::Read).await
@@ -628,10 +655,7 @@ impl Engine {
         viewer: &Viewer,
         org: OrganizationId,
     ) -> AppResult<Arc<UsageSummary>> {
-        if viewer.scope().allows(org)
-            && access::role_allows(viewer, Action::Read)
-            && let Some(s) = self.cache.get(org)
-        {
+        if let Some(s) = self.cached_for(viewer, org) {
             return Ok(s);
         }
         let ticket = self.cache.ticket(org);
@@ -658,7 +682,8 @@ impl Engine {
         period: Period,
     ) -> AppResult<Vec<UsageSummary>> {
         let ids: Vec<OrganizationId> = orgs.iter().map(|o| OrganizationId(o.id)).collect();
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let counters = store::ledger::counters(db, scope, &ids, period).await?;
         let rows = store::ledger::period_rows(db, scope, &ids, period).await?;
         let mut plan_ids: Vec<Uuid> = orgs.iter().filter_map(|o| o.plan_id).collect();
@@ -686,7 +711,7 @@ impl Engine {
                     .cloned()
                     .collect();
                 let rules = org.plan_id.and_then(|p| by_plan.get(&p)).unwrap_or(&empty);
-                let metrics = states_from(period, &kinds, rules, &mine);
+                let metrics = states_from(period, kinds, rules, &mine);
                 let updated_at = rows
                     .iter()
                     .find(|r| r.organization_id == org.id)
@@ -721,7 +746,8 @@ impl Engine {
         .await?;
         let oid = OrganizationId(org.id);
         let reason = super::required_text("reason", reason, 1000)?;
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let code = MetricCode::parse(metric)?;
         let mkind = *kinds
             .get(code.as_str())
@@ -774,7 +800,7 @@ impl Engine {
             .await?;
         let counters = store::ledger::counters(&txn, scope, &[oid], period).await?;
         self.commit_and_publish(txn, oid, &alerts).await?;
-        states_from(period, &kinds, &rules, &counters)
+        states_from(period, kinds, &rules, &counters)
             .into_iter()
             .find(|m| m.metric == code.as_str())
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("metric vanished")))
@@ -799,7 +825,8 @@ impl Engine {
         .await?;
         let oid = OrganizationId(org.id);
         let reason = super::required_text("reason", reason, 1000)?;
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let targets: Vec<String> = match metric {
             Some(m) => {
                 let code = MetricCode::parse(m)?;
@@ -887,7 +914,8 @@ impl Engine {
         let reference = super::required_text("reference", reference, 255)?;
         let reason = super::optional_text("reason", reason, 1000)?;
         let scope = viewer.scope();
-        let kinds = self.metric_kinds().await?;
+        let catalog = self.catalog().await?;
+        let kinds = &catalog.kinds;
         let txn = self.db.begin_write().await?;
         // Lock the current period first so concurrent reversals of one reference serialize.
         store::ledger::lock_period(&txn, scope, oid, Period::current()).await?;
@@ -958,7 +986,7 @@ impl Engine {
         for (period, code) in &touched {
             let counters = store::ledger::counters(&txn, scope, &[oid], *period).await?;
             usage.extend(
-                states_from(*period, &kinds, &rules, &counters)
+                states_from(*period, kinds, &rules, &counters)
                     .into_iter()
                     .filter(|m| &m.metric == code),
             );

@@ -94,8 +94,8 @@ impl Loader<UsageKey> for Loaders {
         let mut tickets = HashMap::new();
         for k in keys {
             // The current period comes from the entitlement cache when it holds the organization.
-            if k.1 == current && self.scope.allows(k.0) {
-                if let Some(s) = self.engine.cache.get(k.0) {
+            if k.1 == current {
+                if let Some(s) = self.engine.cached_summary(self.scope, k.0) {
                     out.insert(*k, s);
                     continue;
                 }

@@ -128,7 +128,7 @@ impl Subscription {
                                 last = Some((a.id, a.created_at));
                                 return Some((Ok(UsageAlert(a)), (rx, last)));
                             }
-                            Ok(BusEvent::UsageChanged(_)) => continue,
+                            Ok(BusEvent::UsageChanged(_) | BusEvent::PlansChanged) => continue,
                             Err(RecvError::Lagged(missed)) => {
                                 return Some((
                                     Err(lagged(missed, last.map(|(_, at)| at))),
@@ -187,7 +187,7 @@ impl Subscription {
                             let s = summary.into_iter().next()?;
                             return Some((UsageSummary(Arc::new(s)), (rx, engine, viewer)));
                         }
-                        Ok(BusEvent::Alert(_)) => continue,
+                        Ok(BusEvent::Alert(_) | BusEvent::PlansChanged) => continue,
                         Err(RecvError::Closed) => return None,
                     }
                 }

@@ -173,8 +173,7 @@ impl Organization {
         let org = OrganizationId(self.0.id);
         // The current period straight from the entitlement cache, without a loader round.
         if p == Period::current()
-            && rc.scope().allows(org)
-            && let Some(s) = rc.engine.cache.get(org)
+            && let Some(s) = rc.engine.cached_summary(rc.scope(), org)
         {
             return Ok(UsageSummary(s));
         }

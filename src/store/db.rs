@@ -104,10 +104,6 @@ impl Db {
         }
     }
 
-    pub fn scope(&self) -> Scope {
-        self.scope
-    }
-
     /// Postgres: row-level security, and alerts across replicas by NOTIFY.
     pub fn is_postgres(&self) -> bool {
         self.rls

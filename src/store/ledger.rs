@@ -63,26 +63,6 @@ pub async fn period_rows<C: ConnectionTrait>(
         .await
 }
 
-/// Periods of one organization that have a period row, between two period starts inclusive.
-pub async fn periods_between<C: ConnectionTrait>(
-    db: &C,
-    scope: Scope,
-    org: OrganizationId,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Vec<NaiveDate>, DbErr> {
-    if !scope.allows(org) {
-        return Ok(vec![]);
-    }
-    let rows = organization_usage::Entity::find()
-        .filter(organization_usage::Column::OrganizationId.eq(org.0))
-        .filter(organization_usage::Column::PeriodStart.between(from, to))
-        .order_by_asc(organization_usage::Column::PeriodStart)
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| r.period_start).collect())
-}
-
 /// Creates the period row if needed and locks it for the rest of the transaction (a row lock on
 /// Postgres; SQLite transactions that write are serialized anyway). Every change to an organization's
 /// usage in a period takes this lock first, so flags and alerts are evaluated on a consistent view.

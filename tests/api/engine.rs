@@ -750,13 +750,8 @@ async fn recompute_finds_nothing_after_a_mixed_load(app: TestApp) {
     assert!(out.contains("differences 0"), "{out}");
 
     // A counter that drifts is found, repaired, and then checks clean.
-    tollgate::store::execute(
-        &app.state.engine.db,
-        "UPDATE usage_counters SET used = used + 7 WHERE metric_code = 'bookings'",
-        vec![],
-    )
-    .await
-    .unwrap();
+    app.sql("UPDATE usage_counters SET used = used + 7 WHERE metric_code = 'bookings'")
+        .await;
     let (ok, out) = recompute_cli(&app, &["--check"]).await;
     assert!(!ok, "--check must fail on a drifted counter: {out}");
     assert!(out.contains("bookings: stored used"), "{out}");
@@ -870,13 +865,8 @@ async fn the_server_repairs_drift_on_its_own_schedule() {
     let org = app.create_org("acme", "basic").await;
     let t = app.tenant_token(&org, Role::Service);
     app.record(&t, "bookings", "5").await;
-    tollgate::store::execute(
-        &app.state.engine.db,
-        "UPDATE usage_counters SET used = used + 1000000 WHERE metric_code = 'bookings'",
-        vec![],
-    )
-    .await
-    .unwrap();
+    app.sql("UPDATE usage_counters SET used = used + 1000000 WHERE metric_code = 'bookings'")
+        .await;
     let mut used = String::new();
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -929,11 +919,12 @@ async fn cached_reads_follow_every_write(app: TestApp) {
     .await;
     assert_eq!(read(viewer.clone()).await["allowance"], "105");
     // A plan's limits changing shows at once for every organization on it.
-    app.ok(
-        &platform,
-        "mutation { upsertPlan(input: {code: \"basic\", name: \"Basic\", rank: 1, priceMonthly: \"49\", \
-         limits: [{metric: \"bookings\", included: \"200\", enforcement: SOFT}]}) { code } }",
-        json!({}),
+    app.upsert_plan(
+        "basic",
+        "Basic",
+        1,
+        "49",
+        "included: \"200\", enforcement: SOFT",
     )
     .await;
     assert_eq!(read(viewer.clone()).await["allowance"], "205");

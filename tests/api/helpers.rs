@@ -172,6 +172,31 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Creates or updates a plan as the platform team, with one bookings limit: `bookings` is the
+    /// rest of the limit input after `metric`, e.g. `included: "100", enforcement: HARD`.
+    pub async fn upsert_plan(
+        &self,
+        code: &str,
+        name: &str,
+        rank: i32,
+        price: &str,
+        bookings: &str,
+    ) {
+        let query = format!(
+            "mutation {{ upsertPlan(input: {{code: {code:?}, name: {name:?}, rank: {rank}, priceMonthly: {price:?}, \
+             limits: [{{metric: \"bookings\", {bookings}}}]}}) {{ code }} }}"
+        );
+        let data = self.ok(&self.platform_token(), &query, json!({})).await;
+        assert_eq!(data["upsertPlan"]["code"], code);
+    }
+
+    /// Runs SQL behind the server's back (to make a counter drift).
+    pub async fn sql(&self, sql: &str) {
+        tollgate::store::execute(&self.state.engine.db, sql, vec![])
+            .await
+            .expect("sql");
+    }
+
     pub async fn record(&self, token: &str, metric: &str, quantity: &str) -> Value {
         self.gql(
             token,

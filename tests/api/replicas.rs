@@ -140,6 +140,18 @@ async fn record(server: &Server, org: &str, quantity: &str) {
     assert_eq!(body["data"]["recordUsage"]["accepted"], true, "{body}");
 }
 
+/// The bookings allowance of the viewer's organization, as one replica answers it.
+async fn bookings_allowance(server: &Server, viewer: &str) -> Value {
+    let body = server
+        .gql(
+            viewer,
+            "{ organization { usage { metric(code: \"bookings\") { allowance } } } }",
+            json!({}),
+        )
+        .await;
+    body["data"]["organization"]["usage"]["metric"]["allowance"].clone()
+}
+
 /// The next alert of a subscription: (organization id, kind, alert id).
 async fn next_alert(ws: &mut Ws) -> (String, String, String) {
     let m = ws.message().await;
@@ -248,6 +260,31 @@ async fn two_replicas_share_alerts_exactly_once() {
         orgs,
         HashSet::from([org1.as_str(), org2.as_str(), org3.as_str()])
     );
+
+    // A plan's new limits reach the other replica's cached summaries through the notification, well
+    // before the cache's one-second expiry.
+    let viewer = token("viewer", Some(&org1), Some(Role::Viewer));
+    assert_eq!(bookings_allowance(&b, &viewer).await, "100"); // cached on B now
+    let upsert = a
+        .gql(
+            &token(PLATFORM_SUB, None, None),
+            "mutation { upsertPlan(input: {code: \"basic\", name: \"Basic\", rank: 1, priceMonthly: \"49\", \
+             limits: [{metric: \"bookings\", included: \"150\", enforcement: SOFT}]}) { code } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(upsert["data"]["upsertPlan"]["code"], "basic", "{upsert}");
+    let changed = std::time::Instant::now();
+    loop {
+        if bookings_allowance(&b, &viewer).await == "150" {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_millis(300),
+            "replica B still serves the old limits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn kill_9_mid_load(engine: Engine) {

@@ -135,6 +135,14 @@ async fn foreign_ids_answer_like_missing_ones(app: TestApp) {
     let a = app.create_org("alpha", "basic").await;
     let b = app.create_org("beta", "basic").await;
     let ta = app.tenant_token(&a, Role::Admin);
+    // The other tenant's state is in the server's entitlement cache: it must not leak from there.
+    let tb = app.tenant_token(&b, Role::Viewer);
+    app.ok(
+        &tb,
+        "{ organization { usage { hasExceededLimits } } }",
+        json!({}),
+    )
+    .await;
     let q = "query($id: ID) { organization(id: $id) { id name } }";
     let (s_foreign, foreign) = app.post(Some(&ta), q, json!({ "id": b })).await;
     let (s_random, random) = app

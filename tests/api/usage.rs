@@ -161,12 +161,12 @@ async fn idempotency_key_counts_once(app: TestApp) {
 both_engines!(idempotency, super::idempotency_key_counts_once);
 
 async fn hard_limit_is_never_overshot(app: TestApp) {
-    let platform = app.platform_token();
-    app.ok(
-        &platform,
-        "mutation { upsertPlan(input: {code: \"strict\", name: \"Strict\", rank: 5, priceMonthly: \"10\", \
-         limits: [{metric: \"bookings\", included: \"100\", enforcement: HARD}]}) { code } }",
-        json!({}),
+    app.upsert_plan(
+        "strict",
+        "Strict",
+        5,
+        "10",
+        "included: \"100\", enforcement: HARD",
     )
     .await;
     let org = app.create_org("acme", "strict").await;

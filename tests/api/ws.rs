@@ -120,6 +120,15 @@ impl Ws {
     }
 }
 
+/// A viewer of `org` subscribed (operation id "u") to `query`, given a moment to take effect.
+async fn subscribed_viewer(app: &TestApp, org: &str, query: &str) -> Ws {
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&app.tenant_token(org, Role::Viewer))).await;
+    ws.subscribe("u", query, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws
+}
+
 pub fn bearer(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
@@ -356,15 +365,12 @@ both_engines!(alerts, super::alerts_reach_only_their_tenant);
 
 async fn usage_updates_coalesce_and_end_on_the_latest(app: TestApp) {
     let org = app.create_org("acme", "growth").await;
-    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
-    ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
-    ws.subscribe(
-        "u",
+    let mut ws = subscribed_viewer(
+        &app,
+        &org,
         "subscription { usageUpdated { metric(code: \"bookings\") { used } } }",
-        json!({}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let service = app.tenant_token(&org, Role::Service);
     for _ in 0..30 {
         app.record(&service, "bookings", "1").await;
@@ -487,15 +493,12 @@ both_engines!(
 
 async fn each_pushed_result_reads_fresh_data(app: TestApp) {
     let org = app.create_org("acme", "growth").await;
-    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
-    ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
-    ws.subscribe(
-        "u",
+    let mut ws = subscribed_viewer(
+        &app,
+        &org,
         "subscription { usageUpdated { plan { name } metric(code: \"bookings\") { used } } }",
-        json!({}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let service = app.tenant_token(&org, Role::Service);
     app.record(&service, "bookings", "1").await;
     let first = ws.message().await;
@@ -504,11 +507,12 @@ async fn each_pushed_result_reads_fresh_data(app: TestApp) {
         "Growth"
     );
     // The plan is renamed; the subscription's next result must not answer from what it loaded before.
-    app.ok(
-        &app.platform_token(),
-        "mutation { upsertPlan(input: {code: \"growth\", name: \"Growth Plus\", rank: 2, priceMonthly: \"299\", \
-         limits: [{metric: \"bookings\", included: \"1000\", enforcement: OVERAGE, overageUnitPrice: \"0.5\"}]}) { name } }",
-        json!({}),
+    app.upsert_plan(
+        "growth",
+        "Growth Plus",
+        2,
+        "299",
+        "included: \"1000\", enforcement: OVERAGE, overageUnitPrice: \"0.5\"",
     )
     .await;
     app.record(&service, "bookings", "1").await;
