@@ -28,6 +28,8 @@ pub struct AppState {
     pub statements: Arc<store::StatementCounter>,
     /// Open WebSockets, in total and per tenant.
     pub ws: Arc<crate::ws::Registry>,
+    /// Subscriptions that execute once for every subscriber with the same document and audience.
+    pub subscriptions: Arc<crate::ws::shared::Hub>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
@@ -64,6 +66,7 @@ impl AppState {
         let schema = build_schema(&settings);
         AppState {
             ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
+            subscriptions: Arc::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,

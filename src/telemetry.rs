@@ -87,6 +87,8 @@ pub fn first_operation_name(query: &str) -> Option<&str> {
 /// The text at GET /metrics.
 pub fn render(state: &AppState) -> String {
     metrics::gauge!("tollgate_websocket_connections").set(state.ws.open() as f64);
+    metrics::gauge!("tollgate_websocket_shared_executions")
+        .set(state.subscriptions.executions() as f64);
     metrics::gauge!("tollgate_bus_organization_channels").set(state.engine.bus.channels() as f64);
     metrics::gauge!("tollgate_entitlement_cache_entries").set(state.engine.cache.len() as f64);
     if state.engine.db.is_postgres() {

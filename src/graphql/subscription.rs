@@ -27,7 +27,43 @@ const REPLAY_LIMIT: usize = 1000;
 /// How long usageUpdated gathers a burst before it reads the state once.
 const COALESCE: Duration = Duration::from_millis(250);
 
-fn lagged(missed: u64, since: Option<DateTime<Utc>>) -> async_graphql::Error {
+/// What a running subscription tells whoever drives it, besides its results: put in the request's
+/// data by the WebSocket layer, which shares one execution among identical subscriptions and so
+/// needs to tell its subscribers what a falling-behind means for them.
+#[derive(Default)]
+pub struct StreamNotes {
+    /// When the alert in the latest result was raised (`usageAlerts`), for a subscriber's `since`.
+    last_alert_at: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Each result supersedes the previous ones (`usageUpdated`): a subscriber that falls behind
+    /// only needs the latest, and is not told it missed anything.
+    latest_wins: std::sync::atomic::AtomicBool,
+}
+
+impl StreamNotes {
+    fn alert(&self, at: DateTime<Utc>) {
+        if let Ok(mut last) = self.last_alert_at.lock() {
+            *last = Some(at);
+        }
+    }
+
+    /// The raising time of the alert in the result just produced (taken, so that it is read once).
+    pub fn take_alert_at(&self) -> Option<DateTime<Utc>> {
+        self.last_alert_at.lock().ok().and_then(|mut l| l.take())
+    }
+
+    /// Marks each result as superseding the ones before it.
+    pub fn set_latest_wins(&self) {
+        self.latest_wins
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn latest_wins(&self) -> bool {
+        self.latest_wins.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The notice a subscriber gets in its stream when it fell behind and missed `missed` events.
+pub fn lagged(missed: u64, since: Option<DateTime<Utc>>) -> async_graphql::Error {
     async_graphql::Error::new(format!(
         "this subscriber fell behind and missed {missed} events; read them with the usageAlerts query"
     ))
@@ -80,6 +116,7 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<UsageAlert>>> {
         let rc = request_ctx(ctx)?;
         let viewer = rc.viewer()?;
+        let notes = ctx.data_opt::<Arc<StreamNotes>>().cloned();
         let only: Option<OrganizationId> = match (&organization_id, viewer.platform) {
             (None, true) => None,
             _ => {
@@ -108,16 +145,18 @@ impl Subscription {
         rc.engine.db.release().await;
         let stored: Vec<_> = stored.into_iter().filter(|a| wanted(a)).collect();
         let last_sent = stored.last().map(|a| (a.id, a.created_at));
-        let replayed = futures_util::stream::iter(
-            stored
-                .into_iter()
-                .map(|a| Ok(UsageAlert(Arc::new(a))))
-                .collect::<Vec<_>>(),
-        );
+        let replay_notes = notes.clone();
+        let replayed = futures_util::stream::iter(stored).map(move |a| {
+            if let Some(n) = &replay_notes {
+                n.alert(a.created_at);
+            }
+            Ok(UsageAlert(Arc::new(a)))
+        });
         let live = futures_util::stream::unfold(
             (rx, last_sent.or(since.map(|s| (Uuid::nil(), s)))),
             move |(mut rx, mut last)| {
                 let wanted = wanted.clone();
+                let notes = notes.clone();
                 async move {
                     loop {
                         match rx.recv().await {
@@ -126,6 +165,9 @@ impl Subscription {
                                     continue;
                                 }
                                 last = Some((a.id, a.created_at));
+                                if let Some(n) = &notes {
+                                    n.alert(a.created_at);
+                                }
                                 return Some((Ok(UsageAlert(a)), (rx, last)));
                             }
                             Ok(BusEvent::UsageChanged(_) | BusEvent::PlansChanged) => continue,
@@ -158,6 +200,9 @@ impl Subscription {
                 .await?
                 .id,
         );
+        if let Some(n) = ctx.data_opt::<Arc<StreamNotes>>() {
+            n.set_latest_wins();
+        }
         let engine = rc.engine.clone();
         engine.db.release().await;
         let rx = engine.bus.subscribe(Some(org));

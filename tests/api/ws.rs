@@ -1,6 +1,6 @@
 //! GraphQL over WebSocket through the real server: graphql-transport-ws close codes and keep-alive,
 //! the legacy subscriptions-transport-ws, tenant scope, alerts after commit, catch-up, coalescing,
-//! and what a lagging subscriber is told.
+//! identical subscriptions executing once, and what a lagging subscriber is told.
 
 use std::time::{Duration, Instant};
 
@@ -362,6 +362,106 @@ async fn alerts_reach_only_their_tenant(app: TestApp) {
     assert_eq!(d["usageAlerts"]["nodes"].as_array().unwrap().len(), 2);
 }
 both_engines!(alerts, super::alerts_reach_only_their_tenant);
+
+/// Waits until the server runs `n` shared subscription executions.
+async fn executions(app: &TestApp, n: usize) {
+    for _ in 0..200 {
+        if app.state.subscriptions.executions() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "expected {n} shared executions, found {}",
+        app.state.subscriptions.executions()
+    );
+}
+
+async fn identical_subscriptions_execute_once(app: TestApp) {
+    const DOC: &str = "subscription { usageAlerts { id kind organization { id } } }";
+    let a = app.create_org("alpha", "basic").await;
+    let b = app.create_org("bravo", "basic").await;
+    let connect = |token: String| async move {
+        let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+        ws.init(bearer(&token)).await;
+        ws
+    };
+    let mut v1 = connect(app.tenant_token(&a, Role::Viewer)).await;
+    let mut v2 = connect(app.tenant_token(&a, Role::Viewer)).await;
+    let mut admin = connect(app.tenant_token(&a, Role::Admin)).await;
+    let mut other = connect(app.tenant_token(&b, Role::Viewer)).await;
+    let mut legacy = Ws::connect(app.addr, Some("graphql-ws")).await;
+    legacy
+        .send(json!({ "type": "connection_init", "payload": bearer(&app.tenant_token(&a, Role::Viewer)) }))
+        .await;
+    assert_eq!(legacy.message().await["type"], "connection_ack");
+    for ws in [&mut v1, &mut v2, &mut admin, &mut other] {
+        ws.subscribe("s", DOC, json!({})).await;
+    }
+    legacy
+        .send(json!({ "type": "start", "id": "l", "payload": { "query": DOC } }))
+        .await;
+    // The viewers of alpha (either protocol) share one; alpha's admin, and bravo, have their own.
+    executions(&app, 3).await;
+    // A subscription that replays from `since` runs alone; one that declares it but leaves it
+    // unset shares.
+    let mut replaying = connect(app.tenant_token(&a, Role::Viewer)).await;
+    replaying
+        .subscribe("r", ALERTS, json!({ "since": chrono::Utc::now().to_rfc3339() }))
+        .await;
+    v2.subscribe("t", ALERTS, json!({ "since": null })).await;
+    executions(&app, 4).await;
+
+    let service = app.tenant_token(&a, Role::Service);
+    app.record(&service, "bookings", "85").await;
+    let mut ids = Vec::new();
+    let mut messages = Vec::new();
+    for ws in [&mut v1, &mut admin, &mut replaying] {
+        messages.push(ws.message().await);
+    }
+    // v2 has two operations on that alert.
+    let (t1, t2) = (v2.message().await, v2.message().await);
+    let mut v2_ops = vec![t1["id"].clone(), t2["id"].clone()];
+    v2_ops.sort_by_key(|v| v.to_string());
+    assert_eq!(v2_ops, [json!("s"), json!("t")]);
+    messages.extend([t1, t2]);
+    for m in messages {
+        assert_eq!(m["type"], "next", "{m}");
+        let alert = &m["payload"]["data"]["usageAlerts"];
+        assert_eq!(alert["kind"], "NEAR_LIMIT", "{m}");
+        assert_eq!(alert["organization"]["id"], a.as_str());
+        ids.push(alert["id"].clone());
+    }
+    let l = legacy.message().await;
+    assert_eq!(l["type"], "data", "{l}");
+    assert_eq!(l["id"], "l");
+    ids.push(l["payload"]["data"]["usageAlerts"]["id"].clone());
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(other.next_within(Duration::from_millis(300)).await, None);
+
+    // One member stopping leaves the others subscribed; the last one leaving ends the execution.
+    v1.send(json!({ "type": "complete", "id": "s" })).await;
+    app.record(&service, "bookings", "20").await;
+    let m = v2.message().await;
+    assert_eq!(m["payload"]["data"]["usageAlerts"]["kind"], "LIMIT_EXCEEDED", "{m}");
+    assert_eq!(v1.next_within(Duration::from_millis(300)).await, None);
+    drop(v2);
+    drop(legacy);
+    executions(&app, 2).await;
+
+    // Identical subscriptions that are refused are all refused, each in its own protocol's shape.
+    let foreign = format!("subscription {{ usageAlerts(organizationId: \"{a}\") {{ id }} }}");
+    let mut o2 = connect(app.tenant_token(&b, Role::Viewer)).await;
+    other.subscribe("f", &foreign, json!({})).await;
+    o2.subscribe("f", &foreign, json!({})).await;
+    for ws in [&mut other, &mut o2] {
+        let m = ws.message().await;
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["payload"][0]["extensions"]["code"], "NOT_FOUND", "{m}");
+    }
+    executions(&app, 2).await;
+}
+both_engines!(shared, super::identical_subscriptions_execute_once);
 
 async fn usage_updates_coalesce_and_end_on_the_latest(app: TestApp) {
     let org = app.create_org("acme", "growth").await;

@@ -2,10 +2,12 @@
 //! lays it down (close codes 4400, 4401, 4403, 4408, 4409, 4429; ping/pong), and the legacy
 //! subscriptions-transport-ws (subprotocol `graphql-ws`) that older Apollo clients speak.
 //!
-//! One task per connection reads the socket and writes what the operations produce. Each operation
-//! runs in its own task and hands its results over a small bounded channel, so a slow socket stops
-//! its own operations from reading the bus (they lag, and are told so) and never slows a recording or
-//! another subscriber.
+//! One task per connection reads the socket and writes what its operations produce, polling them
+//! itself. Identical subscriptions (same document, variables and audience) execute once in
+//! [`shared`] and hand every subscriber the same serialized result; a subscriber whose socket is
+//! slow falls behind on its own (it is told how much it missed) and never slows a recording, the
+//! shared execution, or another subscriber. A subscription that replays from `since` runs alone,
+//! polled by its connection.
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -23,6 +25,13 @@ use crate::app::AppState;
 use crate::auth;
 use crate::domain::Viewer;
 use crate::graphql::RequestCtx;
+
+pub mod shared;
+
+use shared::Item;
+
+/// An operation's results, each shared with the other subscribers of the same execution.
+type Items = std::pin::Pin<Box<dyn futures_util::Stream<Item = Arc<Item>> + Send>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -168,7 +177,7 @@ struct Tagged {
 /// Where an operation's stream is: producing results, owing its connection an `Ended`, or over.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    Running { first: bool },
+    Running,
     Ending { complete: bool },
     Done,
 }
@@ -423,7 +432,6 @@ impl Connection {
             .ok_or_else(|| invalid("subscribe needs a payload with a query"))?;
         let request: async_graphql::Request = serde_json::from_value(payload.clone())
             .map_err(|_| invalid("the subscribe payload is not a GraphQL request"))?;
-        let (request_name, query_text) = (request.operation_name.clone(), request.query.clone());
         if let Some((_, previous)) = self.operations.get(&id) {
             match self.protocol {
                 Protocol::TransportWs => {
@@ -438,75 +446,80 @@ impl Connection {
         }
         self.next_gen += 1;
         let generation = self.next_gen;
-        let ctx = RequestCtx::new(
-            self.state.engine.clone(),
-            self.state.settings.clone(),
-            Some(viewer.clone()),
-        );
-        let db = ctx.engine.db.clone();
-        let loaders = ctx.loaders.clone();
-        let (stream, handle) =
-            futures_util::stream::abortable(self.state.schema.execute_stream(request.data(ctx)));
-        let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
-        let state = (
-            Box::pin(stream),
-            Phase::Running { first: true },
-            db,
-            ActiveOperation::start(),
-        );
-        // A tracing span per operation, entered while it produces each result.
+        let key = shared::Key::of(&request, viewer);
+        // A tracing span per execution, entered while it produces each result.
         let span = tracing::info_span!(
             "graphql",
             transport = "websocket",
             operation = %crate::telemetry::operation_label(
-                request_name
+                request
+                    .operation_name
                     .as_deref()
-                    .or_else(|| crate::telemetry::first_operation_name(&query_text))
+                    .or_else(|| crate::telemetry::first_operation_name(&request.query))
             ),
-            id = %id,
+            shared = key.is_some(),
         );
-        let operation =
-            futures_util::stream::unfold(state, move |(mut stream, phase, db, active)| {
-                let op = op.clone();
-                let span = span.clone();
-                let loaders = loaders.clone();
-                let next = async move {
-                    let tag = |out| Tagged {
-                        id: op.clone(),
-                        generation,
-                        out,
-                    };
-                    let first = match phase {
-                        Phase::Done => return None,
-                        Phase::Ending { complete } => {
-                            let out = tag(Out::Ended { complete });
-                            return Some((out, (stream, Phase::Done, db, active)));
-                        }
-                        Phase::Running { first } => first,
-                    };
-                    match stream.next().await {
-                        Some(resp) => {
-                            // Between results an operation holds no database connection, and
-                            // forgets what it loaded: the next result reads fresh data.
-                            db.release().await;
-                            RequestCtx::forget(&loaders);
-                            let (text, terminal) = render(protocol, &op, resp, first);
-                            let next = if terminal {
-                                Phase::Ending { complete: false }
-                            } else {
-                                Phase::Running { first: false }
-                            };
-                            Some((tag(Out::Message(text)), (stream, next, db, active)))
-                        }
-                        None if stream.is_aborted() => None,
-                        None => {
-                            let out = tag(Out::Ended { complete: true });
-                            Some((out, (stream, Phase::Done, db, active)))
-                        }
-                    }
+        let items: Items = match key {
+            Some(key) => {
+                let (state, viewer) = (self.state.clone(), viewer.clone());
+                let member = self.state.subscriptions.join(key, move |notes| {
+                    execute(&state, viewer, request.data(notes), span)
+                });
+                Box::pin(member.items())
+            }
+            None => {
+                let responses = execute(&self.state, viewer.clone(), request, span);
+                Box::pin(
+                    responses
+                        .enumerate()
+                        .map(|(i, resp)| Arc::new(Item::from_response(resp, i == 0, None)))
+                        .chain(futures_util::stream::once(async { Arc::new(Item::End) })),
+                )
+            }
+        };
+        let (items, handle) = futures_util::stream::abortable(items);
+        let (protocol, op): (Protocol, Arc<str>) = (self.protocol, Arc::from(id.as_str()));
+        let state = (items, Phase::Running, ActiveOperation::start());
+        let operation = futures_util::stream::unfold(state, move |(mut items, phase, active)| {
+            let op = op.clone();
+            async move {
+                let tag = |out| Tagged {
+                    id: op.clone(),
+                    generation,
+                    out,
                 };
-                tracing::Instrument::instrument(next, span)
-            });
+                match phase {
+                    Phase::Done => return None,
+                    Phase::Ending { complete } => {
+                        let out = tag(Out::Ended { complete });
+                        return Some((out, (items, Phase::Done, active)));
+                    }
+                    Phase::Running => {}
+                }
+                // Every stream of items ends with `End` or a refusal: None means it was stopped.
+                let item = items.next().await?;
+                let (out, next) = match &*item {
+                    Item::Result { payload, .. } => {
+                        let kind = match protocol {
+                            Protocol::TransportWs => "next",
+                            Protocol::Legacy => "data",
+                        };
+                        (Out::Message(frame(kind, &op, payload)), Phase::Running)
+                    }
+                    // A refused operation gets an `error` message, and no `complete` after it.
+                    Item::Refused { errors, first } => {
+                        let payload = match protocol {
+                            Protocol::TransportWs => errors,
+                            Protocol::Legacy => first,
+                        };
+                        let out = Out::Message(frame("error", &op, payload));
+                        (out, Phase::Ending { complete: false })
+                    }
+                    Item::End => (Out::Ended { complete: true }, Phase::Done),
+                };
+                Some((tag(out), (items, next, active)))
+            }
+        });
         self.streams.push(Box::pin(operation));
         self.operations.insert(id, (generation, handle));
         Ok(())
@@ -536,29 +549,43 @@ fn operation_id(msg: &Value) -> Result<String, Close> {
         .ok_or_else(|| invalid("an operation id is required"))
 }
 
-/// A result as a protocol frame's text, and whether it ends the operation. A request that fails
-/// before executing (parse, validation, or a subscription refused at its start) is an `error`
-/// message, after which no `complete` follows. The payload is serialized once, straight into the
-/// frame.
-fn render(
-    protocol: Protocol,
-    id: &str,
-    resp: async_graphql::Response,
-    first: bool,
-) -> (String, bool) {
-    let request_error = first && resp.data == async_graphql::Value::Null && resp.is_err();
+/// Runs one operation: its responses, each produced inside the operation's span. Between results
+/// it holds no database connection, and forgets what it loaded: the next result reads fresh data.
+fn execute(
+    state: &Arc<AppState>,
+    viewer: Viewer,
+    request: async_graphql::Request,
+    span: tracing::Span,
+) -> shared::Responses {
+    let ctx = RequestCtx::new(
+        state.engine.clone(),
+        state.settings.clone(),
+        Some(viewer),
+    );
+    let db = ctx.engine.db.clone();
+    let loaders = ctx.loaders.clone();
+    let responses = state
+        .schema
+        .execute_stream(request.data(ctx))
+        .then(move |resp| {
+            let (db, loaders) = (db.clone(), loaders.clone());
+            async move {
+                db.release().await;
+                RequestCtx::forget(&loaders);
+                resp
+            }
+        });
+    Box::pin(shared::InSpan {
+        inner: Box::pin(responses),
+        span,
+    })
+}
+
+/// A protocol frame around a payload that is already JSON (serialized once, however many
+/// subscribers receive it).
+fn frame(kind: &str, id: &str, payload: &str) -> String {
     let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
-    let (kind, payload) = match (protocol, request_error) {
-        (Protocol::TransportWs, true) => ("error", serde_json::to_string(&resp.errors)),
-        (Protocol::Legacy, true) => ("error", serde_json::to_string(&resp.errors.first())),
-        (Protocol::TransportWs, false) => ("next", serde_json::to_string(&resp)),
-        (Protocol::Legacy, false) => ("data", serde_json::to_string(&resp)),
-    };
-    let payload = payload.unwrap_or_else(|_| "{\"data\":null}".into());
-    (
-        format!("{{\"type\":\"{kind}\",\"id\":{id},\"payload\":{payload}}}"),
-        request_error,
-    )
+    format!("{{\"type\":\"{kind}\",\"id\":{id},\"payload\":{payload}}}")
 }
 
 /// The token of a connection_init payload: `{"Authorization": "Bearer ..."}`, the same under
