@@ -20,6 +20,8 @@ use tollgate::auth::JwtKeys;
 use tollgate::config::Settings;
 use tollgate::domain::Role;
 
+mod floor;
+
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
 const PLATFORM: &str = "bench-platform";
 
@@ -99,6 +101,11 @@ impl Server {
         Ok(Server { child, addr })
     }
 
+    /// CPU time the server process has used (user + system), in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        self.child.id().map_or(0.0, cpu_seconds)
+    }
+
     fn rss_kib(&self) -> u64 {
         let Some(pid) = self.child.id() else { return 0 };
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -111,6 +118,25 @@ impl Server {
             })
             .unwrap_or(0)
     }
+}
+
+/// CPU time a process has used (user + system), in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name (in parentheses), utime and stime are the 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / hz
 }
 
 fn keys() -> JwtKeys {
@@ -398,9 +424,11 @@ async fn fan_out(
     server: &Server,
     http: &Http,
     platform: &str,
-) -> Result<(Row, f64, usize)> {
+) -> Result<(Row, f64, usize, usize)> {
     let before = server.rss_kib();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    // The length of a delivered frame's text, for the machine floor.
+    let frame_len = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut ready = 0usize;
     let mut conns = Vec::new();
     let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {platform}") } });
@@ -411,6 +439,7 @@ async fn fan_out(
             let addr = server.addr;
             let (init, sub, tx) = (init.clone(), sub.clone(), tx.clone());
             let connect_only = args.connect_only;
+            let frame_len = frame_len.clone();
             batch.push(tokio::spawn(async move {
                 let mut req =
                     tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
@@ -418,7 +447,12 @@ async fn fan_out(
                     )?;
                 req.headers_mut()
                     .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
-                let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+                // A small read buffer: tungstenite's default (128 KiB) is zeroed as it grows, which
+                // on 10,000 sockets costs the load generator more CPU than reading the frames.
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096);
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
                 use tokio_tungstenite::tungstenite::Message;
                 ws.send(Message::text(init.to_string())).await?;
                 let _ack = ws.next().await;
@@ -430,6 +464,7 @@ async fn fan_out(
                         let Message::Text(t) = m else { continue };
                         if t.contains("\"next\"") {
                             let _ = tx.send(Instant::now());
+                            frame_len.store(t.len(), std::sync::atomic::Ordering::Relaxed);
                         } else if t.contains("\"ping\"") {
                             let _ = ws.send(Message::text("{\"type\":\"pong\"}")).await;
                         }
@@ -454,6 +489,7 @@ async fn fan_out(
     eprintln!("  {ready} subscribers; server RSS {before} KiB -> {after} KiB");
 
     let mut lat = Vec::new();
+    let cpu_before = server.cpu_seconds();
     for round in 0..5 {
         let v = http
             .post(
@@ -489,6 +525,8 @@ async fn fan_out(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Server CPU over the rounds (the ten mutations included), per delivery.
+    let cpu_us = (server.cpu_seconds() - cpu_before) * 1e6 / lat.len().max(1) as f64;
     lat.sort();
     for c in conns {
         c.abort();
@@ -499,13 +537,21 @@ async fn fan_out(
         ops: lat.len() as f64,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
-        note: format!("{:.1} KiB server memory per subscriber", per_sub / 1024.0),
+        note: format!(
+            "{:.1} KiB server memory per subscriber; {cpu_us:.1} µs server CPU per delivery",
+            per_sub / 1024.0
+        ),
     };
-    Ok((row, per_sub, ready))
+    let frame_len = frame_len.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((row, per_sub, ready, frame_len))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("floor-writer") {
+        return floor::writer(&argv[2..]);
+    }
     let args = Args::parse();
     let _ = ONLY.set(args.only.clone());
     raise_fd_limit();
@@ -751,8 +797,32 @@ async fn main() -> Result<()> {
             "fan-out: connecting {} WebSocket subscribers",
             args.subscribers
         );
-        let (row, per_sub, _) = fan_out(&args, &server, &http, &platform).await?;
+        let (mut row, per_sub, ready, frame_len) =
+            fan_out(&args, &server, &http, &platform).await?;
+        // Let the subscribers' sockets close before the floor opens as many.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!("machine floor: the same frame over raw TCP to {ready} sockets");
+        let (lat, floor_cpu_us) = floor::measure(ready, frame_len.max(1), 5).await?;
+        let floor_p99 = percentile(&lat, 0.99);
+        row.note = format!(
+            "{}; p99 {:.1}x the machine floor's",
+            row.note,
+            row.p99.as_secs_f64() / floor_p99.as_secs_f64().max(1e-9)
+        );
         rows.push(row);
+        rows.push(Row {
+            name: format!(
+                "machine floor: the same {frame_len}-byte frame over raw loopback TCP, no server"
+            ),
+            concurrency: ready,
+            ops: lat.len() as f64,
+            p50: percentile(&lat, 0.5),
+            p99: floor_p99,
+            note: format!(
+                "a writer thread per vCPU, a blocking write per socket, read by a task per socket \
+                 (no WebSocket parsing); {floor_cpu_us:.1} µs writer CPU per message"
+            ),
+        });
         Some(per_sub)
     } else {
         None
@@ -818,7 +888,8 @@ async fn main() -> Result<()> {
     );
     if let Some(per_sub) = fan {
         let fan_row = rows
-            .last()
+            .iter()
+            .find(|r| r.name.starts_with("alert fan-out"))
             .map(|r| r.p99.as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
         target("alert fan-out p99 (ms)", fan_row, "< 100", fan_row < 100.0);

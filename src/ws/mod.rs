@@ -238,8 +238,25 @@ pub async fn serve(
     );
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // Made once and kept: a fresh `changed()` each turn would register with the shutdown signal,
+    // shared by every connection, on each delivery.
+    let mut shutdown = pin!(async move {
+        let _ = shutdown.changed().await;
+    });
+
     let close: Option<Close> = loop {
+        // In order: results first (a delivery wakes the connection and is written without polling
+        // anything else), then the client's messages (held back at most by the results already
+        // queued: a shared execution's backlog, or a replay), then the timers and shutdown.
         tokio::select! {
+            biased;
+            Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
+                if let Some(text) = conn.deliver(out)
+                    && socket.send(Message::Text(text.into())).await.is_err()
+                {
+                    break None;
+                }
+            }
             incoming = socket.recv() => {
                 let text = match incoming {
                     None | Some(Err(_)) => break None,
@@ -271,13 +288,6 @@ pub async fn serve(
                     Err(close) => break Some(close),
                 }
             }
-            Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
-                if let Some(text) = conn.deliver(out)
-                    && socket.send(Message::Text(text.into())).await.is_err()
-                {
-                    break None;
-                }
-            }
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
             }
@@ -293,7 +303,7 @@ pub async fn serve(
                     break None;
                 }
             }
-            _ = shutdown.changed() => {
+            () = &mut shutdown => {
                 break Some(Close::new(1001, "the server is shutting down"));
             }
         }
