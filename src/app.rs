@@ -30,6 +30,8 @@ pub struct AppState {
     pub ws: Arc<crate::ws::Registry>,
     /// Subscriptions that execute once for every subscriber with the same document and audience.
     pub subscriptions: Arc<crate::ws::shared::Hub>,
+    /// Parsed documents by their text.
+    pub documents: Arc<crate::graphql::documents::Documents>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
@@ -67,6 +69,7 @@ impl AppState {
         AppState {
             ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
             subscriptions: Arc::default(),
+            documents: Arc::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,

@@ -160,7 +160,8 @@ async fn execute(
     });
     // Each request's database handle is released once it has answered.
     let mut handles = Vec::with_capacity(n);
-    let mut with_ctx = |r: async_graphql::Request| {
+    let mut with_ctx = |mut r: async_graphql::Request| {
+        state.documents.prepare(&mut r);
         let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), viewer.clone());
         handles.push(ctx.engine.db.clone());
         r.data(ctx)

@@ -1,6 +1,7 @@
 //! The GraphQL API: schema, request context, and the tenant gate. Only this module (and `http`)
 //! import async-graphql. Resolvers are thin: they parse arguments, call `domain`, shape the answer.
 
+pub mod documents;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
