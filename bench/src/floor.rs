@@ -50,12 +50,13 @@ pub fn writer(args: &[String]) -> Result<()> {
 }
 
 /// Runs the floor with `sockets` readers and a `frame_len`-byte payload: arrival latencies of
-/// `rounds` rounds, sorted, and the writer's CPU per message in microseconds.
+/// `rounds` rounds, sorted, and the CPU per message of the writer and of the readers (this
+/// process), in microseconds.
 pub async fn measure(
     sockets: usize,
     frame_len: usize,
     rounds: usize,
-) -> Result<(Vec<Duration>, f64)> {
+) -> Result<(Vec<Duration>, f64, f64)> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["floor-writer", &sockets.to_string(), &frame_len.to_string()])
         .stdin(Stdio::piped())
@@ -92,6 +93,7 @@ pub async fn measure(
     let mut lat = Vec::with_capacity(sockets * rounds);
     let pid = child.id().context("the writer's pid")?;
     let cpu_before = super::cpu_seconds(pid);
+    let own_before = super::cpu_seconds(std::process::id());
     for _ in 0..rounds {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let start = Instant::now();
@@ -104,12 +106,14 @@ pub async fn measure(
             }
         }
     }
-    let cpu_us = (super::cpu_seconds(pid) - cpu_before) * 1e6 / lat.len().max(1) as f64;
+    let per = |seconds: f64| seconds * 1e6 / lat.len().max(1) as f64;
+    let cpu_us = per(super::cpu_seconds(pid) - cpu_before);
+    let own_us = per(super::cpu_seconds(std::process::id()) - own_before);
     drop(stdin);
     for r in readers {
         r.abort();
     }
     let _ = child.wait().await;
     lat.sort();
-    Ok((lat, cpu_us))
+    Ok((lat, cpu_us, own_us))
 }
