@@ -519,6 +519,14 @@ async fn fan_out(
         if got < ready {
             eprintln!("  round {round}: {got} of {ready} subscribers got the alert");
         }
+        let mut this_round = lat[lat.len() - got..].to_vec();
+        this_round.sort();
+        eprintln!(
+            "  round {round}: p50 {:?}, p99 {:?}, last {:?}",
+            percentile(&this_round, 0.5),
+            percentile(&this_round, 0.99),
+            this_round.last().copied().unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Server CPU over the rounds (the ten mutations included), per delivery.
