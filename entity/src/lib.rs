@@ -6,6 +6,7 @@ pub mod metric;
 pub mod organization;
 pub mod organization_usage;
 pub mod plan;
+pub mod plan_history;
 pub mod plan_limit;
 pub mod platform_team;
 pub mod subscription_history;

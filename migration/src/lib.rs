@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_core_tables;
 mod m20261123_000002_seed_defaults;
 mod m20261123_000003_row_level_security;
+mod m20261123_000004_plan_history;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_core_tables::Migration),
             Box::new(m20261123_000002_seed_defaults::Migration),
             Box::new(m20261123_000003_row_level_security::Migration),
+            Box::new(m20261123_000004_plan_history::Migration),
         ]
     }
 }

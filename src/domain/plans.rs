@@ -32,11 +32,50 @@ pub struct UpsertPlan {
     pub application_fee_pct: Option<Decimal>,
     pub active: Option<bool>,
     pub limits: Vec<LimitInput>,
+    /// Why, for the audit row (default: "plan created" or "plan updated").
+    pub reason: Option<String>,
 }
 
-/// upsertPlan: create or update a plan by code, its limits replaced as given.
+/// A plan's definition as JSON (amounts as decimal strings, limits by metric), for its audit rows.
+async fn definition<C: sea_orm::ConnectionTrait>(db: &C, id: Uuid) -> AppResult<Option<String>> {
+    use sea_orm::ActiveEnum;
+    let Some(p) = store::catalog::plan_by_id(db, id).await? else {
+        return Ok(None);
+    };
+    let limits = store::catalog::limits_for_plans(db, &[id]).await?;
+    let amount = |v: i64| Amount::from_scaled(v).to_decimal().normalize().to_string();
+    let limits: Vec<serde_json::Value> = limits
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "metric": l.metric_code,
+                "included": l.included.map(amount),
+                "enforcement": l.enforcement.to_value(),
+                "overageUnitPrice": l.overage_unit_price.map(amount),
+            })
+        })
+        .collect();
+    Ok(Some(
+        serde_json::json!({
+            "name": p.name,
+            "rank": p.rank,
+            "priceMonthly": amount(p.price_monthly),
+            "currency": p.currency,
+            "trialDays": p.trial_days,
+            "applicationFeePct": amount(p.application_fee_pct),
+            "active": p.active,
+            "limits": limits,
+        })
+        .to_string(),
+    ))
+}
+
+/// upsertPlan: create or update a plan by code, its limits replaced as given, with an audit row
+/// (actor, reason, the definition before and after) in the same transaction. Saving a definition
+/// identical to the current one changes nothing and writes no row.
 pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppResult<plan::Model> {
     access::require_platform(viewer)?;
+    let reason = optional_text("reason", input.reason.as_deref(), 500)?;
     let code = MetricCode::parse(input.code.trim()).map_err(|_| {
         AppError::bad_input("invalid plan code: use lowercase letters, digits and _")
     })?;
@@ -118,6 +157,10 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         });
     }
     let txn = engine.db.begin_write().await?;
+    let before = match store::catalog::plan_by_code(&txn, code.as_str()).await? {
+        Some(p) => definition(&txn, p.id).await?,
+        None => None,
+    };
     let id = store::catalog::upsert_plan(
         &txn,
         store::catalog::PlanFields {
@@ -136,6 +179,31 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
     let saved = store::catalog::plan_by_id(&txn, id)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
+    let after = definition(&txn, id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
+    if before.as_deref() == Some(after.as_str()) {
+        // Nothing changed: no audit row, no notification, the caches stay.
+        txn.rollback().await?;
+        return Ok(saved);
+    }
+    let reason = reason.unwrap_or_else(|| {
+        if before.is_some() { "plan updated" } else { "plan created" }.to_owned()
+    });
+    store::catalog::insert_plan_history(
+        &txn,
+        entity::plan_history::Model {
+            id: Uuid::now_v7(),
+            plan_id: id,
+            plan_code: saved.code.clone(),
+            actor: viewer.sub.clone(),
+            reason,
+            before,
+            after,
+            created_at: Utc::now(),
+        },
+    )
+    .await?;
     // Every organization on this plan now has other limits: every replica drops its cached
     // entitlement state (this one at once, the others when the notification arrives).
     if engine.db.is_postgres() {

@@ -31,6 +31,7 @@ pub type TollgateSchema = Schema<query::Query, mutation::Mutation, subscription:
 /// absent from introspection and rejected as unknown fields before execution.
 pub const PLATFORM_ONLY: &[(&str, &str)] = &[
     ("Query", "organizations"),
+    ("Query", "planHistory"),
     ("Mutation", "grantCredit"),
     ("Mutation", "adjustUsage"),
     ("Mutation", "resetUsage"),

@@ -123,6 +123,8 @@ pub struct UpsertPlanInput {
     application_fee_pct: Option<Dec>,
     active: Option<bool>,
     limits: Vec<PlanLimitInput>,
+    /// Why the plan is created or changed, for its audit row (planHistory). Default: "plan created" or "plan updated".
+    reason: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -418,6 +420,7 @@ impl Mutation {
                         overage_unit_price: l.overage_unit_price.map(|d| d.0),
                     })
                     .collect(),
+                reason: input.reason,
             },
         )
         .await?;

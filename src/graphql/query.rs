@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::loaders::UsageKey;
 use super::scalars::{Date, Dec};
 use super::types::{
-    EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, TotalCount, UsageAlert,
+    EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, PlanChange, TotalCount,
+    UsageAlert,
     UsageSummary, Viewer,
 };
 use super::{connection_args, cursor_decode, cursor_encode, platform_only, request_ctx};
@@ -121,6 +122,23 @@ impl Query {
                 .map(|o| Edge::new(cursor_encode(&o.slug), Organization(o))),
         );
         Ok(conn)
+    }
+
+    /// Platform team only (invisible to tenants): the audit rows of a plan's changes, newest first: who changed it, why, and its definition before and after.
+    #[graphql(visible = "platform_only")]
+    async fn plan_history(&self, ctx: &Context<'_>, code: String) -> Result<Vec<PlanChange>> {
+        let rc = request_ctx(ctx)?;
+        access::require_platform(rc.viewer()?)?;
+        let plan = store::catalog::plan_by_code(&rc.engine.db, code.trim())
+            .await
+            .map_err(AppError::from)?
+            .ok_or_else(|| AppError::not_found("plan"))?;
+        Ok(store::catalog::plan_history(&rc.engine.db, plan.id)
+            .await
+            .map_err(AppError::from)?
+            .into_iter()
+            .map(PlanChange)
+            .collect())
     }
 
     async fn plans(

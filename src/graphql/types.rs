@@ -138,6 +138,41 @@ impl Viewer {
     }
 }
 
+/// An audit row of a plan's change (platform team only).
+pub struct PlanChange(pub entity::plan_history::Model);
+
+#[Object]
+impl PlanChange {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn plan_code(&self) -> &str {
+        &self.0.plan_code
+    }
+    /// The `sub` of the platform-team member who made the change.
+    async fn actor(&self) -> &str {
+        &self.0.actor
+    }
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+    /// The definition before the change (null when the plan was created): name, rank, priceMonthly, currency, trialDays, applicationFeePct, active and limits, amounts as decimal strings.
+    async fn before(&self) -> Option<Json<serde_json::Value>> {
+        self.0
+            .before
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .map(Json)
+    }
+    /// The definition after the change.
+    async fn after(&self) -> Json<serde_json::Value> {
+        Json(serde_json::from_str(&self.0.after).unwrap_or_default())
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+}
+
 #[derive(Clone)]
 pub struct Organization(pub organization::Model);
 

@@ -1,7 +1,7 @@
 //! The catalogue: metrics, plans and their limits. Not tenant data: every caller may read it.
 
 use chrono::Utc;
-use entity::{enums::Enforcement, metric, plan, plan_limit};
+use entity::{enums::Enforcement, metric, plan, plan_history, plan_limit};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
     sea_query::OnConflict,
@@ -139,4 +139,29 @@ pub async fn upsert_plan<C: ConnectionTrait>(
         .await?;
     }
     Ok(id)
+}
+
+/// Appends a plan's audit row. Runs inside the caller's transaction.
+pub async fn insert_plan_history<C: ConnectionTrait>(
+    db: &C,
+    row: plan_history::Model,
+) -> Result<(), DbErr> {
+    let row: plan_history::ActiveModel = row.into();
+    plan_history::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// A plan's audit rows, newest first.
+pub async fn plan_history<C: ConnectionTrait>(
+    db: &C,
+    plan_id: Uuid,
+) -> Result<Vec<plan_history::Model>, DbErr> {
+    plan_history::Entity::find()
+        .filter(plan_history::Column::PlanId.eq(plan_id))
+        .order_by_desc(plan_history::Column::CreatedAt)
+        .order_by_desc(plan_history::Column::Id)
+        .all(db)
+        .await
 }

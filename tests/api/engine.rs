@@ -933,3 +933,49 @@ async fn cached_reads_follow_every_write(app: TestApp) {
     assert_eq!(read(viewer).await["allowance"], "1005");
 }
 both_engines!(cache, super::cached_reads_follow_every_write);
+
+/// DESIGN invariant 5 for plans: every change to a plan's prices or limits leaves an audit row with
+/// the actor, the reason and the definition before and after; saving the same definition changes
+/// nothing and writes no row; tenants cannot read the rows.
+async fn plan_changes_are_audited(app: TestApp) {
+    let platform = app.platform_token();
+    let upsert = "mutation($i: UpsertPlanInput!) { upsertPlan(input: $i) { code priceMonthly } }";
+    let mut plan = json!({ "code": "pro", "name": "Pro", "rank": 5, "priceMonthly": "99.5",
+        "limits": [{ "metric": "bookings", "included": "500", "enforcement": "HARD" }] });
+    app.ok(&platform, upsert, json!({ "i": plan.clone() })).await;
+    // The same definition again: no change, no row.
+    app.ok(&platform, upsert, json!({ "i": plan.clone() })).await;
+    plan["priceMonthly"] = json!("129");
+    plan["limits"][0]["included"] = json!("800");
+    plan["reason"] = json!("2027 price list");
+    app.ok(&platform, upsert, json!({ "i": plan })).await;
+
+    let history = "query($c: String!) { planHistory(code: $c) { planCode actor reason before after createdAt } }";
+    let rows = app.ok(&platform, history, json!({ "c": "pro" })).await["planHistory"].clone();
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (updated, created) = (&rows[0], &rows[1]);
+    assert_eq!(created["reason"], "plan created");
+    assert_eq!(created["before"], Value::Null);
+    assert_eq!(created["after"]["priceMonthly"], "99.5");
+    assert_eq!(updated["reason"], "2027 price list");
+    assert_eq!(updated["actor"], crate::helpers::PLATFORM_SUB);
+    assert_eq!(updated["before"]["priceMonthly"], "99.5");
+    assert_eq!(updated["before"]["limits"][0]["included"], "500");
+    assert_eq!(updated["after"]["priceMonthly"], "129");
+    assert_eq!(updated["after"]["limits"][0]["included"], "800");
+    assert_eq!(updated["after"]["limits"][0]["enforcement"], "HARD");
+
+    // A tenant does not know the field; an unknown plan is NOT_FOUND.
+    let org = app.create_org("acme", "basic").await;
+    let owner = app.tenant_token(&org, Role::Owner);
+    let refused = app.gql(&owner, history, json!({ "c": "pro" })).await;
+    assert_eq!(
+        refused["errors"][0]["message"],
+        "Unknown field \"planHistory\" on type \"Query\".",
+        "{refused}"
+    );
+    let missing = app.gql(&platform, history, json!({ "c": "nope" })).await;
+    assert_eq!(missing["errors"][0]["extensions"]["code"], "NOT_FOUND", "{missing}");
+}
+both_engines!(plan_audit, super::plan_changes_are_audited);
