@@ -157,6 +157,16 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         });
     }
     let txn = engine.db.begin_write().await?;
+    if engine.db.is_postgres() {
+        // Upserts of one plan take turns across replicas (SQLite writers already do), so each
+        // audit row's `before` is what the previous change left, and none is lost.
+        store::execute(
+            &txn,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            vec![format!("tollgate.plan:{}", code.as_str()).into()],
+        )
+        .await?;
+    }
     let before = match store::catalog::plan_by_code(&txn, code.as_str()).await? {
         Some(p) => definition(&txn, p.id).await?,
         None => None,

@@ -245,17 +245,16 @@ pub async fn serve(
     });
 
     let close: Option<Close> = loop {
-        // In order: results first (a delivery wakes the connection and is written without polling
-        // anything else), then the client's messages (held back at most by the results already
-        // queued: a shared execution's backlog, or a replay), then the timers and shutdown.
+        // In order: shutdown and the token's expiry (a steady flow of results must never hold
+        // them back), the client's messages (its `complete` stops a flow), then results, the init
+        // deadline and the keep-alive (needed only when nothing else is sent).
         tokio::select! {
             biased;
-            Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
-                if let Some(text) = conn.deliver(out)
-                    && socket.send(Message::Text(text.into())).await.is_err()
-                {
-                    break None;
-                }
+            () = &mut shutdown => {
+                break Some(Close::new(1001, "the server is shutting down"));
+            }
+            _ = &mut expiry, if conn.viewer.is_some() => {
+                break Some(Close::new(4403, "Forbidden: the token expired"));
             }
             incoming = socket.recv() => {
                 let text = match incoming {
@@ -288,11 +287,15 @@ pub async fn serve(
                     Err(close) => break Some(close),
                 }
             }
+            Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
+                if let Some(text) = conn.deliver(out)
+                    && socket.send(Message::Text(text.into())).await.is_err()
+                {
+                    break None;
+                }
+            }
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
-            }
-            _ = &mut expiry, if conn.viewer.is_some() => {
-                break Some(Close::new(4403, "Forbidden: the token expired"));
             }
             _ = keepalive.tick(), if conn.viewer.is_some() => {
                 let ping = match conn.protocol {
@@ -302,9 +305,6 @@ pub async fn serve(
                 if socket.send(text_message(&ping)).await.is_err() {
                     break None;
                 }
-            }
-            () = &mut shutdown => {
-                break Some(Close::new(1001, "the server is shutting down"));
             }
         }
     };

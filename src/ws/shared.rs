@@ -57,7 +57,18 @@ impl Item {
         let json = |r: Result<String, serde_json::Error>, fallback: &str| {
             r.unwrap_or_else(|_| fallback.to_owned())
         };
-        if first && resp.data == async_graphql::Value::Null && resp.is_err() {
+        // A lag notice is a stream signal, even before the first alert: never a refusal.
+        let lagged = |e: &async_graphql::ServerError| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|c| *c == async_graphql::Value::from("LAGGED"))
+        };
+        if first
+            && resp.data == async_graphql::Value::Null
+            && resp.is_err()
+            && !resp.errors.iter().any(lagged)
+        {
             Item::Refused {
                 errors: json(serde_json::to_string(&resp.errors), "[]"),
                 first: json(serde_json::to_string(&resp.errors.first()), "null"),
@@ -91,11 +102,25 @@ pub struct Key {
 }
 
 impl Key {
-    /// The key of a request that may share its execution, or None when it must run alone: it
-    /// replays stored alerts (its results depend on when it started), or it carries protocol
-    /// extensions.
+    /// The key of a request that may share its execution, or None when it must run alone: only a
+    /// subscription shares (a query or mutation sent over the socket runs for its caller alone,
+    /// and may depend on who the caller is), and not one that replays stored alerts (its results
+    /// depend on when it started) or carries protocol extensions. A document that does not parse,
+    /// or whose operation cannot be chosen, runs alone and the executor reports why.
     pub fn of(request: &async_graphql::Request, viewer: &Viewer) -> Option<Key> {
-        if replays(request) || !request.extensions.is_empty() {
+        use async_graphql::parser::types::{DocumentOperations, OperationType};
+
+        if !request.extensions.is_empty() {
+            return None;
+        }
+        let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+        let op = match (&doc.operations, request.operation_name.as_deref()) {
+            (DocumentOperations::Single(op), None) => op,
+            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
+            (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
+            _ => return None,
+        };
+        if op.node.ty != OperationType::Subscription || replays(&doc, request) {
             return None;
         }
         Some(Key {
@@ -110,9 +135,8 @@ impl Key {
 }
 
 /// Whether a request gives a `since` argument anywhere (a literal, or a variable that is set or has
-/// a default), so that it replays what was stored before it started. A document that does not
-/// parse counts as replaying: it runs alone, and the executor refuses it.
-fn replays(request: &async_graphql::Request) -> bool {
+/// a default), so that it replays what was stored before it started.
+fn replays(doc: &async_graphql::parser::types::ExecutableDocument, request: &async_graphql::Request) -> bool {
     use async_graphql::parser::types::{Selection, SelectionSet};
     use async_graphql_value::{ConstValue, Value};
 
@@ -120,9 +144,6 @@ fn replays(request: &async_graphql::Request) -> bool {
     if !request.query.contains("since") {
         return false;
     }
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
-        return true;
-    };
     let defaulted = |name: &str| {
         doc.operations.iter().any(|(_, op)| {
             op.node.variable_definitions.iter().any(|d| {
@@ -284,13 +305,20 @@ impl Hub {
         mut responses: Responses,
         notes: Arc<StreamNotes>,
     ) {
+        // If the execution panics (or the runtime drops it), it still leaves the hub and its members
+        // are told it ended, instead of later subscribers joining a dead execution.
+        let mut guard = Ended {
+            hub: &self,
+            key: &key,
+            group: &group,
+            armed: true,
+        };
         let mut first = true;
         loop {
             tokio::select! {
                 resp = responses.next() => {
                     let Some(resp) = resp else {
-                        self.retire(&key, &group, false);
-                        let _ = group.tx.send(Arc::new(Item::End));
+                        // The guard retires the execution and tells its members it ended.
                         return;
                     };
                     group.latest_wins.store(notes.latest_wins(), Ordering::Release);
@@ -302,11 +330,14 @@ impl Hub {
                     }
                     let _ = group.tx.send(Arc::new(item));
                     if refused {
+                        guard.armed = false;
                         return;
                     }
                 }
                 _ = group.left.notified() => {
                     if self.retire(&key, &group, true) {
+                        // Nobody is left to tell.
+                        guard.armed = false;
                         return;
                     }
                 }
@@ -325,6 +356,24 @@ impl Hub {
             groups.remove(key);
         }
         true
+    }
+}
+
+/// Ends an execution when `run` stops for any reason but a refusal or an empty group: out of the
+/// hub, and `End` to its members.
+struct Ended<'a> {
+    hub: &'a Hub,
+    key: &'a Key,
+    group: &'a Arc<Group>,
+    armed: bool,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.retire(self.key, self.group, false);
+            let _ = self.group.tx.send(Arc::new(Item::End));
+        }
     }
 }
 
@@ -487,12 +536,65 @@ mod tests {
         assert_eq!(hub.executions(), 0);
     }
 
+    #[tokio::test]
+    async fn a_panicking_execution_still_ends_for_its_members() {
+        let hub = Arc::new(Hub::default());
+        let member = hub.join(key("subscription { s }"), |_| {
+            Box::pin(futures_util::stream::poll_fn(
+                |_| -> Poll<Option<async_graphql::Response>> { panic!("a resolver panicked") },
+            ))
+        });
+        let items: Vec<_> = member.items().collect().await;
+        assert!(matches!(items.as_slice(), [end] if matches!(**end, Item::End)));
+        until(|| hub.executions() == 0).await;
+    }
+
+    #[test]
+    fn a_lag_notice_first_is_not_a_refusal() {
+        let notice = Item::lagged(3, None);
+        assert!(matches!(notice, Item::Result { .. }));
+        let e = crate::graphql::subscription::lagged(3, None);
+        let mut err = async_graphql::ServerError::new(e.message, None);
+        err.extensions = e.extensions;
+        let first = Item::from_response(async_graphql::Response::from_errors(vec![err]), true, None);
+        assert!(matches!(first, Item::Result { .. }), "{first:?}");
+    }
+
+    #[test]
+    fn only_subscriptions_share() {
+        let viewer = Viewer {
+            sub: "u".into(),
+            org_id: None,
+            role: None,
+            platform: true,
+        };
+        let key = |query: &str, name: Option<&str>| {
+            let mut request = async_graphql::Request::new(query);
+            request.operation_name = name.map(str::to_owned);
+            Key::of(&request, &viewer)
+        };
+        assert!(key("subscription { usageAlerts { id } }", None).is_some());
+        assert!(key("subscription S { usageAlerts { id } }", None).is_some());
+        // Queries and mutations over the socket run for their caller alone.
+        assert!(key("{ viewer { userId } }", None).is_none());
+        assert!(key("mutation { recordUsage(input: {metric: \"b\", quantity: \"1\"}) { accepted } }", None).is_none());
+        let two = "query Q { viewer { userId } } subscription S { usageAlerts { id } }";
+        assert!(key(two, Some("S")).is_some());
+        assert!(key(two, Some("Q")).is_none());
+        assert!(key(two, None).is_none(), "no operation chosen");
+        assert!(key("subscription { usageAlerts(since: \"2026-01-01T00:00:00Z\") { id } }", None).is_none());
+        assert!(key("subscription {", None).is_none());
+    }
+
     #[test]
     fn only_subscriptions_that_replay_run_alone() {
         let replay = |query: &str, variables: Value| {
             let request = async_graphql::Request::new(query)
                 .variables(async_graphql::Variables::from_json(variables));
-            replays(&request)
+            match async_graphql::parser::parse_query(query) {
+                Ok(doc) => replays(&doc, &request),
+                Err(_) => true,
+            }
         };
         let none = Value::Object(Default::default());
         assert!(!replay("subscription { usageAlerts { id } }", none.clone()));

@@ -460,6 +460,47 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
         assert_eq!(m["payload"][0]["extensions"]["code"], "NOT_FOUND", "{m}");
     }
     executions(&app, 2).await;
+
+    // Queries and mutations sent over the socket never share: each caller's runs for it alone.
+    let service_a = |sub: &str| app.token(sub, Some(&a), Some(Role::Service));
+    let mut s1 = connect(service_a("worker-1")).await;
+    let mut s2 = connect(service_a("worker-2")).await;
+    let used = "{ organization { usage { metric(code: \"bookings\") { used } } } }";
+    let before = app.ok(&service, used, json!({})).await["organization"]["usage"]["metric"]["used"]
+        .as_str()
+        .expect("used")
+        .parse::<i64>()
+        .expect("a whole number");
+    let record = "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } }";
+    let me = "{ viewer { userId } }";
+    for ws in [&mut s1, &mut s2] {
+        ws.subscribe("m", record, json!({})).await;
+        ws.subscribe("q", me, json!({})).await;
+    }
+    let mut users = Vec::new();
+    for ws in [&mut s1, &mut s2] {
+        // Each operation answers `next` then `complete`.
+        for _ in 0..4 {
+            let m = ws.message().await;
+            if m["type"] == "complete" {
+                continue;
+            }
+            assert_eq!(m["type"], "next", "{m}");
+            match m["id"].as_str() {
+                Some("m") => assert_eq!(m["payload"]["data"]["recordUsage"]["accepted"], true),
+                Some("q") => users.push(m["payload"]["data"]["viewer"]["userId"].clone()),
+                other => panic!("unexpected operation {other:?}"),
+            }
+        }
+    }
+    users.sort_by_key(|u| u.to_string());
+    assert_eq!(users, [json!("worker-1"), json!("worker-2")]);
+    let d = app.ok(&service, used, json!({})).await;
+    assert_eq!(
+        d["organization"]["usage"]["metric"]["used"],
+        (before + 2).to_string(),
+        "both recordings count"
+    );
 }
 both_engines!(shared, super::identical_subscriptions_execute_once);
 
