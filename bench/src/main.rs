@@ -445,7 +445,8 @@ async fn fan_out(
                     wsraw::Subscriber::connect(addr, "/graphql", "graphql-transport-ws").await?;
                 ws.send_text(&init.to_string()).await?;
                 match ws.next().await? {
-                    Some((wsraw::TEXT, ack)) if ack.windows(14).any(|w| w == b"connection_ack") => {}
+                    Some((wsraw::TEXT, ack)) if ack.windows(14).any(|w| w == b"connection_ack") => {
+                    }
                     other => bail!("expected connection_ack, got {other:?}"),
                 }
                 if !connect_only {

@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn frames_parse_whole_or_not_at_all() {
         assert_eq!(parse(&[0x81, 3, b'a', b'b']).unwrap(), None);
-        assert_eq!(parse(&[0x81, 3, b'a', b'b', b'c']).unwrap(), Some((1, 2, 5)));
+        assert_eq!(
+            parse(&[0x81, 3, b'a', b'b', b'c']).unwrap(),
+            Some((1, 2, 5))
+        );
         let mut long = vec![0x81, 126, 1, 0];
         long.resize(4 + 256, b'x');
         assert_eq!(parse(&long).unwrap(), Some((1, 4, 260)));
@@ -134,7 +137,11 @@ mod tests {
         // A client frame is masked: unmasking it gives the payload back.
         let f = frame(TEXT, b"hello");
         assert_eq!(f[1], 0x80 | 5);
-        let unmasked: Vec<u8> = f[6..].iter().enumerate().map(|(i, b)| b ^ f[2 + i % 4]).collect();
+        let unmasked: Vec<u8> = f[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ f[2 + i % 4])
+            .collect();
         assert_eq!(unmasked, b"hello");
     }
 }

@@ -32,7 +32,12 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(PlanHistory::Table)
-                    .col(ColumnDef::new(PlanHistory::Id).uuid().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(PlanHistory::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(PlanHistory::PlanId).uuid().not_null())
                     .col(ColumnDef::new(PlanHistory::PlanCode).string().not_null())
                     .col(ColumnDef::new(PlanHistory::Actor).string().not_null())

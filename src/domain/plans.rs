@@ -37,12 +37,9 @@ pub struct UpsertPlan {
 }
 
 /// A plan's definition as JSON (amounts as decimal strings, limits by metric), for its audit rows.
-async fn definition<C: sea_orm::ConnectionTrait>(db: &C, id: Uuid) -> AppResult<Option<String>> {
+async fn definition<C: sea_orm::ConnectionTrait>(db: &C, p: &plan::Model) -> AppResult<String> {
     use sea_orm::ActiveEnum;
-    let Some(p) = store::catalog::plan_by_id(db, id).await? else {
-        return Ok(None);
-    };
-    let limits = store::catalog::limits_for_plans(db, &[id]).await?;
+    let limits = store::catalog::limits_for_plans(db, &[p.id]).await?;
     let amount = |v: i64| Amount::from_scaled(v).to_decimal().normalize().to_string();
     let limits: Vec<serde_json::Value> = limits
         .iter()
@@ -55,19 +52,17 @@ async fn definition<C: sea_orm::ConnectionTrait>(db: &C, id: Uuid) -> AppResult<
             })
         })
         .collect();
-    Ok(Some(
-        serde_json::json!({
-            "name": p.name,
-            "rank": p.rank,
-            "priceMonthly": amount(p.price_monthly),
-            "currency": p.currency,
-            "trialDays": p.trial_days,
-            "applicationFeePct": amount(p.application_fee_pct),
-            "active": p.active,
-            "limits": limits,
-        })
-        .to_string(),
-    ))
+    Ok(serde_json::json!({
+        "name": p.name,
+        "rank": p.rank,
+        "priceMonthly": amount(p.price_monthly),
+        "currency": p.currency,
+        "trialDays": p.trial_days,
+        "applicationFeePct": amount(p.application_fee_pct),
+        "active": p.active,
+        "limits": limits,
+    })
+    .to_string())
 }
 
 /// upsertPlan: create or update a plan by code, its limits replaced as given, with an audit row
@@ -168,7 +163,7 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         .await?;
     }
     let before = match store::catalog::plan_by_code(&txn, code.as_str()).await? {
-        Some(p) => definition(&txn, p.id).await?,
+        Some(p) => Some(definition(&txn, &p).await?),
         None => None,
     };
     let id = store::catalog::upsert_plan(
@@ -189,16 +184,19 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
     let saved = store::catalog::plan_by_id(&txn, id)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
-    let after = definition(&txn, id)
-        .await?
-        .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan vanished")))?;
+    let after = definition(&txn, &saved).await?;
     if before.as_deref() == Some(after.as_str()) {
         // Nothing changed: no audit row, no notification, the caches stay.
         txn.rollback().await?;
         return Ok(saved);
     }
     let reason = reason.unwrap_or_else(|| {
-        if before.is_some() { "plan updated" } else { "plan created" }.to_owned()
+        if before.is_some() {
+            "plan updated"
+        } else {
+            "plan created"
+        }
+        .to_owned()
     });
     store::catalog::insert_plan_history(
         &txn,

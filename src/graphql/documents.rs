@@ -19,35 +19,33 @@ pub struct Documents {
 }
 
 impl Documents {
-    /// Gives the request its parsed document, from the cache or parsed now (and kept). A document
-    /// that does not parse is left to the executor, which reports the error as it always does.
-    pub fn prepare(&self, request: &mut async_graphql::Request) {
-        if request.query.len() > MAX_LEN {
-            return;
+    /// The parsed document of `query`: from the cache, or parsed now (and kept unless it is longer
+    /// than `MAX_LEN`). None when it does not parse: the executor reports the error as it always does.
+    pub fn parsed(&self, query: &str) -> Option<Arc<ExecutableDocument>> {
+        if let Some(doc) = self.lock().get(query).cloned() {
+            return Some(doc);
         }
-        if let Some(doc) = self.lock().get(request.query.as_str()).cloned() {
-            request.set_parsed_query((*doc).clone());
-            return;
-        }
-        let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
-            return;
-        };
-        {
+        let doc = Arc::new(async_graphql::parser::parse_query(query).ok()?);
+        if query.len() <= MAX_LEN {
             let mut parsed = self.lock();
             if parsed.len() >= CAPACITY {
                 parsed.clear();
             }
-            parsed.insert(Arc::from(request.query.as_str()), Arc::new(doc.clone()));
+            parsed.insert(Arc::from(query), doc.clone());
         }
-        request.set_parsed_query(doc);
+        Some(doc)
     }
 
-    pub fn len(&self) -> usize {
+    /// Gives the request its parsed document (see `parsed`).
+    pub fn prepare(&self, request: &mut async_graphql::Request) {
+        if let Some(doc) = self.parsed(&request.query) {
+            request.set_parsed_query((*doc).clone());
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<ExecutableDocument>>> {
@@ -75,7 +73,9 @@ mod tests {
         assert_eq!(docs.len(), 1);
         assert!(broken.parsed_query().is_err());
         for i in 0..CAPACITY + 10 {
-            docs.prepare(&mut async_graphql::Request::new(format!("{{ a{i}: __typename }}")));
+            docs.prepare(&mut async_graphql::Request::new(format!(
+                "{{ a{i}: __typename }}"
+            )));
         }
         assert!(docs.len() <= CAPACITY);
         let long = format!("{{ {} }}", "__typename ".repeat(MAX_LEN / 10));

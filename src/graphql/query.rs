@@ -9,8 +9,7 @@ use super::loaders::UsageKey;
 use super::scalars::{Date, Dec};
 use super::types::{
     EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, PlanChange, TotalCount,
-    UsageAlert,
-    UsageSummary, Viewer,
+    UsageAlert, UsageSummary, Viewer,
 };
 use super::{connection_args, cursor_decode, cursor_encode, platform_only, request_ctx};
 use crate::domain::access::{self, Action};

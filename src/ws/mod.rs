@@ -440,7 +440,7 @@ impl Connection {
         let payload = payload
             .filter(|p| p.get("query").is_some_and(Value::is_string))
             .ok_or_else(|| invalid("subscribe needs a payload with a query"))?;
-        let request: async_graphql::Request = serde_json::from_value(payload.clone())
+        let mut request: async_graphql::Request = serde_json::from_value(payload.clone())
             .map_err(|_| invalid("the subscribe payload is not a GraphQL request"))?;
         if let Some((_, previous)) = self.operations.get(&id) {
             match self.protocol {
@@ -456,7 +456,12 @@ impl Connection {
         }
         self.next_gen += 1;
         let generation = self.next_gen;
-        let key = shared::Key::of(&request, viewer);
+        // Parsed once (and kept, like HTTP's): for the sharing decision and for the executor.
+        let doc = self.state.documents.parsed(&request.query);
+        let key = shared::Key::of(doc.as_deref(), &request, viewer);
+        if let Some(doc) = doc {
+            request.set_parsed_query((*doc).clone());
+        }
         // A tracing span per execution, entered while it produces each result.
         let span = tracing::info_span!(
             "graphql",
@@ -567,11 +572,7 @@ fn execute(
     request: async_graphql::Request,
     span: tracing::Span,
 ) -> shared::Responses {
-    let ctx = RequestCtx::new(
-        state.engine.clone(),
-        state.settings.clone(),
-        Some(viewer),
-    );
+    let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), Some(viewer));
     let db = ctx.engine.db.clone();
     let loaders = ctx.loaders.clone();
     let responses = state

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use async_graphql::parser::types::ExecutableDocument;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{Notify, broadcast};
@@ -83,11 +84,16 @@ impl Item {
 
     /// The notice for a member that fell behind its execution by `missed` results.
     pub fn lagged(missed: u64, since: Option<DateTime<Utc>>) -> Item {
-        let e = crate::graphql::subscription::lagged(missed, since);
-        let mut err = async_graphql::ServerError::new(e.message, None);
-        err.extensions = e.extensions;
-        Item::from_response(async_graphql::Response::from_errors(vec![err]), false, None)
+        Item::from_response(lag_response(missed, since), false, None)
     }
+}
+
+/// The response that tells a subscriber it fell behind.
+fn lag_response(missed: u64, since: Option<DateTime<Utc>>) -> async_graphql::Response {
+    let e = crate::graphql::subscription::lagged(missed, since);
+    let mut err = async_graphql::ServerError::new(e.message, None);
+    err.extensions = e.extensions;
+    async_graphql::Response::from_errors(vec![err])
 }
 
 /// What makes two subscriptions the same.
@@ -106,21 +112,26 @@ impl Key {
     /// subscription shares (a query or mutation sent over the socket runs for its caller alone,
     /// and may depend on who the caller is), and not one that replays stored alerts (its results
     /// depend on when it started) or carries protocol extensions. A document that does not parse,
-    /// or whose operation cannot be chosen, runs alone and the executor reports why.
-    pub fn of(request: &async_graphql::Request, viewer: &Viewer) -> Option<Key> {
+    /// or whose operation cannot be chosen, runs alone and the executor reports why. `doc` is the
+    /// request's parsed document (None when it does not parse).
+    pub fn of(
+        doc: Option<&ExecutableDocument>,
+        request: &async_graphql::Request,
+        viewer: &Viewer,
+    ) -> Option<Key> {
         use async_graphql::parser::types::{DocumentOperations, OperationType};
 
         if !request.extensions.is_empty() {
             return None;
         }
-        let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+        let doc = doc?;
         let op = match (&doc.operations, request.operation_name.as_deref()) {
             (DocumentOperations::Single(op), None) => op,
             (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
             (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
             _ => return None,
         };
-        if op.node.ty != OperationType::Subscription || replays(&doc, request) {
+        if op.node.ty != OperationType::Subscription || replays(doc, request) {
             return None;
         }
         Some(Key {
@@ -136,7 +147,7 @@ impl Key {
 
 /// Whether a request gives a `since` argument anywhere (a literal, or a variable that is set or has
 /// a default), so that it replays what was stored before it started.
-fn replays(doc: &async_graphql::parser::types::ExecutableDocument, request: &async_graphql::Request) -> bool {
+fn replays(doc: &ExecutableDocument, request: &async_graphql::Request) -> bool {
     use async_graphql::parser::types::{Selection, SelectionSet};
     use async_graphql_value::{ConstValue, Value};
 
@@ -397,8 +408,8 @@ impl Stream for InSpan {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use tokio::sync::mpsc;
     use serde_json::Value;
+    use tokio::sync::mpsc;
 
     use super::*;
 
@@ -522,7 +533,9 @@ mod tests {
         for member in [a, b] {
             let items: Vec<_> = member.items().collect().await;
             assert_eq!(items.len(), 1);
-            assert!(matches!(&*items[0], Item::Refused { errors, .. } if errors.contains("no such")));
+            assert!(
+                matches!(&*items[0], Item::Refused { errors, .. } if errors.contains("no such"))
+            );
         }
         until(|| hub.executions() == 0).await;
 
@@ -553,10 +566,7 @@ mod tests {
     fn a_lag_notice_first_is_not_a_refusal() {
         let notice = Item::lagged(3, None);
         assert!(matches!(notice, Item::Result { .. }));
-        let e = crate::graphql::subscription::lagged(3, None);
-        let mut err = async_graphql::ServerError::new(e.message, None);
-        err.extensions = e.extensions;
-        let first = Item::from_response(async_graphql::Response::from_errors(vec![err]), true, None);
+        let first = Item::from_response(lag_response(3, None), true, None);
         assert!(matches!(first, Item::Result { .. }), "{first:?}");
     }
 
@@ -571,18 +581,31 @@ mod tests {
         let key = |query: &str, name: Option<&str>| {
             let mut request = async_graphql::Request::new(query);
             request.operation_name = name.map(str::to_owned);
-            Key::of(&request, &viewer)
+            let doc = async_graphql::parser::parse_query(query).ok();
+            Key::of(doc.as_ref(), &request, &viewer)
         };
         assert!(key("subscription { usageAlerts { id } }", None).is_some());
         assert!(key("subscription S { usageAlerts { id } }", None).is_some());
         // Queries and mutations over the socket run for their caller alone.
         assert!(key("{ viewer { userId } }", None).is_none());
-        assert!(key("mutation { recordUsage(input: {metric: \"b\", quantity: \"1\"}) { accepted } }", None).is_none());
+        assert!(
+            key(
+                "mutation { recordUsage(input: {metric: \"b\", quantity: \"1\"}) { accepted } }",
+                None
+            )
+            .is_none()
+        );
         let two = "query Q { viewer { userId } } subscription S { usageAlerts { id } }";
         assert!(key(two, Some("S")).is_some());
         assert!(key(two, Some("Q")).is_none());
         assert!(key(two, None).is_none(), "no operation chosen");
-        assert!(key("subscription { usageAlerts(since: \"2026-01-01T00:00:00Z\") { id } }", None).is_none());
+        assert!(
+            key(
+                "subscription { usageAlerts(since: \"2026-01-01T00:00:00Z\") { id } }",
+                None
+            )
+            .is_none()
+        );
         assert!(key("subscription {", None).is_none());
     }
 
@@ -598,7 +621,10 @@ mod tests {
         };
         let none = Value::Object(Default::default());
         assert!(!replay("subscription { usageAlerts { id } }", none.clone()));
-        assert!(!replay("subscription { usageAlerts(since: null) { id } }", none.clone()));
+        assert!(!replay(
+            "subscription { usageAlerts(since: null) { id } }",
+            none.clone()
+        ));
         assert!(replay(
             "subscription { usageAlerts(since: \"2026-01-01T00:00:00Z\") { id } }",
             none.clone()
@@ -606,7 +632,10 @@ mod tests {
         let declared = "subscription($s: DateTime) { usageAlerts(since: $s) { id } }";
         assert!(!replay(declared, none.clone()));
         assert!(!replay(declared, serde_json::json!({ "s": null })));
-        assert!(replay(declared, serde_json::json!({ "s": "2026-01-01T00:00:00Z" })));
+        assert!(replay(
+            declared,
+            serde_json::json!({ "s": "2026-01-01T00:00:00Z" })
+        ));
         assert!(replay(
             "subscription($s: DateTime = \"2026-01-01T00:00:00Z\") { usageAlerts(since: $s) { id } }",
             none.clone()

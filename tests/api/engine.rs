@@ -942,9 +942,11 @@ async fn plan_changes_are_audited(app: TestApp) {
     let upsert = "mutation($i: UpsertPlanInput!) { upsertPlan(input: $i) { code priceMonthly } }";
     let mut plan = json!({ "code": "pro", "name": "Pro", "rank": 5, "priceMonthly": "99.5",
         "limits": [{ "metric": "bookings", "included": "500", "enforcement": "HARD" }] });
-    app.ok(&platform, upsert, json!({ "i": plan.clone() })).await;
+    app.ok(&platform, upsert, json!({ "i": plan.clone() }))
+        .await;
     // The same definition again: no change, no row.
-    app.ok(&platform, upsert, json!({ "i": plan.clone() })).await;
+    app.ok(&platform, upsert, json!({ "i": plan.clone() }))
+        .await;
     plan["priceMonthly"] = json!("129");
     plan["limits"][0]["included"] = json!("800");
     plan["reason"] = json!("2027 price list");
@@ -971,11 +973,13 @@ async fn plan_changes_are_audited(app: TestApp) {
     let owner = app.tenant_token(&org, Role::Owner);
     let refused = app.gql(&owner, history, json!({ "c": "pro" })).await;
     assert_eq!(
-        refused["errors"][0]["message"],
-        "Unknown field \"planHistory\" on type \"Query\".",
+        refused["errors"][0]["message"], "Unknown field \"planHistory\" on type \"Query\".",
         "{refused}"
     );
     let missing = app.gql(&platform, history, json!({ "c": "nope" })).await;
-    assert_eq!(missing["errors"][0]["extensions"]["code"], "NOT_FOUND", "{missing}");
+    assert_eq!(
+        missing["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{missing}"
+    );
 }
 both_engines!(plan_audit, super::plan_changes_are_audited);

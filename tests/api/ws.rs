@@ -407,7 +407,11 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
     // unset shares.
     let mut replaying = connect(app.tenant_token(&a, Role::Viewer)).await;
     replaying
-        .subscribe("r", ALERTS, json!({ "since": chrono::Utc::now().to_rfc3339() }))
+        .subscribe(
+            "r",
+            ALERTS,
+            json!({ "since": chrono::Utc::now().to_rfc3339() }),
+        )
         .await;
     v2.subscribe("t", ALERTS, json!({ "since": null })).await;
     executions(&app, 4).await;
@@ -443,7 +447,10 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
     v1.send(json!({ "type": "complete", "id": "s" })).await;
     app.record(&service, "bookings", "20").await;
     let m = v2.message().await;
-    assert_eq!(m["payload"]["data"]["usageAlerts"]["kind"], "LIMIT_EXCEEDED", "{m}");
+    assert_eq!(
+        m["payload"]["data"]["usageAlerts"]["kind"], "LIMIT_EXCEEDED",
+        "{m}"
+    );
     assert_eq!(v1.next_within(Duration::from_millis(300)).await, None);
     drop(v2);
     drop(legacy);
@@ -471,7 +478,8 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
         .expect("used")
         .parse::<i64>()
         .expect("a whole number");
-    let record = "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } }";
+    let record =
+        "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } }";
     let me = "{ viewer { userId } }";
     for ws in [&mut s1, &mut s2] {
         ws.subscribe("m", record, json!({})).await;
