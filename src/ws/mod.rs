@@ -308,10 +308,12 @@ pub async fn serve(
             }
         }
     };
-    conn.operations.clear();
-    conn.streams.clear();
+    // The connection's place is given back before the close frame goes out: a client that has
+    // seen its close may connect again at once and must find the place free.
+    let protocol = conn.protocol;
+    drop(conn);
     if let Some(Close(code, reason)) = close {
-        if conn.protocol == Protocol::Legacy && code == 4403 {
+        if protocol == Protocol::Legacy && code == 4403 {
             let _ = socket
                 .send(text_message(
                     &json!({ "type": "connection_error", "payload": { "message": reason } }),
