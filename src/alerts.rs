@@ -114,6 +114,19 @@ impl AlertBus {
     pub fn channels(&self) -> usize {
         self.inner.orgs.read().map(|o| o.len()).unwrap_or(0)
     }
+
+    /// Receivers on every channel: each running subscription execution (a shared one counts once
+    /// for all its members), and on Postgres the cache's invalidation. From the moment a
+    /// subscription is counted here it receives every later event.
+    pub fn listeners(&self) -> usize {
+        let orgs = self
+            .inner
+            .orgs
+            .read()
+            .map(|o| o.values().map(broadcast::Sender::receiver_count).sum())
+            .unwrap_or(0);
+        orgs + self.inner.all.receiver_count()
+    }
 }
 
 fn alert_json(a: &usage_alert::Model) -> Value {

@@ -131,8 +131,9 @@ impl Application {
                 .map_err(|_| anyhow::anyhow!("the LISTEN task ended"))?;
             // Commits of other replicas reach this one's cache only through the bus (this
             // replica's own commits invalidate directly, before they answer).
+            // Subscribed here, before the task first runs, so no change is missed meanwhile.
             let invalidation = tokio::spawn(invalidate_on_changes(
-                state.engine.bus.clone(),
+                state.engine.bus.subscribe(None),
                 state.engine.cache.clone(),
             ));
             Some([task, invalidation])
@@ -182,11 +183,10 @@ impl Application {
 /// Drops an organization's cached entitlement state whenever a committed change of it arrives through
 /// LISTEN (from any replica); everything when the bus lagged or the plans changed.
 async fn invalidate_on_changes(
-    bus: crate::alerts::AlertBus,
+    mut rx: tokio::sync::broadcast::Receiver<crate::alerts::BusEvent>,
     cache: Arc<crate::domain::cache::StateCache>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = bus.subscribe(None);
     loop {
         match rx.recv().await {
             Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),

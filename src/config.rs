@@ -214,6 +214,11 @@ pub struct Settings {
         default_value_t = 1_000
     )]
     pub ws_max_per_tenant: usize,
+    /// How long an organization's entitlement state is answered from memory without a change
+    /// being heard (changes through any replica invalidate it at once; this bounds writes made
+    /// outside the servers). `0s` turns the cache off.
+    #[arg(long, global = true, env = "TOLLGATE_ENTITLEMENT_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
+    pub entitlement_cache_ttl: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,

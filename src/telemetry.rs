@@ -90,6 +90,7 @@ pub fn render(state: &AppState) -> String {
     metrics::gauge!("tollgate_websocket_shared_executions")
         .set(state.subscriptions.executions() as f64);
     metrics::gauge!("tollgate_bus_organization_channels").set(state.engine.bus.channels() as f64);
+    metrics::gauge!("tollgate_bus_listeners").set(state.engine.bus.listeners() as f64);
     metrics::gauge!("tollgate_entitlement_cache_entries").set(state.engine.cache.len() as f64);
     if state.engine.db.is_postgres() {
         let listening = if *state.listening.borrow() { 1.0 } else { 0.0 };

@@ -9,7 +9,8 @@
 //! - other replicas invalidate when the commit's notification arrives (Postgres LISTEN), and drop
 //!   everything when LISTEN reconnects (notifications may have been missed);
 //! - a plan's limits changing (upsertPlan) drops everything, on every replica (it notifies too);
-//! - entries also expire after `TTL`, which bounds how stale a write made outside the server (a
+//! - entries also expire after a time to live (`--entitlement-cache-ttl`, one second unless set;
+//!   zero turns the cache off), which bounds how stale a write made outside the server (a
 //!   `tollgate recompute` from the command line, a manual SQL fix) can be seen.
 //!
 //! A reader takes a ticket before reading the database and stores its result only if nothing was
@@ -22,15 +23,21 @@ use std::time::{Duration, Instant};
 use super::usage::UsageSummary;
 use super::{OrganizationId, Period};
 
-/// How long an entry is trusted without an invalidation.
+/// How long an entry is trusted without an invalidation, unless configured.
 pub const TTL: Duration = Duration::from_secs(1);
 
 /// Entries beyond this are not added (memory stays bounded; misses just read the database).
 const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Default)]
 pub struct StateCache {
     inner: Mutex<Inner>,
+    ttl: Duration,
+}
+
+impl Default for StateCache {
+    fn default() -> Self {
+        StateCache::new(TTL)
+    }
 }
 
 #[derive(Default)]
@@ -55,11 +62,19 @@ pub struct Ticket {
 }
 
 impl StateCache {
+    /// A cache whose entries are trusted for `ttl` (zero: nothing is kept).
+    pub fn new(ttl: Duration) -> Self {
+        StateCache {
+            inner: Mutex::default(),
+            ttl,
+        }
+    }
+
     /// The organization's current-period summary, when cached and fresh.
     pub fn get(&self, org: OrganizationId) -> Option<Arc<UsageSummary>> {
         let inner = self.inner.lock().ok()?;
         let (at, summary) = inner.entries.get(&org)?.value.as_ref()?;
-        (at.elapsed() < TTL && summary.period == Period::current()).then(|| summary.clone())
+        (at.elapsed() < self.ttl && summary.period == Period::current()).then(|| summary.clone())
     }
 
     /// Taken before reading the database for `org`.
@@ -77,7 +92,8 @@ impl StateCache {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.epoch != ticket.epoch || summary.period != Period::current() {
+        if self.ttl.is_zero() || inner.epoch != ticket.epoch || summary.period != Period::current()
+        {
             return;
         }
         if inner.entries.len() >= MAX_ENTRIES && !inner.entries.contains_key(&org) {
@@ -155,5 +171,20 @@ mod tests {
         cache.clear();
         cache.put(ticket, summary(id));
         assert!(cache.get(org).is_none(), "a clear voids older tickets");
+    }
+
+    #[test]
+    fn entries_live_for_the_configured_time() {
+        let id = uuid::Uuid::new_v4();
+        let org = OrganizationId(id);
+        let off = StateCache::new(Duration::ZERO);
+        off.put(off.ticket(org).unwrap(), summary(id));
+        assert!(off.get(org).is_none());
+        assert!(off.is_empty(), "a cache turned off keeps nothing");
+        let short = StateCache::new(Duration::from_millis(30));
+        short.put(short.ticket(org).unwrap(), summary(id));
+        assert!(short.get(org).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(short.get(org).is_none(), "expired");
     }
 }

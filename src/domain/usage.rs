@@ -179,7 +179,9 @@ impl Engine {
             lateness: Duration::days(settings.lateness_days.into()),
             clock_skew: Duration::from_std(settings.clock_skew).unwrap_or(Duration::minutes(2)),
             catalog: Default::default(),
-            cache: Default::default(),
+            cache: Arc::new(super::cache::StateCache::new(
+                settings.entitlement_cache_ttl,
+            )),
         }
     }
 

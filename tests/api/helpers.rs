@@ -121,6 +121,19 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Waits until `n` subscriptions listen for events, so that what a test does next is heard
+    /// (a fixed pause is a guess that a loaded machine can lose).
+    pub async fn until_listening(&self, n: usize) {
+        let bus = &self.state.engine.bus;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while bus.listeners() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} of {n} subscriptions listen", bus.listeners()));
+    }
+
     pub fn token(&self, sub: &str, org: Option<&str>, role: Option<Role>) -> String {
         self.keys
             .mint(sub, org, role, Duration::from_secs(3600))

@@ -133,6 +133,7 @@ async fn metrics_are_exposed(app: TestApp) {
         "tollgate_recordings_total{outcome=\"accepted\"}",
         "tollgate_alerts_total{kind=\"NEAR_LIMIT\"}",
         "tollgate_websocket_connections",
+        "tollgate_bus_listeners",
         "tollgate_db_pool_connections{state=\"idle\"}",
         "tollgate_db_pool_max_connections",
     ] {

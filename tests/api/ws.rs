@@ -120,12 +120,14 @@ impl Ws {
     }
 }
 
-/// A viewer of `org` subscribed (operation id "u") to `query`, given a moment to take effect.
+/// A viewer of `org` subscribed (operation id "u") to `query`, once the subscription listens (it
+/// must be the only one of its kind, or it would join an execution already counted).
 async fn subscribed_viewer(app: &TestApp, org: &str, query: &str) -> Ws {
+    let before = app.state.engine.bus.listeners();
     let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     ws.init(bearer(&app.tenant_token(org, Role::Viewer))).await;
     ws.subscribe("u", query, json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.until_listening(before + 1).await;
     ws
 }
 
@@ -271,9 +273,10 @@ async fn legacy_protocol_works(app: TestApp) {
         Event::Msg(json!({ "type": "connection_ack" }))
     );
     assert_eq!(ws.next().await, Event::Msg(json!({ "type": "ka" })));
+    let before = app.state.engine.bus.listeners();
     ws.send(json!({ "type": "start", "id": "a", "payload": { "query": ALERTS } }))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.until_listening(before + 1).await;
     app.record(&service, "bookings", "85").await;
     let data = ws.message().await;
     assert_eq!(data["type"], "data", "{data}");
@@ -297,6 +300,7 @@ async fn alerts_reach_only_their_tenant(app: TestApp) {
     let a = app.create_org("alpha", "basic").await;
     let b = app.create_org("bravo", "basic").await;
     let started_at = chrono::Utc::now();
+    let before = app.state.engine.bus.listeners();
     let mut wa = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     wa.init(bearer(&app.tenant_token(&a, Role::Viewer))).await;
     wa.subscribe("a", ALERTS, json!({})).await;
@@ -315,7 +319,8 @@ async fn alerts_reach_only_their_tenant(app: TestApp) {
     assert_eq!(foreign["type"], "error", "{foreign}");
     assert_eq!(foreign["payload"], ghost["payload"]);
     assert_eq!(foreign["payload"][0]["extensions"]["code"], "NOT_FOUND");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Alpha's viewer, bravo's and the platform's.
+    app.until_listening(before + 3).await;
 
     let service = app.tenant_token(&a, Role::Service);
     let mut latencies = Vec::new();
@@ -386,6 +391,7 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
         ws.init(bearer(&token)).await;
         ws
     };
+    let listening = app.state.engine.bus.listeners();
     let mut v1 = connect(app.tenant_token(&a, Role::Viewer)).await;
     let mut v2 = connect(app.tenant_token(&a, Role::Viewer)).await;
     let mut admin = connect(app.tenant_token(&a, Role::Admin)).await;
@@ -415,6 +421,8 @@ async fn identical_subscriptions_execute_once(app: TestApp) {
         .await;
     v2.subscribe("t", ALERTS, json!({ "since": null })).await;
     executions(&app, 4).await;
+    // Each execution has its own receiver, the replaying one too.
+    app.until_listening(listening + 5).await;
 
     let service = app.tenant_token(&a, Role::Service);
     app.record(&service, "bookings", "85").await;

@@ -19,7 +19,7 @@ function fail(message) {
   process.exit(1);
 }
 
-// Resolves once the socket is acknowledged, then a little more so the subscription is registered.
+// `ready` resolves once the socket is acknowledged.
 function subscriber(name, token) {
   const received = [];
   let notify = () => {};
@@ -76,10 +76,24 @@ async function record(quantity) {
   return performance.now();
 }
 
+// Receivers of the server's event bus, from its Prometheus metrics.
+async function listeners() {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('tollgate_bus_listeners '));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+// Both subscriptions listen before anything is recorded (a fixed pause is a guess a loaded machine
+// can lose).
+const before = await listeners();
 const a = subscriber('A', viewerA);
 const b = subscriber('B', viewerB);
 await Promise.all([a.ready, b.ready]);
-await new Promise((r) => setTimeout(r, 300));
+const deadline = performance.now() + 20000;
+while ((await listeners()) < before + 2) {
+  if (performance.now() > deadline) fail('the subscriptions never started listening');
+  await new Promise((r) => setTimeout(r, 10));
+}
 
 const latencies = [];
 for (const [quantity, kind] of [['85', 'NEAR_LIMIT'], ['20', 'LIMIT_EXCEEDED']]) {
