@@ -190,8 +190,9 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         txn.rollback().await?;
         return Ok(saved);
     }
+    let saved_before = before.is_some();
     let reason = reason.unwrap_or_else(|| {
-        if before.is_some() {
+        if saved_before {
             "plan updated"
         } else {
             "plan created"
@@ -212,18 +213,20 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         },
     )
     .await?;
-    // Every organization on this plan now has other limits: every replica drops its cached
-    // entitlement state (this one at once, the others when the notification arrives).
-    if engine.db.is_postgres() {
-        store::notify(
-            &txn,
-            crate::alerts::CHANNEL,
-            &crate::alerts::encode_plans_changed(),
-        )
-        .await?;
-    }
-    txn.commit().await?;
-    engine.cache.clear();
+    // Every organization on this plan now has other limits: its stored flags are re-evaluated in
+    // this transaction (counters still equal what recompute derives from the ledger), alerts whose
+    // conditions now hold are raised, and every replica drops its cached entitlement state (this
+    // one at once, the others when the notification arrives).
+    let affected = if saved_before {
+        engine.reevaluate_plan(&txn, viewer.scope(), id).await?
+    } else {
+        Vec::new()
+    };
+    let changes: Vec<_> = affected
+        .iter()
+        .map(|(org, alerts)| (*org, alerts.as_slice()))
+        .collect();
+    engine.commit_and_publish_all(txn, &changes, true).await?;
     Ok(saved)
 }
 

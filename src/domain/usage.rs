@@ -557,20 +557,49 @@ impl Engine {
         org: OrganizationId,
         alerts: &[usage_alert::Model],
     ) -> AppResult<()> {
-        for a in alerts {
+        self.commit_and_publish_all(txn, &[(org, alerts)], false)
+            .await
+    }
+
+    /// Commits changes to several organizations (and, with `plans_changed`, to a plan's limits),
+    /// then publishes them as `commit_and_publish` does for one.
+    pub async fn commit_and_publish_all(
+        &self,
+        txn: crate::store::db::WriteTxn,
+        changes: &[(OrganizationId, &[usage_alert::Model])],
+        plans_changed: bool,
+    ) -> AppResult<()> {
+        for a in changes.iter().flat_map(|(_, alerts)| alerts.iter()) {
             metrics::counter!("tollgate_alerts_total", "kind" => a.kind.to_value()).increment(1);
         }
+        let invalidate = || {
+            if plans_changed {
+                self.cache.clear();
+            } else {
+                for (org, _) in changes {
+                    self.cache.invalidate(*org);
+                }
+            }
+        };
         if self.db.is_postgres() {
-            for payload in crate::alerts::encode(org, alerts) {
+            for (org, alerts) in changes {
+                for payload in crate::alerts::encode(*org, alerts) {
+                    store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
+                }
+            }
+            if plans_changed {
+                let payload = crate::alerts::encode_plans_changed();
                 store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
             }
             txn.commit().await?;
             // Before the answer leaves: this replica's next read sees the write.
-            self.cache.invalidate(org);
+            invalidate();
         } else {
             txn.commit().await?;
-            self.cache.invalidate(org);
-            self.publish(org, alerts);
+            invalidate();
+            for (org, alerts) in changes {
+                self.publish(*org, alerts);
+            }
         }
         Ok(())
     }
@@ -1035,6 +1064,40 @@ impl Engine {
         )
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("ledger insert refused")))
+    }
+
+    /// After a plan's limits change: re-evaluates the current period of every organization on the
+    /// plan that has one (the stored flags follow the new limits, and alerts whose conditions now
+    /// hold are raised; not re-armed, as the organizations keep their plan). Organizations are taken
+    /// in id order, so two such transactions cannot lock them in opposite orders.
+    pub(super) async fn reevaluate_plan(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        plan_id: Uuid,
+    ) -> AppResult<Vec<(OrganizationId, Vec<usage_alert::Model>)>> {
+        let period = Period::current();
+        let rows = store::query_all(
+            txn,
+            "SELECT u.organization_id AS id FROM organization_usage u \
+             JOIN organizations o ON o.id = u.organization_id \
+             WHERE o.plan_id = $1 AND u.period_start = $2 ORDER BY u.organization_id",
+            vec![plan_id.into(), period.start.into()],
+        )
+        .await?;
+        let rules = plan_rules(txn, Some(plan_id)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let org = OrganizationId(row.try_get::<Uuid>("", "id")?);
+            let Some(epoch) = store::ledger::lock_period(txn, scope, org, period).await? else {
+                continue;
+            };
+            let alerts = self
+                .reevaluate(txn, scope, org, period, epoch, &rules, None)
+                .await?;
+            out.push((org, alerts));
+        }
+        Ok(out)
     }
 
     /// Re-evaluates every metric of the current period after a plan change (alerts re-armed).

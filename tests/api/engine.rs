@@ -983,3 +983,64 @@ async fn plan_changes_are_audited(app: TestApp) {
     );
 }
 both_engines!(plan_audit, super::plan_changes_are_audited);
+
+/// DESIGN invariant 2 across a plan's new limits: the stored flags of every organization on the plan
+/// follow them in the same transaction (recompute finds nothing to repair), and alerts whose
+/// conditions now hold are raised.
+async fn a_plans_new_limits_reach_its_organizations(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let other = app.create_org("idle", "basic").await;
+    let service = app.tenant_token(&org, Role::Service);
+    app.record(&service, "bookings", "50").await;
+    let mut alerts = crate::ws::Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    alerts
+        .init(crate::ws::bearer(&app.tenant_token(&org, Role::Viewer)))
+        .await;
+    let listening = app.state.engine.bus.listeners();
+    alerts.subscribe("a", crate::ws::ALERTS, json!({})).await;
+    app.until_listening(listening + 1).await;
+
+    app.upsert_plan(
+        "basic",
+        "Basic",
+        1,
+        "49",
+        "included: \"40\", enforcement: HARD",
+    )
+    .await;
+    let (ok, out) = recompute_cli(&app, &["--check"]).await;
+    assert!(ok, "recompute found differences after upsertPlan:\n{out}");
+    let flags = "{ organization { usage { hasExceededLimits exceededLimitsDetails } } }";
+    let viewer = app.tenant_token(&org, Role::Viewer);
+    let usage = app.ok(&viewer, flags, json!({})).await;
+    assert_eq!(
+        usage["organization"]["usage"]["hasExceededLimits"], true,
+        "{usage}"
+    );
+    let kinds: Vec<Value> = [alerts.message().await, alerts.message().await]
+        .iter()
+        .map(|m| m["payload"]["data"]["usageAlerts"]["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("NEAR_LIMIT"), json!("LIMIT_EXCEEDED")]);
+    let idle = app.tenant_token(&other, Role::Viewer);
+    let usage = app.ok(&idle, flags, json!({})).await;
+    assert_eq!(usage["organization"]["usage"]["hasExceededLimits"], false);
+
+    // Raised again: nothing is exceeded any more, and recompute still agrees.
+    app.upsert_plan(
+        "basic",
+        "Basic",
+        1,
+        "49",
+        "included: \"100\", enforcement: HARD",
+    )
+    .await;
+    let (ok, out) = recompute_cli(&app, &["--check"]).await;
+    assert!(ok, "{out}");
+    let usage = app.ok(&viewer, flags, json!({})).await;
+    assert_eq!(usage["organization"]["usage"]["hasExceededLimits"], false);
+}
+both_engines!(
+    plan_limits_reach_flags,
+    super::a_plans_new_limits_reach_its_organizations
+);
