@@ -74,6 +74,9 @@ pub struct Registry {
     max_per_tenant: usize,
 }
 
+/// How often, at most, a platform-team member's connection checks it is still one.
+const PLATFORM_RECHECK: Duration = Duration::from_secs(5);
+
 /// One connection's place in the registry, given back on drop.
 pub struct Slot {
     registry: Arc<Registry>,
@@ -237,6 +240,11 @@ pub async fn serve(
         settings.ws_keepalive,
     );
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A platform-team member's connection sees every organization: its membership is checked again
+    // this often, and the connection closes once it is gone (HTTP checks on every request).
+    let recheck_every = settings.ws_keepalive.min(PLATFORM_RECHECK);
+    let mut recheck = tokio::time::interval_at(Instant::now() + recheck_every, recheck_every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Made once and kept: a fresh `changed()` each turn would register with the shutdown signal,
     // shared by every connection, on each delivery.
@@ -296,6 +304,17 @@ pub async fn serve(
             }
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
+            }
+            _ = recheck.tick(), if conn.viewer.as_ref().is_some_and(|v| v.platform) => {
+                if let Some(v) = &conn.viewer
+                    && let Ok(false) =
+                        crate::store::team::is_member(conn.state.engine.db.pool(), &v.sub).await
+                {
+                    break Some(Close::new(
+                        4403,
+                        "Forbidden: no longer a member of the platform team",
+                    ));
+                }
             }
             _ = keepalive.tick(), if conn.viewer.is_some() => {
                 let ping = match conn.protocol {

@@ -227,6 +227,38 @@ both_engines!(
     &["--ws-init-timeout", "1s"]
 );
 
+async fn platform_removal_closes_its_sockets(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let mut platform = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    platform.init(bearer(&app.platform_token())).await;
+    platform.subscribe("p", ALERTS, json!({})).await;
+    let mut tenant = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    tenant
+        .init(bearer(&app.tenant_token(&org, Role::Viewer)))
+        .await;
+    // Still a member: the connection stays (keep-alive pings only).
+    assert!(matches!(
+        platform.next_within(Duration::from_millis(2500)).await,
+        Some(Event::Msg(m)) if m["type"] == "ping"
+    ));
+    tollgate::store::team::remove(&app.state.engine.db, crate::helpers::PLATFORM_SUB)
+        .await
+        .unwrap();
+    let removed = Instant::now();
+    assert_eq!(platform.closed_with().await, 4403);
+    assert!(removed.elapsed() < Duration::from_secs(5));
+    // A tenant's connection does not depend on the platform team.
+    assert!(matches!(
+        tenant.next_within(Duration::from_millis(1500)).await,
+        Some(Event::Msg(m)) if m["type"] == "ping"
+    ));
+}
+both_engines!(
+    platform_removal,
+    super::platform_removal_closes_its_sockets,
+    &["--ws-keepalive", "1s"]
+);
+
 async fn keepalive_and_expiry(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     // The server pings an idle connection (here every second), and the client's pong is accepted.
