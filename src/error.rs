@@ -70,6 +70,12 @@ impl AppError {
 
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
+        if matches!(&err, DbErr::Custom(m) if m == crate::store::ledger::COUNTER_OVERFLOW) {
+            let largest = rust_decimal::Decimal::new(i64::MAX, crate::domain::types::SCALE);
+            return AppError::bad_input(format!(
+                "this would take the counter past the largest value it can hold ({largest})"
+            ));
+        }
         AppError::Internal(anyhow::Error::new(err).context("database error"))
     }
 }

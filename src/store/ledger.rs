@@ -200,10 +200,34 @@ pub async fn change_counter<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(None);
     }
-    let (set, new_used, amount) = match change {
-        CounterChange::Add(d) => ("used = used + $4", "used + $4", d),
-        CounterChange::Set(v) => ("used = $4", "$4", v),
-        CounterChange::Credit(d) => ("credits = credits + $4", "used", d),
+    // `used + credits` stays within a BIGINT: the guard refuses a change that would leave it (an
+    // overflow would otherwise fail the statement on Postgres and turn the value into a REAL on
+    // SQLite), and the cap is compared without adding (used - credits <= cap - delta).
+    let (set, guard, capped) = match change {
+        CounterChange::Add(d) if d >= 0 => (
+            "used = used + $4",
+            format!(" AND used <= {} - $4", i64::MAX),
+            "used - credits <= $6 - $4",
+        ),
+        CounterChange::Add(_) => (
+            "used = used + $4",
+            format!(" AND used >= {} - $4", i64::MIN),
+            "used - credits <= $6 - $4",
+        ),
+        CounterChange::Set(_) => ("used = $4", String::new(), "$4 - credits <= $6"),
+        CounterChange::Credit(d) if d >= 0 => (
+            "credits = credits + $4",
+            format!(" AND credits <= {} - $4", i64::MAX),
+            "used - credits <= $6",
+        ),
+        CounterChange::Credit(_) => (
+            "credits = credits + $4",
+            format!(" AND credits >= {} - $4", i64::MIN),
+            "used - credits <= $6",
+        ),
+    };
+    let amount = match change {
+        CounterChange::Add(v) | CounterChange::Set(v) | CounterChange::Credit(v) => v,
     };
     let mut values: Vec<Value> = vec![
         org.0.into(),
@@ -215,24 +239,49 @@ pub async fn change_counter<C: ConnectionTrait>(
     let cap = match hard_cap {
         Some(cap) => {
             values.push(cap.into());
-            format!(" AND {new_used} <= $6 + credits")
+            format!(" AND {capped}")
         }
         None => String::new(),
     };
     let sql = format!(
         "UPDATE usage_counters SET {set}, updated_at = $5 \
-         WHERE organization_id = $1 AND period_start = $2 AND metric_code = $3{cap} \
+         WHERE organization_id = $1 AND period_start = $2 AND metric_code = $3{guard}{cap} \
          RETURNING used, credits"
     );
     let row = query_one(db, &sql, values).await?;
-    row.map(|r| {
-        Ok((
+    if let Some(r) = row {
+        return Ok(Some((
             r.try_get::<i64>("", "used")?,
             r.try_get::<i64>("", "credits")?,
-        ))
-    })
-    .transpose()
+        )));
+    }
+    // Refused: by the cap, or by the guard (told apart here, off the common path).
+    let current = query_one(
+        db,
+        "SELECT used, credits FROM usage_counters \
+         WHERE organization_id = $1 AND period_start = $2 AND metric_code = $3",
+        vec![org.0.into(), period.start.into(), metric.into()],
+    )
+    .await?;
+    if let Some(r) = current {
+        let (used, credits) = (
+            r.try_get::<i64>("", "used")?,
+            r.try_get::<i64>("", "credits")?,
+        );
+        let overflows = match change {
+            CounterChange::Add(d) => used.checked_add(d).is_none(),
+            CounterChange::Credit(d) => credits.checked_add(d).is_none(),
+            CounterChange::Set(_) => false,
+        };
+        if overflows {
+            return Err(DbErr::Custom(COUNTER_OVERFLOW.to_owned()));
+        }
+    }
+    Ok(None)
 }
+
+/// The error of a change that would take a counter past the largest value it can hold.
+pub const COUNTER_OVERFLOW: &str = "tollgate: counter overflow";
 
 /// Writes the seed's flags on the period row.
 pub async fn write_flags<C: ConnectionTrait>(

@@ -1044,3 +1044,48 @@ both_engines!(
     plan_limits_reach_flags,
     super::a_plans_new_limits_reach_its_organizations
 );
+
+/// A counter near the largest value it can hold: a recording past it is bad input, on both engines,
+/// and nothing of it (nor of its batch) is written.
+async fn a_counter_never_overflows(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let service = app.tenant_token(&org, Role::Service);
+    app.record(&service, "revenue", "1").await;
+    app.sql(&format!(
+        "UPDATE usage_counters SET used = {} WHERE metric_code = 'revenue'",
+        i64::MAX - 5_000
+    ))
+    .await;
+    let events = "{ organization { usageEvents(first: 10) { nodes { quantity } } } }";
+    let before = app.ok(&service, events, json!({})).await;
+    let refused = app.record(&service, "revenue", "1").await;
+    assert_eq!(code(&refused), Some("BAD_USER_INPUT"), "{refused}");
+    let batch = app
+        .gql(
+            &service,
+            "mutation { recordUsageBatch(inputs: [{metric: \"bookings\", quantity: \"1\"}, {metric: \"revenue\", quantity: \"1\"}]) { accepted } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&batch), Some("BAD_USER_INPUT"), "{batch}");
+    assert_eq!(app.ok(&service, events, json!({})).await, before);
+    // What still fits is recorded.
+    let fits = app.record(&service, "revenue", "0.4").await;
+    assert!(fits.get("errors").is_none(), "{fits}");
+    let usage = app
+        .ok(
+            &service,
+            "{ organization { usage { metrics { metric { code } used } } } }",
+            json!({}),
+        )
+        .await;
+    let revenue = usage["organization"]["usage"]["metrics"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["metric"]["code"] == "revenue"))
+        .cloned();
+    assert_eq!(
+        revenue.map(|m| m["used"].clone()),
+        Some(json!("922337203685477.4807"))
+    );
+}
+both_engines!(no_overflow, super::a_counter_never_overflows);
