@@ -267,7 +267,12 @@ pub async fn serve(
             incoming = socket.recv() => {
                 let text = match incoming {
                     None | Some(Err(_)) => break None,
-                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Close(_))) => {
+                        // The client closed: answer its close frame (the WebSocket library has
+                        // queued the echo of its code; closing the sink sends it).
+                        let _ = futures_util::SinkExt::close(&mut socket).await;
+                        break None;
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
                         break Some(Close::new(4400, "Binary messages are not supported"));

@@ -259,6 +259,26 @@ both_engines!(
     &["--ws-keepalive", "1s"]
 );
 
+/// RFC 6455 5.5.1: a close frame from the client is answered with one, echoing its code.
+async fn a_client_close_is_answered(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = Ws::connect(app.addr, Some(protocol)).await;
+        ws.send(json!({ "type": "connection_init", "payload": bearer(&app.tenant_token(&org, Role::Viewer)) }))
+            .await;
+        assert_eq!(ws.message().await["type"], "connection_ack");
+        ws.socket
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 4000.into(),
+                reason: "bye".into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ws.closed_with().await, 4000, "{protocol}");
+    }
+}
+both_engines!(client_close, super::a_client_close_is_answered);
+
 async fn keepalive_and_expiry(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     // The server pings an idle connection (here every second), and the client's pong is accepted.
