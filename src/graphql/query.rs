@@ -143,11 +143,11 @@ impl Query {
     async fn plans(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = false)] include_inactive: bool,
+        #[graphql(default_with = "Some(false)")] include_inactive: Option<bool>,
     ) -> Result<Vec<Plan>> {
         let rc = request_ctx(ctx)?;
         rc.viewer()?;
-        let plans = store::catalog::plans(&rc.engine.db, include_inactive)
+        let plans = store::catalog::plans(&rc.engine.db, include_inactive.unwrap_or(false))
             .await
             .map_err(AppError::from)?;
         let ids: Vec<uuid::Uuid> = plans.iter().map(|p| p.id).collect();

@@ -79,10 +79,9 @@ fn check_inputs(
         match ours.iter().find(|o| &o.node.name.node == name) {
             None => problems.push(format!("{ctx}: missing argument/field {name}")),
             Some(o) => {
-                let widened_by_default = o.node.default_value.is_some();
-                if !(input_compatible(&o.node.ty.node, &t.node.ty.node)
-                    || (widened_by_default && o.node.ty.node.base == t.node.ty.node.base))
-                {
+                // A default does not make `X!` accept what `X` does: an explicit null (or a null
+                // variable) is still refused.
+                if !input_compatible(&o.node.ty.node, &t.node.ty.node) {
                     problems.push(format!(
                         "{ctx}.{name}: {} is not compatible with {}",
                         o.node.ty.node, t.node.ty.node
@@ -222,4 +221,19 @@ fn the_checker_notices_a_break() {
         &q.fields[1].node.ty.node,
         &q.fields[0].node.ty.node
     ));
+    // An input may be wider, never narrower, even with a default.
+    let args =
+        parse_schema("type Q { f(narrow: Boolean! = false, wide: Boolean = false): Int }").unwrap();
+    let TypeSystemDefinition::Type(q) = &args.definitions[0] else {
+        panic!()
+    };
+    let TypeKind::Object(q) = &q.node.kind else {
+        panic!()
+    };
+    let (narrow, wide) = (
+        &q.fields[0].node.arguments[0].node.ty.node,
+        &q.fields[0].node.arguments[1].node.ty.node,
+    );
+    assert!(!input_compatible(narrow, wide));
+    assert!(input_compatible(wide, narrow));
 }

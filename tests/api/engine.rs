@@ -1089,3 +1089,46 @@ async fn a_counter_never_overflows(app: TestApp) {
     );
 }
 both_engines!(no_overflow, super::a_counter_never_overflows);
+
+/// `plans(includeInactive: Boolean = false)` as the contract has it: left out, null or false hide the
+/// inactive plans; true lists them too.
+async fn plans_list_the_active_ones_unless_asked(app: TestApp) {
+    let platform = app.platform_token();
+    app.ok(
+        &platform,
+        "mutation { upsertPlan(input: {code: \"legacy\", name: \"Legacy\", rank: 9, priceMonthly: \"5\", active: false, limits: []}) { code } }",
+        json!({}),
+    )
+    .await;
+    let org = app.create_org("acme", "basic").await;
+    let viewer = app.tenant_token(&org, Role::Viewer);
+    let codes = |v: &Value| -> Vec<String> {
+        v["plans"]
+            .as_array()
+            .expect("plans")
+            .iter()
+            .map(|p| p["code"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let q = "query($i: Boolean) { plans(includeInactive: $i) { code } }";
+    for hidden in [json!({}), json!({ "i": null }), json!({ "i": false })] {
+        let listed = codes(&app.ok(&viewer, q, hidden.clone()).await);
+        assert!(
+            !listed.contains(&"legacy".to_owned()),
+            "{hidden}: {listed:?}"
+        );
+        assert!(listed.contains(&"basic".to_owned()));
+    }
+    let literal = codes(
+        &app.ok(
+            &viewer,
+            "{ plans(includeInactive: null) { code } }",
+            json!({}),
+        )
+        .await,
+    );
+    assert!(!literal.contains(&"legacy".to_owned()));
+    let all = codes(&app.ok(&viewer, q, json!({ "i": true })).await);
+    assert!(all.contains(&"legacy".to_owned()), "{all:?}");
+}
+both_engines!(plans_list, super::plans_list_the_active_ones_unless_asked);
