@@ -568,15 +568,24 @@ fn utilization_condition(pct_param: Option<usize>) -> String {
         ),
         None => format!("c.used > {allowance}"),
     };
+    // A limited metric that nothing was recorded for has no counter, and its utilization is 0: at
+    // or under 0 percent, every organization with a limited metric qualifies.
+    let unrecorded = match pct_param {
+        Some(p) => format!(
+            "(${p} <= 0 AND EXISTS (SELECT 1 FROM plan_limits l0 \
+               WHERE l0.plan_id = o.plan_id AND l0.included IS NOT NULL)) OR "
+        ),
+        None => String::new(),
+    };
     format!(
-        "EXISTS (SELECT 1 FROM usage_counters c \
+        "({unrecorded}EXISTS (SELECT 1 FROM usage_counters c \
            JOIN plan_limits l ON l.plan_id = o.plan_id AND l.metric_code = c.metric_code \
            JOIN metrics m ON m.code = c.metric_code \
            WHERE c.organization_id = o.id AND l.included IS NOT NULL \
              AND (c.period_start = $1 OR (m.kind = 'GAUGE' AND c.period_start = \
                (SELECT MAX(c2.period_start) FROM usage_counters c2 \
                 WHERE c2.organization_id = o.id AND c2.metric_code = c.metric_code AND c2.period_start <= $1))) \
-             AND ({test}))"
+             AND ({test})))"
     )
 }
 

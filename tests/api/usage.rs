@@ -221,8 +221,18 @@ async fn summaries_filter_in_sql(app: TestApp) {
             .map(|n| n["organization"]["slug"].as_str().unwrap().to_owned())
             .collect()
     };
+    app.create_org("idle", "basic").await;
+    app.create_org("unlimited", "enterprise").await;
     let all = app.ok(&platform, q, json!({})).await;
-    assert_eq!(slugs(&all), ["busy", "quiet"]);
+    assert_eq!(slugs(&all), ["busy", "idle", "quiet", "unlimited"]);
+    // At 0 (or under) an organization with nothing recorded counts: its utilization is 0; one
+    // whose plan limits nothing has no utilization to compare.
+    for m in [0.0, -5.0] {
+        let zero = app.ok(&platform, q, json!({ "m": m })).await;
+        assert_eq!(slugs(&zero), ["busy", "idle", "quiet"], "{m}");
+    }
+    let some = app.ok(&platform, q, json!({ "m": 0.01 })).await;
+    assert_eq!(slugs(&some), ["busy", "quiet"]);
     let near = app.ok(&platform, q, json!({ "m": 80.0 })).await;
     assert_eq!(slugs(&near), ["busy"]);
     assert_eq!(near["usageSummaries"]["totalCount"], 1);
