@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::domain::usage::Engine;
-use crate::graphql::{TollgateSchema, build_schema};
+use crate::graphql::{TollgateSchema, build_schema_with};
 use crate::{http, store};
 
 /// Everything handlers share; cheap to clone behind an Arc.
@@ -65,11 +65,12 @@ impl AppState {
     ) -> Self {
         crate::telemetry::handle();
         let engine = Engine::new(db, &settings);
-        let schema = build_schema(&settings);
+        let documents: Arc<crate::graphql::documents::Documents> = Arc::default();
+        let schema = build_schema_with(&settings, documents.clone());
         AppState {
             ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
             subscriptions: Arc::default(),
-            documents: Arc::default(),
+            documents,
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,

@@ -114,10 +114,7 @@ fn status_for(media: &'static str, resp: &BatchResponse) -> StatusCode {
         BatchResponse::Single(r) => r,
         BatchResponse::Batch(_) => return StatusCode::OK,
     };
-    let request_failed = matches!(single.data, async_graphql::Value::Null)
-        && !single.errors.is_empty()
-        && single.errors.iter().all(|e| e.path.is_empty());
-    if !request_failed {
+    if !failed_before_execution(single) {
         return StatusCode::OK;
     }
     let code_of = |e: &async_graphql::ServerError| {
@@ -135,6 +132,14 @@ fn status_for(media: &'static str, resp: &BatchResponse) -> StatusCode {
     } else {
         StatusCode::BAD_REQUEST
     }
+}
+
+/// A request error (it did not parse or validate, or named no operation): no data, and errors
+/// without a path.
+fn failed_before_execution(resp: &async_graphql::Response) -> bool {
+    matches!(resp.data, async_graphql::Value::Null)
+        && !resp.errors.is_empty()
+        && resp.errors.iter().all(|e| e.path.is_empty())
 }
 
 async fn execute(
@@ -177,11 +182,15 @@ async fn execute(
         batch = n,
         status = tracing::field::Empty
     );
-    let resp = state
+    let mut resp = state
         .schema
         .execute_batch(batch)
         .instrument(span.clone())
         .await;
+    match &mut resp {
+        BatchResponse::Single(r) => crate::graphql::with_codes(r),
+        BatchResponse::Batch(rs) => rs.iter_mut().for_each(crate::graphql::with_codes),
+    }
     for db in handles {
         db.release().await;
     }
@@ -192,14 +201,32 @@ async fn execute(
     metrics::histogram!("tollgate_graphql_request_duration_seconds", "operation" => operation)
         .record(started.elapsed().as_secs_f64());
     let status = status_for(media, &resp);
-    if status == StatusCode::OK {
+    let stripped = match &resp {
+        BatchResponse::Single(r) => failed_before_execution(r),
+        BatchResponse::Batch(rs) => rs.iter().any(failed_before_execution),
+    };
+    if !stripped {
         return json_response(status, media, &resp);
     }
-    // A request that failed before execution has no data entry at all (GraphQL over HTTP).
+    // A request that failed before execution has no data entry at all (the GraphQL specification,
+    // whichever the media type).
     let mut body =
         serde_json::to_value(&resp).unwrap_or_else(|_| error_body("internal error", "INTERNAL"));
-    if let Some(obj) = body.as_object_mut() {
-        obj.remove("data");
+    let strip = |v: &mut serde_json::Value| {
+        let failed = v
+            .get("errors")
+            .and_then(|e| e.as_array())
+            .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e.get("path").is_none()));
+        if failed
+            && v.get("data").is_some_and(serde_json::Value::is_null)
+            && let Some(obj) = v.as_object_mut()
+        {
+            obj.remove("data");
+        }
+    };
+    match body.as_array_mut() {
+        Some(items) => items.iter_mut().for_each(strip),
+        None => strip(&mut body),
     }
     json_response(status, media, &body)
 }

@@ -1,6 +1,7 @@
 //! The GraphQL API: schema, request context, and the tenant gate. Only this module (and `http`)
 //! import async-graphql. Resolvers are thin: they parse arguments, call `domain`, shape the answer.
 
+pub mod completion;
 pub mod documents;
 pub mod loaders;
 pub mod mutation;
@@ -12,7 +13,9 @@ pub mod types;
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+};
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{
     Context, Pos, Positioned, SDLExportOptions, Schema, ServerError, ServerResult, Variables,
@@ -137,16 +140,55 @@ pub fn cursor_decode<T: DeserializeOwned>(cursor: &str) -> async_graphql::Result
 
 /// Builds the schema with its limits. Migrations are not a side effect of this.
 pub fn build_schema(settings: &Settings) -> TollgateSchema {
+    build_schema_with(settings, Arc::default())
+}
+
+/// The schema, completing responses with the parsed documents of `documents` (shared with the
+/// transports, which fill it).
+pub fn build_schema_with(
+    settings: &Settings,
+    documents: Arc<documents::Documents>,
+) -> TollgateSchema {
+    let types: Arc<std::sync::OnceLock<completion::OutputTypes>> = Arc::default();
+    let gate = TenantGate {
+        documents,
+        types: types.clone(),
+    };
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .limit_depth(settings.max_depth)
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(64)
         .disable_suggestions()
-        .extension(TenantGate);
+        .extension(gate);
     if !settings.introspection {
         builder = builder.disable_introspection();
     }
-    builder.finish()
+    let schema = builder.finish();
+    // The output fields' types, for completing responses (the SDL is the schema's own account).
+    let _ = types.set(completion::OutputTypes::from_sdl(&schema.sdl()).unwrap_or_default());
+    schema
+}
+
+/// Gives every error a code (DESIGN.md: errors carry `extensions.code`). Ours always have one; the
+/// executor's own do not: a request that does not parse or validate, an unknown operation, a
+/// variable or argument that does not coerce (BAD_USER_INPUT). An error at a path that is none of
+/// these is the server's (INTERNAL).
+pub fn with_codes(resp: &mut async_graphql::Response) {
+    for e in &mut resp.errors {
+        if e.extensions
+            .as_ref()
+            .is_some_and(|x| x.get("code").is_some())
+        {
+            continue;
+        }
+        let input = e.path.is_empty()
+            || e.message.starts_with("Failed to parse")
+            || e.message.starts_with("Invalid value");
+        let code = if input { "BAD_USER_INPUT" } else { "INTERNAL" };
+        e.extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
 }
 
 /// The sorted SDL, as committed in schema.graphql.
@@ -161,16 +203,29 @@ pub fn sdl(schema: &TollgateSchema) -> String {
 
 /// Rejects, before validation, what the caller may not even know about: without a token anything but
 /// introspection (UNAUTHENTICATED); for a tenant the platform-only fields, with exactly the message an
-/// unknown field gets.
-struct TenantGate;
+/// unknown field gets. After execution, completes the response as the specification asks (see
+/// `completion`).
+struct TenantGate {
+    documents: Arc<documents::Documents>,
+    types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
+}
 
 impl ExtensionFactory for TenantGate {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(TenantGateExt)
+        Arc::new(TenantGateExt {
+            documents: self.documents.clone(),
+            types: self.types.clone(),
+            request: std::sync::Mutex::default(),
+        })
     }
 }
 
-struct TenantGateExt;
+struct TenantGateExt {
+    documents: Arc<documents::Documents>,
+    types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
+    /// The request's document text and variables, seen at parsing, for completing its response.
+    request: std::sync::Mutex<Option<(String, Variables)>>,
+}
 
 #[async_trait::async_trait]
 impl Extension for TenantGateExt {
@@ -182,6 +237,9 @@ impl Extension for TenantGateExt {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
+        if let Ok(mut seen) = self.request.lock() {
+            *seen = Some((query.to_owned(), variables.clone()));
+        }
         let viewer = ctx.data_opt::<RequestCtx>().and_then(|r| r.viewer.as_ref());
         let mut roots: Vec<(
             &'static str,
@@ -229,6 +287,22 @@ impl Extension for TenantGateExt {
             Some(_) => {}
         }
         Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut resp = next.run(ctx, operation_name).await;
+        let seen = self.request.lock().ok().and_then(|mut s| s.take());
+        if let (Some((query, variables)), Some(types)) = (seen, self.types.get())
+            && let Some(doc) = self.documents.parsed(&query)
+        {
+            completion::complete(types, &doc, operation_name, &variables, &mut resp);
+        }
+        resp
     }
 }
 

@@ -604,11 +604,12 @@ fn execute(
     let responses = state
         .schema
         .execute_stream(request.data(ctx))
-        .then(move |resp| {
+        .then(move |mut resp| {
             let (db, loaders) = (db.clone(), loaders.clone());
             async move {
                 db.release().await;
                 RequestCtx::forget(&loaders);
+                crate::graphql::with_codes(&mut resp);
                 resp
             }
         });

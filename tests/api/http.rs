@@ -175,3 +175,114 @@ async fn limits_are_enforced() {
         "{body}"
     );
 }
+
+/// Responses as the GraphQL specification completes them: a failed nullable field answers null, a
+/// failed non-null field makes its nearest nullable ancestor null (here all of data), fields come in
+/// the order the query asked for them, and every error carries a code.
+async fn responses_are_complete_and_ordered(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let admin = app.tenant_token(&org, tollgate::domain::Role::Admin);
+    let platform = app.platform_token();
+    let raw = |token: String, query: String| {
+        let c = app.client.clone();
+        let url = app.url("/graphql");
+        async move {
+            c.post(url)
+                .bearer_auth(token)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let ghost = uuid::Uuid::new_v4();
+    let body = raw(
+        platform.clone(),
+        format!(
+            "{{ viewer {{ userId }} organization(id: \"{ghost}\") {{ id }} plans {{ code }} }}"
+        ),
+    )
+    .await;
+    assert!(
+        body.starts_with(r#"{"data":{"viewer":{"userId":"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#""organization":null,"plans":[{"code":"basic"}"#),
+        "{body}"
+    );
+    assert!(body.contains(r#""code":"NOT_FOUND""#), "{body}");
+    let body = raw(
+        platform.clone(),
+        format!("{{ organization(id: \"{ghost}\") {{ id }} }}"),
+    )
+    .await;
+    assert!(
+        body.starts_with(r#"{"data":{"organization":null},"errors":"#),
+        "{body}"
+    );
+    // checkEntitlement is non-null: its failure leaves no data.
+    let body = raw(
+        admin.clone(),
+        "{ viewer { userId } checkEntitlement(metric: \"nope\") { allowed } }".into(),
+    )
+    .await;
+    assert!(body.starts_with(r#"{"data":null,"errors":"#), "{body}");
+    // Twelve aliases resolved concurrently come back in the order asked.
+    let aliases: Vec<String> = (1..=12).map(|i| format!("a{i}")).collect();
+    let query = aliases
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i % 2 == 0 {
+                format!("{a}: plans {{ code }}")
+            } else {
+                format!("{a}: organization {{ slug usage {{ hasExceededLimits }} name }}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = raw(admin.clone(), format!("{{ {query} }}")).await;
+    let positions: Vec<usize> = aliases
+        .iter()
+        .map(|a| {
+            body.find(&format!("\"{a}\":"))
+                .unwrap_or_else(|| panic!("{a}: {body}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{body}");
+    assert!(
+        body.contains(r#"{"slug":"acme","usage":{"hasExceededLimits":false},"name":"#),
+        "{body}"
+    );
+    // The executor's own errors carry a code too, and a request error has no data entry.
+    let body: serde_json::Value = serde_json::from_str(
+        &raw(
+            admin.clone(),
+            "{ checkEntitlement(metric: \"bookings\", quantity: \"abc\") { allowed } }".into(),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    for query in [
+        "{ viewer { nope } }",
+        "{ viewer { userId }",
+        "query A { viewer { userId } } query B { viewer { userId } }",
+    ] {
+        let body: serde_json::Value =
+            serde_json::from_str(&raw(admin.clone(), query.into()).await).unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{query}: {body}"
+        );
+        assert!(body.get("data").is_none(), "{query}: {body}");
+    }
+}
+both_engines!(completion, super::responses_are_complete_and_ordered);
