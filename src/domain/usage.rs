@@ -345,6 +345,15 @@ impl Engine {
         if let Some(key) = &p.key
             && let Some(first) = store::ledger::event_by_key(txn, scope, org, key).await?
         {
+            // A replay adds nothing; the same key for another recording is the client's mistake,
+            // and answering `duplicate` would silently lose that recording.
+            if first.metric_code != p.metric.as_str() || first.quantity != p.quantity.scaled() {
+                return Err(AppError::conflict(format!(
+                    "idempotency key {key:?} was already used for another recording ({} of {})",
+                    Amount::from_scaled(first.quantity).to_decimal().normalize(),
+                    first.metric_code
+                )));
+            }
             return self
                 .duplicate(txn, scope, &p.org, period, first, rule)
                 .await;

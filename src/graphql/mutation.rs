@@ -23,7 +23,8 @@ pub struct RecordUsageInput {
     metric: String,
     /// COUNTER: the amount to add (> 0). GAUGE: the new absolute value (>= 0).
     quantity: Dec,
-    /// Within one organization a key is recorded once; a replay answers the first result with duplicate: true.
+    /// Within one organization a key is recorded once; a replay (the same metric and quantity) answers
+    /// the first result with duplicate: true, and the key with another metric or quantity is a CONFLICT.
     idempotency_key: Option<String>,
     /// The caller's own handle, e.g. booking:123.
     reference: Option<String>,

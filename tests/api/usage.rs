@@ -149,6 +149,19 @@ async fn idempotency_key_counts_once(app: TestApp) {
     }
     assert_eq!(firsts, 1);
     assert_eq!(ids.len(), 1, "every replay answers the first event");
+    // The same amount written otherwise is a replay; another amount or metric under the key is a
+    // mistake, refused rather than silently dropped.
+    let again = |metric: &str, quantity: &str| {
+        format!(
+            "mutation {{ recordUsage(input: {{metric: {metric:?}, quantity: {quantity:?}, idempotencyKey: \"booking:42\"}}) {{ duplicate }} }}"
+        )
+    };
+    let replay = app.ok(&t, &again("bookings", "3.000"), json!({})).await;
+    assert_eq!(replay["recordUsage"]["duplicate"], true);
+    for (metric, quantity) in [("bookings", "4"), ("staff", "3")] {
+        let refused = app.gql(&t, &again(metric, quantity), json!({})).await;
+        assert_eq!(code(&refused), Some("CONFLICT"), "{refused}");
+    }
     let data = app
         .ok(
             &t,
