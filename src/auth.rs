@@ -95,6 +95,8 @@ impl JwtKeys {
         validation.algorithms = algorithms;
         validation.leeway = 5;
         validation.validate_exp = true;
+        // `nbf`, when a token carries it, is honoured (with the same leeway).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &s.jwt_issuer {
             Some(iss) => validation.set_issuer(&[iss]),

@@ -41,6 +41,16 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
         )
         .unwrap()
     };
+    let immature = {
+        let now = chrono::Utc::now().timestamp();
+        let c = json!({ "sub": "u", "org_id": org, "role": "ADMIN", "exp": exp, "nbf": now + 600 });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(crate::helpers::SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
     let claimless = app.token("someone", None, None);
     let bad_role = {
         let c = json!({ "sub": "u", "org_id": org, "role": "KING", "exp": exp });
@@ -56,6 +66,7 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
         ("alg none", alg_none),
         ("wrong key", other_key),
         ("expired", expired),
+        ("not valid before ten minutes from now", immature),
         ("no org_id/role", claimless),
         ("unknown role", bad_role),
     ] {
