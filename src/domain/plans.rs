@@ -294,6 +294,20 @@ pub async fn change(
                     "the organization is already on this plan",
                 ));
             }
+            // A change applies now; its recorded date may say it was agreed earlier (within the
+            // organization's life), never that it lies ahead: nothing would apply it then.
+            if let Some(d) = effective_date {
+                if d > today {
+                    return Err(AppError::bad_input(
+                        "effectiveDate may not be in the future: a plan change applies when it is made",
+                    ));
+                }
+                if d < org.created_at.date_naive() {
+                    return Err(AppError::bad_input(
+                        "effectiveDate may not be before the organization was created",
+                    ));
+                }
+            }
             let kind = match &current_plan {
                 Some(p) if target.rank <= p.rank => ChangeType::Downgrade,
                 _ => ChangeType::Upgrade,

@@ -86,7 +86,8 @@ pub struct ChangePlanInput {
     organization_id: Option<ID>,
     plan_code: String,
     reason: Option<String>,
-    /// Default: today.
+    /// The day the change was agreed: today (the default) or earlier, not before the organization
+    /// existed. A change applies when it is made; a future date is refused.
     effective_date: Option<Date>,
 }
 

@@ -66,6 +66,20 @@ async fn plan_changes_reevaluate_and_are_audited(app: TestApp) {
         change["effectiveDate"],
         Utc::now().date_naive().to_string().as_str()
     );
+    // A change applies when it is made: a date ahead, or before the organization existed, is refused.
+    for day in [
+        Utc::now().date_naive() + Duration::days(30),
+        NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+    ] {
+        let refused = app
+            .gql(
+                &admin,
+                "mutation($d: Date) { changePlan(input: {planCode: \"enterprise\", effectiveDate: $d}) { changeType } }",
+                json!({ "d": day.to_string() }),
+            )
+            .await;
+        assert_eq!(code(&refused), Some("BAD_USER_INPUT"), "{day}: {refused}");
+    }
     let u = app.ok(&admin, USAGE, json!({})).await;
     let usage = &u["organization"]["usage"];
     assert_eq!(usage["hasExceededLimits"], true);
