@@ -110,7 +110,7 @@ impl Subscription {
         organization_id: Option<ID>,
         kinds: Option<Vec<AlertKind>>,
         #[graphql(
-            desc = "Replay the stored alerts raised since this instant (at most 1000, oldest first) before the live ones, with none missed or repeated in between: what a reconnecting client passes."
+            desc = "Replay the stored alerts raised at or after this instant (at most 1000, oldest first) before the live ones, with none missed or repeated in between: what a reconnecting client passes. Inclusive, so an alert raised at that very instant is never lost: a client passing the last alert it saw receives it again, with the same id."
         )]
         since: Option<DateTime<Utc>>,
     ) -> Result<impl Stream<Item = Result<UsageAlert>>> {
