@@ -634,9 +634,9 @@ impl Engine {
         let catalog = self.catalog().await?;
         let kinds = &catalog.kinds;
         let code = MetricCode::parse(metric)?;
-        let kind = *kinds
-            .get(code.as_str())
-            .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
+        if !kinds.contains_key(code.as_str()) {
+            return Err(AppError::bad_input(format!("unknown metric {metric:?}")));
+        }
         let qty = Amount::parse("quantity", quantity.unwrap_or(Decimal::ONE))?;
         if qty.is_negative() {
             return Err(AppError::bad_input("quantity must be 0 or more"));
@@ -647,10 +647,9 @@ impl Engine {
             .find(|m| m.metric == code.as_str())
             .cloned()
             .ok_or_else(|| AppError::bad_input(format!("unknown metric {metric:?}")))?;
-        let new_used = match kind {
-            MetricKind::Counter => usage.state.used() + qty.to_decimal(),
-            MetricKind::Gauge => qty.to_decimal(),
-        };
+        // `quantity` more, as the contract asks, for either kind: for a GAUGE (venues, staff) the
+        // question a client asks is whether one more (a new venue) fits.
+        let new_used = usage.state.used() + qty.to_decimal();
         let refused = usage.state.refuses(new_used);
         let reason = refused.then(|| {
             format!(

@@ -228,6 +228,7 @@ impl Query {
     }
 
     /// Would recording `quantity` more of `metric` now be allowed, and what would remain? Records nothing.
+    /// For a GAUGE too it is `quantity` more than the current reading (can one more venue be added?).
     async fn check_entitlement(
         &self,
         ctx: &Context<'_>,

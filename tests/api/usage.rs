@@ -266,3 +266,23 @@ async fn summaries_filter_in_sql(app: TestApp) {
     assert_eq!(code(&body), Some("BAD_USER_INPUT"));
 }
 both_engines!(summaries, super::summaries_filter_in_sql);
+
+/// checkEntitlement asks about `quantity` more for a GAUGE too: with one venue of a HARD allowance
+/// of one, another does not fit (and the recording it stands for is refused).
+async fn gauge_entitlement_counts_one_more(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let service = app.tenant_token(&org, Role::Service);
+    let q = "{ checkEntitlement(metric: \"venues\") { allowed wouldExceed remaining } }";
+    let before = app.ok(&service, q, json!({})).await;
+    assert_eq!(before["checkEntitlement"]["allowed"], true, "{before}");
+    app.record(&service, "venues", "1").await;
+    let after = app.ok(&service, q, json!({})).await;
+    assert_eq!(after["checkEntitlement"]["allowed"], false, "{after}");
+    assert_eq!(after["checkEntitlement"]["wouldExceed"], true);
+    let refused = app.record(&service, "venues", "2").await;
+    assert_eq!(
+        refused["data"]["recordUsage"]["accepted"], false,
+        "{refused}"
+    );
+}
+both_engines!(gauge_entitlement, super::gauge_entitlement_counts_one_more);
