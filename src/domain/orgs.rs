@@ -67,7 +67,16 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     };
-    if input.start_trial {
+    // The first plan is a change of money and limits like any other: it is in the history too.
+    let first = match (&plan, input.start_trial) {
+        (_, true) => Some((
+            ChangeType::TrialStarted,
+            "organization created with a trial",
+        )),
+        (Some(_), false) => Some((ChangeType::Upgrade, "organization created on this plan")),
+        (None, false) => None,
+    };
+    if let Some((change_type, reason)) = first {
         store::ledger::insert_history(
             &txn,
             scope,
@@ -76,12 +85,12 @@ pub async fn create(
                 id: Uuid::now_v7(),
                 old_plan_id: None,
                 new_plan_id: org.plan_id,
-                change_type: ChangeType::TrialStarted,
+                change_type,
                 stripe_event_id: None,
                 stripe_subscription_id: None,
                 amount_paid: None,
                 effective_date: Utc::now().date_naive(),
-                reason: Some("organization created with a trial".into()),
+                reason: Some(reason.into()),
                 created_at: Utc::now(),
                 created_by: Some(viewer.sub.clone()),
             },

@@ -358,6 +358,14 @@ pub async fn change(
             if org.status == OrganizationStatus::Trialing {
                 return Err(AppError::conflict("a trial is already running"));
             }
+            // One trial per organization; the platform team may grant another.
+            if !viewer.platform
+                && store::ledger::has_history_of(&txn, scope, oid, ChangeType::TrialStarted).await?
+            {
+                return Err(AppError::conflict(
+                    "this organization has had its trial; the platform team can grant another",
+                ));
+            }
             let target = match plan_code {
                 Some(code) => active_plan(&code).await?,
                 None => current_plan.clone().ok_or_else(|| {

@@ -337,6 +337,8 @@ impl Mutation {
         Ok(SubscriptionChange(row))
     }
 
+    /// Starts the plan's trial (the given plan, or the current one). An organization has one trial;
+    /// the platform team may grant another.
     async fn start_trial(
         &self,
         ctx: &Context<'_>,
@@ -374,7 +376,8 @@ impl Mutation {
         Ok(SubscriptionChange(row))
     }
 
-    /// Platform team only (invisible to tenants).
+    /// Platform team only (invisible to tenants). The first plan (or trial) is the first row of the
+    /// organization's subscription history.
     #[graphql(visible = "platform_only")]
     async fn create_organization(
         &self,

@@ -516,6 +516,24 @@ pub async fn insert_history<C: ConnectionTrait>(
     Ok(Some(row))
 }
 
+/// Whether the organization's subscription history holds a change of this type.
+pub async fn has_history_of<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    change: entity::enums::ChangeType,
+) -> Result<bool, DbErr> {
+    if !scope.allows(org) {
+        return Ok(false);
+    }
+    Ok(subscription_history::Entity::find()
+        .filter(subscription_history::Column::OrganizationId.eq(org.0))
+        .filter(subscription_history::Column::ChangeType.eq(change))
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// Subscription history, newest effective date first, then newest recorded first; `after` is the
 /// (effective date, id) of the last row of the previous page.
 pub async fn history_page<C: ConnectionTrait>(

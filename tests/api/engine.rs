@@ -214,8 +214,27 @@ async fn plan_changes_reevaluate_and_are_audited(app: TestApp) {
             "CANCELLED",
             "DOWNGRADE",
             "UPGRADE",
-            "DOWNGRADE"
+            "DOWNGRADE",
+            "UPGRADE"
         ]
+    );
+    // The last (oldest) row is the organization's first plan, written when it was created.
+    let first = &d["organization"]["subscriptionHistory"]["nodes"][7];
+    assert_eq!(first["createdBy"], crate::helpers::PLATFORM_SUB, "{first}");
+
+    // One trial per organization: a tenant cannot start another; the platform team can grant one.
+    let again = app.gql(&admin, trial, json!({ "p": "growth" })).await;
+    assert_eq!(code(&again), Some("CONFLICT"), "{again}");
+    let granted = app
+        .gql(
+            &app.platform_token(),
+            "mutation($o: ID) { startTrial(input: {organizationId: $o}) { changeType } }",
+            json!({ "o": org }),
+        )
+        .await;
+    assert_eq!(
+        granted["data"]["startTrial"]["changeType"], "TRIAL_STARTED",
+        "{granted}"
     );
 }
 both_engines!(plan_changes, super::plan_changes_reevaluate_and_are_audited);
