@@ -162,6 +162,17 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
         )
         .await?;
     }
+    // Ranks order the plans (an upgrade goes up, a downgrade down): each plan has its own.
+    if let Some(other) = store::catalog::plans(&txn, true)
+        .await?
+        .into_iter()
+        .find(|p| p.rank == input.rank && p.code != code.as_str())
+    {
+        return Err(AppError::conflict(format!(
+            "rank {} belongs to plan {:?}: each plan has its own rank",
+            input.rank, other.code
+        )));
+    }
     let before = match store::catalog::plan_by_code(&txn, code.as_str()).await? {
         Some(p) => Some(definition(&txn, &p).await?),
         None => None,

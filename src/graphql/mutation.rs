@@ -118,6 +118,7 @@ pub struct CreateOrganizationInput {
 pub struct UpsertPlanInput {
     code: String,
     name: String,
+    /// Orders the plans (a change to a higher rank is an UPGRADE); each plan has its own.
     rank: i32,
     price_monthly: Dec,
     currency: Option<String>,

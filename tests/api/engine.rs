@@ -1163,5 +1163,20 @@ async fn plans_list_the_active_ones_unless_asked(app: TestApp) {
     assert!(!literal.contains(&"legacy".to_owned()));
     let all = codes(&app.ok(&viewer, q, json!({ "i": true })).await);
     assert!(all.contains(&"legacy".to_owned()), "{all:?}");
+    // Each plan has its own rank (Basic has 1); saving a plan again keeps its own.
+    let clash = app
+        .gql(
+            &platform,
+            "mutation { upsertPlan(input: {code: \"twin\", name: \"Twin\", rank: 1, priceMonthly: \"5\", limits: []}) { code } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&clash), Some("CONFLICT"), "{clash}");
+    app.ok(
+        &platform,
+        "mutation { upsertPlan(input: {code: \"legacy\", name: \"Legacy\", rank: 9, priceMonthly: \"6\", active: false, limits: []}) { code } }",
+        json!({}),
+    )
+    .await;
 }
 both_engines!(plans_list, super::plans_list_the_active_ones_unless_asked);
