@@ -5,8 +5,10 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
-/// An exact decimal carried as a JSON string ("4500.00"). Input also accepts a JSON number written
-/// without exponent; output never uses floats.
+/// An exact decimal carried as a JSON string ("4500.00"): an optional sign, digits, and optionally a
+/// point followed by digits (no exponent, no separators). Input also accepts a JSON integer; a JSON
+/// number with a fraction is refused, as it may already have passed through a float. Output never
+/// uses floats.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dec(pub Decimal);
 
@@ -31,19 +33,34 @@ impl ScalarType for Dec {
     fn parse(value: Value) -> InputValueResult<Self> {
         let text = match &value {
             Value::String(s) => s.trim().to_owned(),
-            Value::Number(n) => n.to_string(),
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return Err(InputValueError::expected_type(value)),
         };
-        Decimal::from_str(&text).map(Dec).map_err(|_| {
+        let invalid = || {
             InputValueError::custom(format!(
                 "invalid decimal {text:?}: use a string such as \"12.50\""
             ))
-        })
+        };
+        if !plain_decimal(&text) {
+            return Err(invalid());
+        }
+        Decimal::from_str(&text).map(Dec).map_err(|_| invalid())
     }
 
     fn to_value(&self) -> Value {
         Value::String(self.0.to_string())
     }
+}
+
+/// `[+-]digits[.digits]`, nothing else.
+fn plain_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (unsigned, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && fraction.is_none_or(digits)
 }
 
 /// A calendar date, YYYY-MM-DD.
@@ -71,6 +88,37 @@ impl ScalarType for Date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_plain() {
+        let parse = |v: Value| <Dec as ScalarType>::parse(v).ok().map(|d| d.0.to_string());
+        for (text, parsed) in [
+            ("12.50", Some("12.50")),
+            ("-3", Some("-3")),
+            ("+1", Some("1")),
+            (" 7 ", Some("7")),
+            ("1_000", None),
+            ("1e2", None),
+            (".5", None),
+            ("5.", None),
+            ("", None),
+            ("-", None),
+            ("1.2.3", None),
+            ("abc", None),
+        ] {
+            assert_eq!(
+                parse(Value::String(text.into())).as_deref(),
+                parsed,
+                "{text:?}"
+            );
+        }
+        assert_eq!(parse(Value::from(42)).as_deref(), Some("42"));
+        assert_eq!(
+            parse(Value::from(0.1)),
+            None,
+            "a JSON fraction went through a float"
+        );
+    }
 
     #[test]
     fn money_and_quantities_print_exactly() {
