@@ -191,6 +191,7 @@ impl Mutation {
     }
 
     /// Undo every USAGE event carrying `reference` (a booking cancelled before completion). Idempotent.
+    /// GAUGE readings are not undone: a reading is not an amount, and the next reading replaces it.
     async fn reverse_usage(
         &self,
         ctx: &Context<'_>,

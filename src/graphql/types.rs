@@ -272,6 +272,11 @@ impl Organization {
             .as_deref()
             .map(cursor_decode::<uuid::Uuid>)
             .transpose()?;
+        if let Some(m) = &metric
+            && !rc.engine.catalog().await?.kinds.contains_key(m.as_str())
+        {
+            return Err(AppError::bad_input(format!("unknown metric {m:?}")).into());
+        }
         let rows = store::ledger::events_page(
             &rc.engine.db,
             rc.scope(),

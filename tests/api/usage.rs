@@ -284,5 +284,15 @@ async fn gauge_entitlement_counts_one_more(app: TestApp) {
         refused["data"]["recordUsage"]["accepted"], false,
         "{refused}"
     );
+    // An unknown metric is bad input here as everywhere, not an empty list.
+    let events = app
+        .gql(
+            &service,
+            "{ organization { usageEvents(metric: \"nope\") { nodes { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&events), Some("BAD_USER_INPUT"), "{events}");
+    assert_eq!(events["data"]["organization"], serde_json::Value::Null);
 }
 both_engines!(gauge_entitlement, super::gauge_entitlement_counts_one_more);
