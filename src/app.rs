@@ -32,6 +32,8 @@ pub struct AppState {
     pub subscriptions: Arc<crate::ws::shared::Hub>,
     /// Parsed documents by their text.
     pub documents: Arc<crate::graphql::documents::Documents>,
+    /// The output fields' types, for completing responses (`graphql::completion`).
+    pub output_types: Arc<std::sync::OnceLock<crate::graphql::completion::OutputTypes>>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
@@ -66,11 +68,14 @@ impl AppState {
         crate::telemetry::handle();
         let engine = Engine::new(db, &settings);
         let documents: Arc<crate::graphql::documents::Documents> = Arc::default();
-        let schema = build_schema_with(&settings, documents.clone());
+        let output_types: Arc<std::sync::OnceLock<crate::graphql::completion::OutputTypes>> =
+            Arc::default();
+        let schema = build_schema_with(&settings, documents.clone(), output_types.clone());
         AppState {
             ws: crate::ws::Registry::new(settings.ws_max_connections, settings.ws_max_per_tenant),
             subscriptions: Arc::default(),
             documents,
+            output_types,
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,

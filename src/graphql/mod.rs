@@ -140,16 +140,17 @@ pub fn cursor_decode<T: DeserializeOwned>(cursor: &str) -> async_graphql::Result
 
 /// Builds the schema with its limits. Migrations are not a side effect of this.
 pub fn build_schema(settings: &Settings) -> TollgateSchema {
-    build_schema_with(settings, Arc::default())
+    build_schema_with(settings, Arc::default(), Arc::default())
 }
 
 /// The schema, completing responses with the parsed documents of `documents` (shared with the
-/// transports, which fill it).
+/// transports, which fill it); `types` receives the output fields' types, for the transports to
+/// complete the responses that do not pass the executor's `execute` hook (subscription events).
 pub fn build_schema_with(
     settings: &Settings,
     documents: Arc<documents::Documents>,
+    types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
 ) -> TollgateSchema {
-    let types: Arc<std::sync::OnceLock<completion::OutputTypes>> = Arc::default();
     let gate = TenantGate {
         documents,
         types: types.clone(),
@@ -182,8 +183,14 @@ pub fn with_codes(resp: &mut async_graphql::Response) {
             continue;
         }
         let input = e.path.is_empty()
-            || e.message.starts_with("Failed to parse")
-            || e.message.starts_with("Invalid value");
+            || [
+                "Failed to parse",
+                "Invalid value",
+                "Expected input type",
+                "Variable ",
+            ]
+            .iter()
+            .any(|p| e.message.starts_with(p));
         let code = if input { "BAD_USER_INPUT" } else { "INTERNAL" };
         e.extensions
             .get_or_insert_with(Default::default)
@@ -237,6 +244,27 @@ impl Extension for TenantGateExt {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
+        // A required variable left out is a request error (the executor would only notice it at
+        // the field, as a failure without a code). Checked when the document has one operation,
+        // the one that runs.
+        let mut operations = doc.operations.iter();
+        if let (Some((_, op)), None) = (operations.next(), operations.next()) {
+            for v in &op.node.variable_definitions {
+                let d = &v.node;
+                let given = variables
+                    .get(&d.name.node)
+                    .is_some_and(|x| !matches!(x, async_graphql::Value::Null));
+                if !d.var_type.node.nullable && d.default_value.is_none() && !given {
+                    return Err(ServerError::new(
+                        format!(
+                            "Variable \"${}\" of required type \"{}\" was not provided.",
+                            d.name.node, d.var_type.node
+                        ),
+                        Some(v.pos),
+                    ));
+                }
+            }
+        }
         if let Ok(mut seen) = self.request.lock() {
             *seen = Some((query.to_owned(), variables.clone()));
         }
@@ -245,12 +273,28 @@ impl Extension for TenantGateExt {
             &'static str,
             &Positioned<async_graphql::parser::types::Field>,
         )> = Vec::new();
-        for (_, op) in doc.operations.iter() {
+        for (name, op) in doc.operations.iter() {
             let ty = match op.node.ty {
                 OperationType::Query => "Query",
                 OperationType::Mutation => "Mutation",
                 OperationType::Subscription => "Subscription",
             };
+            // The specification's "Single root field": the executor does not check it, and a
+            // subscription selecting two would answer nothing but nulls.
+            if op.node.ty == OperationType::Subscription {
+                let mut keys = std::collections::HashSet::new();
+                let mut visited = std::collections::HashSet::new();
+                root_keys(&doc, &op.node.selection_set.node, &mut keys, &mut visited);
+                if keys.len() != 1 {
+                    let which = name.map_or("An anonymous subscription".to_owned(), |n| {
+                        format!("Subscription \"{n}\"")
+                    });
+                    return Err(ServerError::new(
+                        format!("{which} must select exactly one top level field."),
+                        Some(op.pos),
+                    ));
+                }
+            }
             collect_roots(ty, &op.node.selection_set.node, &mut roots);
         }
         for (_, frag) in doc.fragments.iter() {
@@ -303,6 +347,33 @@ impl Extension for TenantGateExt {
             completion::complete(types, &doc, operation_name, &variables, &mut resp);
         }
         resp
+    }
+}
+
+/// The response keys of a root selection set, through its fragments.
+fn root_keys<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    keys: &mut std::collections::HashSet<&'a str>,
+    visited: &mut std::collections::HashSet<&'a str>,
+) {
+    for sel in &set.items {
+        match &sel.node {
+            Selection::Field(f) => {
+                keys.insert(f.node.response_key().node.as_str());
+            }
+            Selection::InlineFragment(inline) => {
+                root_keys(doc, &inline.node.selection_set.node, keys, visited);
+            }
+            Selection::FragmentSpread(spread) => {
+                let name = &spread.node.fragment_name.node;
+                if visited.insert(name.as_str())
+                    && let Some(fragment) = doc.fragments.get(name)
+                {
+                    root_keys(doc, &fragment.node.selection_set.node, keys, visited);
+                }
+            }
+        }
     }
 }
 

@@ -47,6 +47,12 @@ impl ScalarType for Dec {
         Decimal::from_str(&text).map(Dec).map_err(|_| invalid())
     }
 
+    /// Checked at validation (literals, and variables given as arguments): a bad value refuses the
+    /// request before it runs.
+    fn is_valid(value: &Value) -> bool {
+        Self::parse(value.clone()).is_ok()
+    }
+
     fn to_value(&self) -> Value {
         Value::String(self.0.to_string())
     }
@@ -78,6 +84,10 @@ impl ScalarType for Date {
                 }),
             _ => Err(InputValueError::expected_type(value)),
         }
+    }
+
+    fn is_valid(value: &Value) -> bool {
+        Self::parse(value.clone()).is_ok()
     }
 
     fn to_value(&self) -> Value {

@@ -601,15 +601,33 @@ fn execute(
     let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), Some(viewer));
     let db = ctx.engine.db.clone();
     let loaders = ctx.loaders.clone();
+    // Subscription events do not pass the executor's `execute` hook: they are completed here (a
+    // query's or mutation's response already is; completing it again changes nothing).
+    let completion = (
+        state.documents.parsed(&request.query),
+        request.operation_name.clone(),
+        request.variables.clone(),
+        state.output_types.clone(),
+    );
     let responses = state
         .schema
         .execute_stream(request.data(ctx))
         .then(move |mut resp| {
             let (db, loaders) = (db.clone(), loaders.clone());
+            let (doc, operation, variables, types) = &completion;
+            if let (Some(doc), Some(types)) = (doc, types.get()) {
+                crate::graphql::completion::complete(
+                    types,
+                    doc,
+                    operation.as_deref(),
+                    variables,
+                    &mut resp,
+                );
+            }
+            crate::graphql::with_codes(&mut resp);
             async move {
                 db.release().await;
                 RequestCtx::forget(&loaders);
-                crate::graphql::with_codes(&mut resp);
                 resp
             }
         });

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::both_engines;
-use crate::helpers::{Engine, TestApp, spawn_app};
+use crate::helpers::{Engine, TestApp, code, spawn_app};
 
 async fn http_behaviour(app: TestApp) {
     let c = &app.client;
@@ -284,5 +284,42 @@ async fn responses_are_complete_and_ordered(app: TestApp) {
         );
         assert!(body.get("data").is_none(), "{query}: {body}");
     }
+    // Variables: left out, of the wrong JSON type, or not a plain decimal: a request error, before
+    // anything runs or is recorded.
+    let service = app.tenant_token(&org, tollgate::domain::Role::Service);
+    let record = "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { accepted } }";
+    let check =
+        "query($q: Decimal!) { checkEntitlement(metric: \"bookings\", quantity: $q) { allowed } }";
+    for (query, variables) in [
+        (record, json!({})),
+        (check, json!({})),
+        (check, json!({ "q": 1.5 })),
+        (check, json!({ "q": "1e2" })),
+        (check, json!({ "q": true })),
+        (
+            record,
+            json!({ "i": { "metric": "bookings", "quantity": 1.5 } }),
+        ),
+        (
+            record,
+            json!({ "i": { "metric": "bookings", "quantity": ".5" } }),
+        ),
+        (
+            "mutation { recordUsage(input: {metric: \"bookings\", quantity: 1.5}) { accepted } }",
+            json!({}),
+        ),
+    ] {
+        let body = app.gql(&service, query, variables.clone()).await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{variables}: {body}");
+        assert!(body.get("data").is_none(), "{variables}: {body}");
+    }
+    let usage = app
+        .ok(
+            &service,
+            "{ organization { usage { metric(code: \"bookings\") { used } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(usage["organization"]["usage"]["metric"]["used"], "0");
 }
 both_engines!(completion, super::responses_are_complete_and_ordered);

@@ -114,6 +114,23 @@ impl Ws {
         assert_eq!(self.message().await["type"], "connection_ack");
     }
 
+    /// The next text frame as it was sent (keys in the server's order), skipping keep-alives.
+    pub async fn text(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a message within 10s")
+                .expect("open")
+                .expect("a frame");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "ping" && v["type"] != "ka" {
+                    return t.to_string();
+                }
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
         self.send(json!({ "type": "subscribe", "id": id, "payload": { "query": query, "variables": variables } }))
             .await;
@@ -736,3 +753,53 @@ async fn each_pushed_result_reads_fresh_data(app: TestApp) {
     );
 }
 both_engines!(fresh, super::each_pushed_result_reads_fresh_data);
+
+/// Subscription events are completed like any response: fields in the order asked, every event;
+/// a subscription selecting two root fields is refused.
+async fn subscription_events_keep_the_query_order(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&app.tenant_token(&org, Role::Viewer))).await;
+    let listening = app.state.engine.bus.listeners();
+    ws.subscribe(
+        "o",
+        "subscription { usageAlerts { id organization { slug id } kind metric { code } used } }",
+        json!({}),
+    )
+    .await;
+    app.until_listening(listening + 1).await;
+    let service = app.tenant_token(&org, Role::Service);
+    app.record(&service, "bookings", "85").await;
+    app.record(&service, "bookings", "20").await;
+    for _ in 0..2 {
+        let text = ws.text().await;
+        let at = |k: &str| {
+            text.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k}: {text}"))
+        };
+        let order = [
+            "id",
+            "organization",
+            "slug",
+            "kind",
+            "metric",
+            "code",
+            "used",
+        ]
+        .map(at);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+    ws.subscribe(
+        "two",
+        "subscription { usageAlerts { id } usageUpdated { periodStart } }",
+        json!({}),
+    )
+    .await;
+    let refused = ws.message().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"],
+        "BAD_USER_INPUT"
+    );
+}
+both_engines!(event_order, super::subscription_events_keep_the_query_order);
