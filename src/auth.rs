@@ -131,6 +131,10 @@ impl JwtKeys {
                     ErrorKind::InvalidIssuer => "token issuer is not accepted",
                     ErrorKind::InvalidAudience => "token audience is not accepted",
                     ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+                    ErrorKind::ImmatureSignature => "token is not valid yet (its nbf is ahead)",
+                    ErrorKind::Json(_) => {
+                        "token claims are not as expected: sub and exp are required; org_id and role are strings"
+                    }
                     _ => "token is malformed",
                 };
                 AppError::Unauthenticated(msg.into())

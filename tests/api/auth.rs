@@ -79,6 +79,10 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
             body.get("data").is_none() || body["data"].is_null(),
             "{what}: {body}"
         );
+        if what.starts_with("not valid before") {
+            let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("not valid yet"), "{body}");
+        }
     }
 
     // No token: only introspection.
