@@ -34,6 +34,9 @@ pub struct AppState {
     pub documents: Arc<crate::graphql::documents::Documents>,
     /// The output fields' types, for completing responses (`graphql::completion`).
     pub output_types: Arc<std::sync::OnceLock<crate::graphql::completion::OutputTypes>>,
+    /// The platform team's members as last read (None before the first read): open WebSockets of
+    /// platform members watch it and close when their member leaves (`watch_platform_team`).
+    pub team: tokio::sync::watch::Sender<Option<Arc<std::collections::HashSet<String>>>>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
@@ -76,6 +79,7 @@ impl AppState {
             subscriptions: Arc::default(),
             documents,
             output_types,
+            team: tokio::sync::watch::Sender::new(None),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,
@@ -167,6 +171,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
+        let team = tokio::spawn(watch_platform_team(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -179,10 +184,37 @@ impl Application {
         let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
-        for task in recompute.into_iter().chain(self.tasks) {
+        for task in recompute.into_iter().chain(self.tasks).chain([team]) {
             task.abort();
         }
         served
+    }
+}
+
+/// How often, at most, the platform team is read again for open WebSockets.
+const TEAM_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the platform team every `TEAM_REFRESH` (or every keep-alive, if shorter), one query for
+/// every connection, and publishes it when it changed. A platform member's connection sees every
+/// organization, so it closes once its member is gone (HTTP checks membership on every request).
+async fn watch_platform_team(state: Arc<AppState>) {
+    let every = state.settings.ws_keepalive.min(TEAM_REFRESH);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(members) = crate::store::team::list(state.engine.db.pool()).await else {
+            continue; // the database is away: try again at the next tick
+        };
+        let members: std::collections::HashSet<String> =
+            members.into_iter().map(|m| m.sub).collect();
+        state.team.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(&members);
+            if changed {
+                *current = Some(Arc::new(members));
+            }
+            changed
+        });
     }
 }
 

@@ -74,9 +74,6 @@ pub struct Registry {
     max_per_tenant: usize,
 }
 
-/// How often, at most, a platform-team member's connection checks it is still one.
-const PLATFORM_RECHECK: Duration = Duration::from_secs(5);
-
 /// One connection's place in the registry, given back on drop.
 pub struct Slot {
     registry: Arc<Registry>,
@@ -240,11 +237,9 @@ pub async fn serve(
         settings.ws_keepalive,
     );
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A platform-team member's connection sees every organization: its membership is checked again
-    // this often, and the connection closes once it is gone (HTTP checks on every request).
-    let recheck_every = settings.ws_keepalive.min(PLATFORM_RECHECK);
-    let mut recheck = tokio::time::interval_at(Instant::now() + recheck_every, recheck_every);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A platform-team member's connection sees every organization: it closes once its member
+    // leaves the team, as the server's periodic read of the team tells (`app::watch_platform_team`).
+    let mut team = conn.state.team.subscribe();
 
     // Made once and kept: a fresh `changed()` each turn would register with the shutdown signal,
     // shared by every connection, on each delivery.
@@ -310,11 +305,13 @@ pub async fn serve(
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
             }
-            _ = recheck.tick(), if conn.viewer.as_ref().is_some_and(|v| v.platform) => {
-                if let Some(v) = &conn.viewer
-                    && let Ok(false) =
-                        crate::store::team::is_member(conn.state.engine.db.pool(), &v.sub).await
-                {
+            Ok(()) = team.changed(), if conn.viewer.as_ref().is_some_and(|v| v.platform) => {
+                let gone = conn.viewer.as_ref().is_some_and(|v| {
+                    team.borrow_and_update()
+                        .as_ref()
+                        .is_some_and(|members| !members.contains(&v.sub))
+                });
+                if gone {
                     break Some(Close::new(
                         4403,
                         "Forbidden: no longer a member of the platform team",
