@@ -192,7 +192,7 @@ impl Application {
 }
 
 /// How often, at most, the platform team is read again for open WebSockets.
-const TEAM_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+pub const TEAM_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads the platform team every `TEAM_REFRESH` (or every keep-alive, if shorter), one query for
 /// every connection, and publishes it when it changed. A platform member's connection sees every

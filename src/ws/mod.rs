@@ -238,8 +238,12 @@ pub async fn serve(
     );
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A platform-team member's connection sees every organization: it closes once its member
-    // leaves the team, as the server's periodic read of the team tells (`app::watch_platform_team`).
-    let mut team = conn.state.team.subscribe();
+    // leaves the team. The server reads the team for every connection (`app::watch_platform_team`);
+    // the connection looks at that snapshot on a timer of its own, which costs nothing between
+    // ticks (a watch on the snapshot would take a lock shared by every connection on each turn).
+    let recheck_every = settings.ws_keepalive.min(crate::app::TEAM_REFRESH);
+    let mut recheck = tokio::time::interval_at(Instant::now() + recheck_every, recheck_every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Made once and kept: a fresh `changed()` each turn would register with the shutdown signal,
     // shared by every connection, on each delivery.
@@ -305,9 +309,11 @@ pub async fn serve(
             _ = &mut init_deadline, if !conn.init_seen => {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
             }
-            Ok(()) = team.changed(), if conn.viewer.as_ref().is_some_and(|v| v.platform) => {
+            _ = recheck.tick(), if conn.viewer.as_ref().is_some_and(|v| v.platform) => {
                 let gone = conn.viewer.as_ref().is_some_and(|v| {
-                    team.borrow_and_update()
+                    conn.state
+                        .team
+                        .borrow()
                         .as_ref()
                         .is_some_and(|members| !members.contains(&v.sub))
                 });
