@@ -210,24 +210,20 @@ async fn execute(
     }
     // A request that failed before execution has no data entry at all (the GraphQL specification,
     // whichever the media type).
-    let mut body =
-        serde_json::to_value(&resp).unwrap_or_else(|_| error_body("internal error", "INTERNAL"));
-    let strip = |v: &mut serde_json::Value| {
-        let failed = v
-            .get("errors")
-            .and_then(|e| e.as_array())
-            .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e.get("path").is_none()));
-        if failed
-            && v.get("data").is_some_and(serde_json::Value::is_null)
+    let body_of = |r: &async_graphql::Response| {
+        let mut v =
+            serde_json::to_value(r).unwrap_or_else(|_| error_body("internal error", "INTERNAL"));
+        if failed_before_execution(r)
             && let Some(obj) = v.as_object_mut()
         {
             obj.remove("data");
         }
+        v
     };
-    match body.as_array_mut() {
-        Some(items) => items.iter_mut().for_each(strip),
-        None => strip(&mut body),
-    }
+    let body = match &resp {
+        BatchResponse::Single(r) => body_of(r),
+        BatchResponse::Batch(rs) => serde_json::Value::Array(rs.iter().map(body_of).collect()),
+    };
     json_response(status, media, &body)
 }
 

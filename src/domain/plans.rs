@@ -153,12 +153,12 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
     }
     let txn = engine.db.begin_write().await?;
     if engine.db.is_postgres() {
-        // Upserts of one plan take turns across replicas (SQLite writers already do), so each
-        // audit row's `before` is what the previous change left, and none is lost.
+        // Plan upserts take turns across replicas (SQLite writers already do): each audit row's
+        // `before` is what the previous change left, and two plans cannot take one rank at once.
         store::execute(
             &txn,
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            vec![format!("tollgate.plan:{}", code.as_str()).into()],
+            "SELECT pg_advisory_xact_lock(hashtext('tollgate.plans'))",
+            vec![],
         )
         .await?;
     }

@@ -631,12 +631,7 @@ impl Engine {
     ) -> AppResult<(MetricUsage, Decimal, bool, Option<String>)> {
         let org = access::target_org(viewer, org_id)?;
         let summary = self.current_summary(viewer, org).await?;
-        let catalog = self.catalog().await?;
-        let kinds = &catalog.kinds;
         let code = MetricCode::parse(metric)?;
-        if !kinds.contains_key(code.as_str()) {
-            return Err(AppError::bad_input(format!("unknown metric {metric:?}")));
-        }
         let qty = Amount::parse("quantity", quantity.unwrap_or(Decimal::ONE))?;
         if qty.is_negative() {
             return Err(AppError::bad_input("quantity must be 0 or more"));
@@ -1085,18 +1080,10 @@ impl Engine {
         plan_id: Uuid,
     ) -> AppResult<Vec<(OrganizationId, Vec<usage_alert::Model>)>> {
         let period = Period::current();
-        let rows = store::query_all(
-            txn,
-            "SELECT u.organization_id AS id FROM organization_usage u \
-             JOIN organizations o ON o.id = u.organization_id \
-             WHERE o.plan_id = $1 AND u.period_start = $2 ORDER BY u.organization_id",
-            vec![plan_id.into(), period.start.into()],
-        )
-        .await?;
+        let orgs = store::ledger::orgs_in_period_on_plan(txn, plan_id, period).await?;
         let rules = plan_rules(txn, Some(plan_id)).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let org = OrganizationId(row.try_get::<Uuid>("", "id")?);
+        let mut out = Vec::with_capacity(orgs.len());
+        for org in orgs {
             let Some(epoch) = store::ledger::lock_period(txn, scope, org, period).await? else {
                 continue;
             };

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{
-    BaseType, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
-    SelectionSet, Type, TypeKind, TypeSystemDefinition,
+    BaseType, ExecutableDocument, Field, OperationDefinition, Selection, SelectionSet, Type,
+    TypeKind, TypeSystemDefinition,
 };
 use async_graphql::{Name, Positioned, Response, Variables};
 use async_graphql_value::{ConstValue, Value};
@@ -71,14 +71,7 @@ pub fn complete(
     variables: &Variables,
     resp: &mut Response,
 ) {
-    let op = match operation_name {
-        Some(name) => doc
-            .operations
-            .iter()
-            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
-        None => doc.operations.iter().next(),
-    };
-    let Some((_, op)) = op else {
+    let Some(op) = super::operation(doc, operation_name) else {
         return;
     };
     let op = &op.node;
@@ -89,18 +82,12 @@ pub fn complete(
         }
         resp.data = ConstValue::Object(IndexMap::new());
     }
-    let root = match op.ty {
-        OperationType::Query => "Query",
-        OperationType::Mutation => "Mutation",
-        OperationType::Subscription => "Subscription",
-    };
+    let root = super::root_type(op.ty);
     let walk = Walk {
         types,
-        doc,
-        variables,
-        op,
+        fields: Collector { doc, variables, op },
     };
-    let group = walk.collect(root, [&op.selection_set.node]);
+    let group = walk.fields.collect(root, [&op.selection_set.node]);
     let complete = match &mut resp.data {
         ConstValue::Object(map) => walk.object(root, &group, map),
         _ => true,
@@ -113,8 +100,25 @@ pub fn complete(
 /// Fields by response key, in the order CollectFields finds them.
 type Group<'a> = IndexMap<Name, Vec<&'a Positioned<Field>>>;
 
+/// The number of root fields an operation selects (CollectFields on its root type), for the
+/// specification's "single root field" rule of subscriptions.
+pub fn root_field_count(
+    doc: &ExecutableDocument,
+    op: &OperationDefinition,
+    variables: &Variables,
+) -> usize {
+    Collector { doc, variables, op }
+        .collect(super::root_type(op.ty), [&op.selection_set.node])
+        .len()
+}
+
 struct Walk<'a> {
     types: &'a OutputTypes,
+    fields: Collector<'a>,
+}
+
+/// CollectFields: an operation's selections for an object type, through fragments and directives.
+struct Collector<'a> {
     doc: &'a ExecutableDocument,
     variables: &'a Variables,
     op: &'a OperationDefinition,
@@ -157,10 +161,10 @@ impl<'a> Walk<'a> {
     /// Completes one field's value in place; false when the field's null must propagate.
     fn field(&self, ty: &Type, fields: &[&'a Positioned<Field>], value: &mut ConstValue) -> bool {
         let named = innermost(ty);
-        let group = self
-            .types
-            .has_fields(named)
-            .then(|| self.collect(named, fields.iter().map(|f| &f.node.selection_set.node)));
+        let group = self.types.has_fields(named).then(|| {
+            self.fields
+                .collect(named, fields.iter().map(|f| &f.node.selection_set.node))
+        });
         self.value(ty, named, group.as_ref(), value)
     }
 
@@ -189,7 +193,9 @@ impl<'a> Walk<'a> {
         *value = ConstValue::Null;
         ty.nullable
     }
+}
 
+impl<'a> Collector<'a> {
     /// CollectFields for an object of type `named`: fields in order of first appearance, merged by
     /// response key, through the fragments that apply, without the skipped ones.
     fn collect(&self, named: &str, sets: impl IntoIterator<Item = &'a SelectionSet>) -> Group<'a> {

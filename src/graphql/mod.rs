@@ -16,7 +16,10 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
 };
-use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+    SelectionSet,
+};
 use async_graphql::{
     Context, Pos, Positioned, SDLExportOptions, Schema, ServerError, ServerResult, Variables,
 };
@@ -138,6 +141,28 @@ pub fn cursor_decode<T: DeserializeOwned>(cursor: &str) -> async_graphql::Result
         .ok_or_else(|| AppError::bad_input("invalid cursor").into())
 }
 
+/// The operation a request runs: the one it names, or the document's only one.
+pub fn operation<'a>(
+    doc: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), None) => Some(op),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        _ => None,
+    }
+}
+
+/// The root type an operation of this kind runs on.
+pub fn root_type(ty: OperationType) -> &'static str {
+    match ty {
+        OperationType::Query => "Query",
+        OperationType::Mutation => "Mutation",
+        OperationType::Subscription => "Subscription",
+    }
+}
+
 /// Builds the schema with its limits. Migrations are not a side effect of this.
 pub fn build_schema(settings: &Settings) -> TollgateSchema {
     build_schema_with(settings, Arc::default(), Arc::default())
@@ -247,8 +272,7 @@ impl Extension for TenantGateExt {
         // A required variable left out is a request error (the executor would only notice it at
         // the field, as a failure without a code). Checked when the document has one operation,
         // the one that runs.
-        let mut operations = doc.operations.iter();
-        if let (Some((_, op)), None) = (operations.next(), operations.next()) {
+        if let Some(op) = operation(&doc, None) {
             for v in &op.node.variable_definitions {
                 let d = &v.node;
                 let given = variables
@@ -274,26 +298,19 @@ impl Extension for TenantGateExt {
             &Positioned<async_graphql::parser::types::Field>,
         )> = Vec::new();
         for (name, op) in doc.operations.iter() {
-            let ty = match op.node.ty {
-                OperationType::Query => "Query",
-                OperationType::Mutation => "Mutation",
-                OperationType::Subscription => "Subscription",
-            };
+            let ty = root_type(op.node.ty);
             // The specification's "Single root field": the executor does not check it, and a
             // subscription selecting two would answer nothing but nulls.
-            if op.node.ty == OperationType::Subscription {
-                let mut keys = std::collections::HashSet::new();
-                let mut visited = std::collections::HashSet::new();
-                root_keys(&doc, &op.node.selection_set.node, &mut keys, &mut visited);
-                if keys.len() != 1 {
-                    let which = name.map_or("An anonymous subscription".to_owned(), |n| {
-                        format!("Subscription \"{n}\"")
-                    });
-                    return Err(ServerError::new(
-                        format!("{which} must select exactly one top level field."),
-                        Some(op.pos),
-                    ));
-                }
+            if op.node.ty == OperationType::Subscription
+                && completion::root_field_count(&doc, &op.node, variables) != 1
+            {
+                let which = name.map_or("An anonymous subscription".to_owned(), |n| {
+                    format!("Subscription \"{n}\"")
+                });
+                return Err(ServerError::new(
+                    format!("{which} must select exactly one top level field."),
+                    Some(op.pos),
+                ));
             }
             collect_roots(ty, &op.node.selection_set.node, &mut roots);
         }
@@ -347,33 +364,6 @@ impl Extension for TenantGateExt {
             completion::complete(types, &doc, operation_name, &variables, &mut resp);
         }
         resp
-    }
-}
-
-/// The response keys of a root selection set, through its fragments.
-fn root_keys<'a>(
-    doc: &'a ExecutableDocument,
-    set: &'a SelectionSet,
-    keys: &mut std::collections::HashSet<&'a str>,
-    visited: &mut std::collections::HashSet<&'a str>,
-) {
-    for sel in &set.items {
-        match &sel.node {
-            Selection::Field(f) => {
-                keys.insert(f.node.response_key().node.as_str());
-            }
-            Selection::InlineFragment(inline) => {
-                root_keys(doc, &inline.node.selection_set.node, keys, visited);
-            }
-            Selection::FragmentSpread(spread) => {
-                let name = &spread.node.fragment_name.node;
-                if visited.insert(name.as_str())
-                    && let Some(fragment) = doc.fragments.get(name)
-                {
-                    root_keys(doc, &fragment.node.selection_set.node, keys, visited);
-                }
-            }
-        }
     }
 }
 

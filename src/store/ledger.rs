@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{execute, placeholders, query_one, scoped_ids, stmt};
+use super::{execute, placeholders, query_all, query_one, scoped_ids, stmt};
 use crate::domain::{OrganizationId, Period, Scope};
 
 /// Counters of `orgs` in `period`. A GAUGE without a row in the period carries the latest earlier
@@ -200,34 +200,28 @@ pub async fn change_counter<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(None);
     }
-    // `used + credits` stays within a BIGINT: the guard refuses a change that would leave it (an
+    // The moved column stays within a BIGINT: the guard refuses a change that would leave it (an
     // overflow would otherwise fail the statement on Postgres and turn the value into a REAL on
     // SQLite), and the cap is compared without adding (used - credits <= cap - delta).
-    let (set, guard, capped) = match change {
-        CounterChange::Add(d) if d >= 0 => (
+    let (set, moved, capped, amount) = match change {
+        CounterChange::Add(d) => (
             "used = used + $4",
-            format!(" AND used <= {} - $4", i64::MAX),
+            Some("used"),
             "used - credits <= $6 - $4",
+            d,
         ),
-        CounterChange::Add(_) => (
-            "used = used + $4",
-            format!(" AND used >= {} - $4", i64::MIN),
-            "used - credits <= $6 - $4",
-        ),
-        CounterChange::Set(_) => ("used = $4", String::new(), "$4 - credits <= $6"),
-        CounterChange::Credit(d) if d >= 0 => (
+        CounterChange::Set(v) => ("used = $4", None, "$4 - credits <= $6", v),
+        CounterChange::Credit(d) => (
             "credits = credits + $4",
-            format!(" AND credits <= {} - $4", i64::MAX),
+            Some("credits"),
             "used - credits <= $6",
-        ),
-        CounterChange::Credit(_) => (
-            "credits = credits + $4",
-            format!(" AND credits >= {} - $4", i64::MIN),
-            "used - credits <= $6",
+            d,
         ),
     };
-    let amount = match change {
-        CounterChange::Add(v) | CounterChange::Set(v) | CounterChange::Credit(v) => v,
+    let guard = match moved {
+        Some(column) if amount >= 0 => format!(" AND {column} <= {} - $4", i64::MAX),
+        Some(column) => format!(" AND {column} >= {} - $4", i64::MIN),
+        None => String::new(),
     };
     let mut values: Vec<Value> = vec![
         org.0.into(),
@@ -268,10 +262,10 @@ pub async fn change_counter<C: ConnectionTrait>(
             r.try_get::<i64>("", "used")?,
             r.try_get::<i64>("", "credits")?,
         );
-        let overflows = match change {
-            CounterChange::Add(d) => used.checked_add(d).is_none(),
-            CounterChange::Credit(d) => credits.checked_add(d).is_none(),
-            CounterChange::Set(_) => false,
+        let overflows = match moved {
+            Some("used") => used.checked_add(amount).is_none(),
+            Some(_) => credits.checked_add(amount).is_none(),
+            None => false,
         };
         if overflows {
             return Err(DbErr::Custom(COUNTER_OVERFLOW.to_owned()));
@@ -514,6 +508,26 @@ pub async fn insert_history<C: ConnectionTrait>(
         .exec_without_returning(db)
         .await?;
     Ok(Some(row))
+}
+
+/// Organizations on a plan that have a row for `period`, in id order (the order their period locks
+/// are taken in, so two transactions that lock several cannot deadlock).
+pub async fn orgs_in_period_on_plan<C: ConnectionTrait>(
+    db: &C,
+    plan_id: Uuid,
+    period: Period,
+) -> Result<Vec<OrganizationId>, DbErr> {
+    let rows = query_all(
+        db,
+        "SELECT u.organization_id AS id FROM organization_usage u \
+         JOIN organizations o ON o.id = u.organization_id \
+         WHERE o.plan_id = $1 AND u.period_start = $2 ORDER BY u.organization_id",
+        vec![plan_id.into(), period.start.into()],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| r.try_get::<Uuid>("", "id").map(OrganizationId))
+        .collect()
 }
 
 /// Whether the organization's subscription history holds a change of this type.

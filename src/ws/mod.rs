@@ -488,9 +488,16 @@ impl Connection {
         // Parsed once (and kept, like HTTP's): for the sharing decision and for the executor.
         let doc = self.state.documents.parsed(&request.query);
         let key = shared::Key::of(doc.as_deref(), &request, viewer);
-        if let Some(doc) = doc {
-            request.set_parsed_query((*doc).clone());
+        if let Some(doc) = &doc {
+            request.set_parsed_query((**doc).clone());
         }
+        // A subscription's events skip the executor's `execute` hook, which completes every other
+        // response: `execute` completes them (`graphql::completion`) with this document.
+        let events = doc.filter(|d| {
+            crate::graphql::operation(d, request.operation_name.as_deref()).is_some_and(|op| {
+                op.node.ty == async_graphql::parser::types::OperationType::Subscription
+            })
+        });
         // A tracing span per execution, entered while it produces each result.
         let span = tracing::info_span!(
             "graphql",
@@ -507,12 +514,12 @@ impl Connection {
             Some(key) => {
                 let (state, viewer) = (self.state.clone(), viewer.clone());
                 let member = self.state.subscriptions.join(key, move |notes| {
-                    execute(&state, viewer, request.data(notes), span)
+                    execute(&state, viewer, request.data(notes), events, span)
                 });
                 Box::pin(member.items())
             }
             None => {
-                let responses = execute(&self.state, viewer.clone(), request, span);
+                let responses = execute(&self.state, viewer.clone(), request, events, span);
                 Box::pin(
                     responses
                         .enumerate()
@@ -595,30 +602,33 @@ fn operation_id(msg: &Value) -> Result<String, Close> {
 
 /// Runs one operation: its responses, each produced inside the operation's span. Between results
 /// it holds no database connection, and forgets what it loaded: the next result reads fresh data.
+/// `events`: a subscription's parsed document, to complete its events with.
 fn execute(
     state: &Arc<AppState>,
     viewer: Viewer,
     request: async_graphql::Request,
+    events: Option<Arc<async_graphql::parser::types::ExecutableDocument>>,
     span: tracing::Span,
 ) -> shared::Responses {
     let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), Some(viewer));
     let db = ctx.engine.db.clone();
     let loaders = ctx.loaders.clone();
-    // Subscription events do not pass the executor's `execute` hook: they are completed here (a
-    // query's or mutation's response already is; completing it again changes nothing).
-    let completion = (
-        state.documents.parsed(&request.query),
-        request.operation_name.clone(),
-        request.variables.clone(),
-        state.output_types.clone(),
-    );
+    let completion = events.map(|doc| {
+        (
+            doc,
+            request.operation_name.clone(),
+            request.variables.clone(),
+            state.output_types.clone(),
+        )
+    });
     let responses = state
         .schema
         .execute_stream(request.data(ctx))
         .then(move |mut resp| {
             let (db, loaders) = (db.clone(), loaders.clone());
-            let (doc, operation, variables, types) = &completion;
-            if let (Some(doc), Some(types)) = (doc, types.get()) {
+            if let Some((doc, operation, variables, types)) = &completion
+                && let Some(types) = types.get()
+            {
                 crate::graphql::completion::complete(
                     types,
                     doc,

@@ -119,18 +119,13 @@ impl Key {
         request: &async_graphql::Request,
         viewer: &Viewer,
     ) -> Option<Key> {
-        use async_graphql::parser::types::{DocumentOperations, OperationType};
+        use async_graphql::parser::types::OperationType;
 
         if !request.extensions.is_empty() {
             return None;
         }
         let doc = doc?;
-        let op = match (&doc.operations, request.operation_name.as_deref()) {
-            (DocumentOperations::Single(op), None) => op,
-            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
-            (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
-            _ => return None,
-        };
+        let op = crate::graphql::operation(doc, request.operation_name.as_deref())?;
         if op.node.ty != OperationType::Subscription || replays(doc, request) {
             return None;
         }
