@@ -1,4 +1,5 @@
-//! schema.graphql is the generated SDL, and a compatible superset of ../shared/contract/core.graphql.
+//! schema.graphql is the generated SDL, and a compatible superset of contract/core.graphql (the
+//! vendored copy of ../shared/contract/, which a test compares with the shared one when present).
 
 use std::collections::HashMap;
 
@@ -104,11 +105,9 @@ fn check_inputs(
 
 #[test]
 fn schema_is_a_compatible_superset_of_the_contract() {
-    let contract_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/contract/core.graphql"
-    );
-    let contract = std::fs::read_to_string(contract_path).expect("../shared/contract/core.graphql");
+    // The vendored copy (contract/), so a fresh clone tests against it with nothing beside it.
+    let contract_path = concat!(env!("CARGO_MANIFEST_DIR"), "/contract/core.graphql");
+    let contract = std::fs::read_to_string(contract_path).expect("contract/core.graphql");
     let theirs = load(&contract);
     let ours = load(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
@@ -190,6 +189,40 @@ fn schema_is_a_compatible_superset_of_the_contract() {
         "schema.graphql breaks the contract:\n{}",
         problems.join("\n")
     );
+}
+
+/// The vendored contract equals the shared one wherever that is beside the repository (CI).
+#[test]
+fn the_vendored_contract_is_the_shared_one() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/contract");
+    if !shared.is_dir() {
+        eprintln!("../shared/contract is not beside the repository: nothing to compare");
+        return;
+    }
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("contract dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".graphql"))
+            .collect();
+        v.sort();
+        v
+    };
+    let vendored = root.join("contract");
+    assert_eq!(
+        names(&vendored),
+        names(&shared),
+        "contract/ and ../shared/contract/ hold different files: copy ../shared/contract/*.graphql into contract/"
+    );
+    for name in names(&shared) {
+        assert_eq!(
+            std::fs::read_to_string(vendored.join(&name)).expect("vendored"),
+            std::fs::read_to_string(shared.join(&name)).expect("shared"),
+            "contract/{name} differs from ../shared/contract/{name}: copy it again"
+        );
+    }
 }
 
 #[test]
