@@ -37,6 +37,8 @@ pub struct AppState {
     /// The platform team's members as last read (None before the first read): open WebSockets of
     /// platform members watch it and close when their member leaves (`watch_platform_team`).
     pub team: tokio::sync::watch::Sender<Option<Arc<std::collections::HashSet<String>>>>,
+    /// Rate limits per caller and operation class.
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
@@ -70,7 +72,9 @@ impl AppState {
     ) -> Self {
         crate::telemetry::handle();
         let engine = Engine::new(db, &settings);
-        let documents: Arc<crate::graphql::documents::Documents> = Arc::default();
+        let documents = Arc::new(crate::graphql::documents::Documents::new(
+            crate::graphql::limits::DocumentLimits::from_settings(&settings),
+        ));
         let output_types: Arc<std::sync::OnceLock<crate::graphql::completion::OutputTypes>> =
             Arc::default();
         let schema = build_schema_with(&settings, documents.clone(), output_types.clone());
@@ -80,6 +84,7 @@ impl AppState {
             documents,
             output_types,
             team: tokio::sync::watch::Sender::new(None),
+            rate_limits: Arc::new(crate::ratelimit::RateLimits::from_settings(&settings)),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,
@@ -91,15 +96,55 @@ impl AppState {
     }
 }
 
+/// CORS for /graphql when origins are configured (tower-http answers preflights and adds the
+/// headers); None otherwise, so browsers on other origins are refused by default.
+fn cors(s: &Settings) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if s.cors_origins.is_empty() {
+        return None;
+    }
+    let origin = if s.cors_origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            s.cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    let methods: Vec<Method> = s
+        .cors_methods
+        .iter()
+        .filter_map(|m| Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).ok())
+        .collect();
+    let headers: Vec<HeaderName> = s
+        .cors_headers
+        .iter()
+        .filter_map(|h| HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods(methods)
+            .allow_headers(headers)
+            .allow_credentials(s.cors_credentials)
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(s.cors_max_age),
+    )
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.settings.max_body_bytes;
+    let graphql = get(http::graphql_get)
+        .post(http::graphql_post)
+        .fallback(http::method_not_allowed);
+    let graphql = match cors(&state.settings) {
+        Some(layer) => graphql.layer(layer),
+        None => graphql,
+    };
     Router::new()
-        .route(
-            "/graphql",
-            get(http::graphql_get)
-                .post(http::graphql_post)
-                .fallback(http::method_not_allowed),
-        )
+        .route("/graphql", graphql)
         .route("/", get(http::playground))
         .route("/assets/{name}", get(http::asset))
         .route("/healthz", get(http::healthz))
@@ -107,6 +152,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(http::metrics))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(axum::middleware::map_response(http::coded_limits))
+        .layer(axum::middleware::from_fn(http::header_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -172,6 +219,14 @@ impl Application {
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
         let team = tokio::spawn(watch_platform_team(self.state.clone()));
+        let limits = self.state.rate_limits.clone();
+        let forget = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.retain_recent();
+            }
+        });
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -184,7 +239,11 @@ impl Application {
         let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
-        for task in recompute.into_iter().chain(self.tasks).chain([team]) {
+        for task in recompute
+            .into_iter()
+            .chain(self.tasks)
+            .chain([team, forget])
+        {
             task.abort();
         }
         served

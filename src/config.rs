@@ -222,6 +222,174 @@ pub struct Settings {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,
+    /// Most lexical tokens in one GraphQL document (counted before parsing).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_TOKENS",
+        default_value_t = 2000
+    )]
+    pub max_tokens: usize,
+    /// Most aliases in one document (each counted once, as written).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_ALIASES",
+        default_value_t = 30
+    )]
+    pub max_aliases: usize,
+    /// Most directives in one document (each counted once, as written).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_DIRECTIVES",
+        default_value_t = 50
+    )]
+    pub max_directives: usize,
+    /// Most fields one document selects once its fragments are expanded where they are spread.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_SELECTIONS",
+        default_value_t = 1000
+    )]
+    pub max_selections: usize,
+    /// Most operations running at once on one WebSocket (past it, a subscribe answers an error).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_WS_MAX_OPERATIONS",
+        default_value_t = 100
+    )]
+    pub ws_max_operations: usize,
+    /// How long a WebSocket's outgoing frame may wait on a client that does not read before the
+    /// connection is dropped.
+    #[arg(long, global = true, env = "TOLLGATE_WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_send_timeout: Duration,
+    /// Origins allowed to call /graphql from a browser (comma-separated, e.g.
+    /// https://app.example.com; `*` for any, without credentials). None by default. The WebSocket
+    /// upgrade checks `Origin` against the same list when it is set.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Methods allowed from those origins.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_CORS_METHODS",
+        value_delimiter = ',',
+        default_value = "GET,POST"
+    )]
+    pub cors_methods: Vec<String>,
+    /// Request headers allowed from those origins.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_CORS_HEADERS",
+        value_delimiter = ',',
+        default_value = "authorization,content-type"
+    )]
+    pub cors_headers: Vec<String>,
+    /// Whether browsers may send credentials (cookies) cross-origin (not with `*`).
+    #[arg(long, global = true, env = "TOLLGATE_CORS_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cors_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    #[arg(long, global = true, env = "TOLLGATE_CORS_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub cors_max_age: Duration,
+    /// Rate limits per operation class, `on` or `off` (for benchmarks and bulk loads).
+    #[arg(long, global = true, env = "TOLLGATE_RATE_LIMITS", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub rate_limits: bool,
+    /// People's tokens (OWNER, ADMIN, MEMBER, VIEWER, CUSTOMER): usage recordings, as `N/m`
+    /// (per s, m or h), optionally `,burst=B`, or `unlimited`.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PEOPLE_RECORD", default_value = "60/m", value_parser = parse_rate)]
+    pub rate_people_record: Rate,
+    /// People's tokens: queries and subscriptions.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PEOPLE_QUERY", default_value = "100/m", value_parser = parse_rate)]
+    pub rate_people_query: Rate,
+    /// People's tokens: other mutations (plan changes, adjustments).
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PEOPLE_ADMIN", default_value = "30/m", value_parser = parse_rate)]
+    pub rate_people_admin: Rate,
+    /// SERVICE tokens: usage recordings.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_SERVICE_RECORD", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_service_record: Rate,
+    /// SERVICE tokens: queries and subscriptions.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_SERVICE_QUERY", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_service_query: Rate,
+    /// SERVICE tokens: other mutations.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_SERVICE_ADMIN", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_service_admin: Rate,
+    /// The platform team: usage recordings.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PLATFORM_RECORD", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_platform_record: Rate,
+    /// The platform team: queries and subscriptions.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PLATFORM_QUERY", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_platform_query: Rate,
+    /// The platform team: other mutations.
+    #[arg(long, global = true, env = "TOLLGATE_RATE_PLATFORM_ADMIN", default_value = "unlimited", value_parser = parse_rate)]
+    pub rate_platform_admin: Rate,
+}
+
+/// A rate limit: `per_minute`-style quota with a burst, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Unlimited,
+    /// `count` operations per `period`, at most `burst` at once.
+    Limited {
+        count: u32,
+        period: Duration,
+        burst: u32,
+    },
+}
+
+/// Parses `60/m`, `10/s,burst=20`, `1000/h` or `unlimited`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unlimited") || s.eq_ignore_ascii_case("off") {
+        return Ok(Rate::Unlimited);
+    }
+    let bad = || format!("invalid rate {s:?}: use e.g. 60/m, 10/s,burst=20, or unlimited");
+    let (rate, burst) = match s.split_once(',') {
+        Some((r, b)) => (r.trim(), Some(b.trim())),
+        None => (s, None),
+    };
+    let (count, unit) = rate.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let period = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    let burst = match burst {
+        Some(b) => b
+            .strip_prefix("burst=")
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(bad)?,
+        None => count,
+    };
+    if count == 0 || burst == 0 {
+        return Err(format!(
+            "{}: the count and the burst must be at least 1",
+            bad()
+        ));
+    }
+    Ok(Rate::Limited {
+        count,
+        period,
+        burst,
+    })
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
 }
 
 impl Settings {
@@ -243,39 +411,35 @@ impl Settings {
         redact_url(self.database_url.expose_secret())
     }
 
+    /// Every `TOLLGATE_*` variable a setting reads, from the clap definitions themselves (flags of
+    /// every subcommand included), so the accepted set cannot drift from the settings.
+    pub fn known_variables() -> Vec<String> {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
+                    out.push(env.to_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&Cli::command(), &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Rejects `TOLLGATE_*` variables that no setting reads: a typo must not silently fall back to a
     /// default.
     pub fn check_environment() -> Result<(), String> {
-        const KNOWN: &[&str] = &[
-            "TOLLGATE_DATABASE_URL",
-            "TOLLGATE_BIND",
-            "TOLLGATE_JWT_SECRET",
-            "TOLLGATE_JWT_PUBLIC_KEY",
-            "TOLLGATE_JWT_ISSUER",
-            "TOLLGATE_JWT_AUDIENCE",
-            "TOLLGATE_NEAR_LIMIT_PCT",
-            "TOLLGATE_MAX_BODY_BYTES",
-            "TOLLGATE_MAX_BATCH",
-            "TOLLGATE_MAX_DEPTH",
-            "TOLLGATE_MAX_COMPLEXITY",
-            "TOLLGATE_MAX_PAGE_SIZE",
-            "TOLLGATE_MAX_RECORD_BATCH",
-            "TOLLGATE_LATENESS_DAYS",
-            "TOLLGATE_CLOCK_SKEW",
-            "TOLLGATE_DB_MAX_CONNECTIONS",
-            "TOLLGATE_DB_STATEMENT_TIMEOUT",
-            "TOLLGATE_INTROSPECTION",
-            "TOLLGATE_LOG_JSON",
-            "TOLLGATE_RECOMPUTE_INTERVAL",
-            "TOLLGATE_WS_INIT_TIMEOUT",
-            "TOLLGATE_WS_KEEPALIVE",
-            "TOLLGATE_WS_MAX_CONNECTIONS",
-            "TOLLGATE_WS_MAX_PER_TENANT",
-        ];
+        let known = Self::known_variables();
         let unknown: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .filter(|k| k.starts_with("TOLLGATE_") && !k.starts_with("TOLLGATE_TEST_"))
-            .filter(|k| !KNOWN.contains(&k.as_str()))
+            .filter(|k| !known.contains(k))
             .collect();
         if unknown.is_empty() {
             Ok(())
@@ -297,6 +461,46 @@ impl Settings {
         }
         if self.ws_init_timeout.is_zero() || self.ws_keepalive.is_zero() {
             return Err("ws-init-timeout and ws-keepalive must be at least 1s".into());
+        }
+        if self.max_tokens == 0
+            || self.max_selections == 0
+            || self.ws_max_operations == 0
+            || self.ws_send_timeout.is_zero()
+        {
+            return Err(
+                "max-tokens, max-selections, ws-max-operations and ws-send-timeout must be at least 1"
+                    .into(),
+            );
+        }
+        let wildcard = self.cors_origins.iter().any(|o| o.trim() == "*");
+        if wildcard && self.cors_origins.len() > 1 {
+            return Err("TOLLGATE_CORS_ORIGINS: `*` stands alone".into());
+        }
+        if wildcard && self.cors_credentials {
+            return Err(
+                "TOLLGATE_CORS_ORIGINS=* is not allowed with TOLLGATE_CORS_CREDENTIALS=true".into(),
+            );
+        }
+        for origin in self.cors_origins.iter().filter(|o| o.trim() != "*") {
+            let o = origin.trim();
+            let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.ends_with('/')
+                && axum::http::HeaderValue::from_str(o).is_ok();
+            if !ok {
+                return Err(format!(
+                    "TOLLGATE_CORS_ORIGINS: {o:?} is not an origin such as https://app.example.com"
+                ));
+            }
+        }
+        for m in &self.cors_methods {
+            if axum::http::Method::from_bytes(m.trim().as_bytes()).is_err() {
+                return Err(format!("TOLLGATE_CORS_METHODS: {m:?} is not a method"));
+            }
+        }
+        for h in &self.cors_headers {
+            if axum::http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                return Err(format!("TOLLGATE_CORS_HEADERS: {h:?} is not a header name"));
+            }
         }
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return Err(
@@ -321,8 +525,16 @@ fn redact_url(url: &str) -> String {
 /// Parses a period written `YYYY-MM`.
 pub fn parse_period(s: &str) -> Result<crate::domain::Period, String> {
     chrono::NaiveDate::parse_from_str(&format!("{}-01", s.trim()), "%Y-%m-%d")
+        .ok()
+        .filter(|d| crate::domain::bounded_date("period", *d).is_ok())
         .map(crate::domain::Period::containing)
-        .map_err(|_| format!("invalid period {s:?}: use YYYY-MM, e.g. 2026-11"))
+        .ok_or_else(|| {
+            format!(
+                "invalid period {s:?}: use YYYY-MM between {} and {}, e.g. 2026-11",
+                crate::domain::MIN_DATE.format("%Y-%m"),
+                crate::domain::MAX_DATE.format("%Y-%m")
+            )
+        })
 }
 
 /// Parses `90s`, `30m`, `1h`, `7d` or a bare number of seconds.
@@ -361,6 +573,45 @@ mod tests {
         assert_eq!(p.start.to_string(), "2026-02-01");
         assert!(parse_period("2026-13").is_err());
         assert!(parse_period("Feb").is_err());
+        assert!(parse_period("+262142-12").is_err());
+        assert!(parse_period("1969-12").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            parse_rate("60/m"),
+            Ok(Rate::Limited {
+                count: 60,
+                period: Duration::from_secs(60),
+                burst: 60
+            })
+        );
+        assert_eq!(
+            parse_rate("10/s,burst=20"),
+            Ok(Rate::Limited {
+                count: 10,
+                period: Duration::from_secs(1),
+                burst: 20
+            })
+        );
+        assert_eq!(parse_rate("unlimited"), Ok(Rate::Unlimited));
+        for bad in ["0/m", "60", "60/d", "60/m,burst=0", "60/m,b=3", "x/m"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_setting_has_its_variable_known() {
+        let known = Settings::known_variables();
+        for v in [
+            "TOLLGATE_ENTITLEMENT_CACHE_TTL",
+            "TOLLGATE_DATABASE_URL",
+            "TOLLGATE_RATE_PEOPLE_RECORD",
+            "TOLLGATE_CORS_ORIGINS",
+        ] {
+            assert!(known.iter().any(|k| k == v), "{v}");
+        }
     }
 
     #[test]

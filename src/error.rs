@@ -99,3 +99,30 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 }
 
 use async_graphql::ErrorExtensions as _;
+
+/// Most characters of a client's input that an error message quotes.
+pub const QUOTE_MAX: usize = 64;
+
+/// A client's input as an error message quotes it: in double quotes, escaped, and cut after
+/// `QUOTE_MAX` characters, so a huge input never comes back whole.
+pub fn quote(input: &str) -> String {
+    let mut chars = input.chars();
+    let head: String = chars.by_ref().take(QUOTE_MAX).collect();
+    if chars.next().is_some() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quotes_are_capped() {
+        assert_eq!(super::quote("pro"), "\"pro\"");
+        let long = "x".repeat(500_000);
+        let q = super::quote(&long);
+        assert!(q.len() < 80, "{}", q.len());
+        assert!(q.ends_with('…'));
+    }
+}

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use futures_util::FutureExt as _;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -93,6 +94,19 @@ async fn viewer_from_headers(
 }
 
 fn unauthenticated(media: &'static str, err: AppError) -> Response {
+    // The token could not be checked because the database did not answer: not the caller's fault.
+    if matches!(err, AppError::Internal(_)) {
+        let _: async_graphql::Error = err.into(); // logs the cause
+        let mut resp = request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            media,
+            "authentication is unavailable (the database did not answer); try again",
+            "INTERNAL",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let mut resp = request_error(
         StatusCode::UNAUTHORIZED,
         media,
@@ -123,12 +137,16 @@ fn status_for(media: &'static str, resp: &BatchResponse) -> StatusCode {
             .and_then(|x| x.get("code"))
             .map(|v| v.to_string().trim_matches('"').to_owned())
     };
-    if single
-        .errors
-        .iter()
-        .any(|e| code_of(e).as_deref() == Some("UNAUTHENTICATED"))
-    {
+    let has = |code: &str| {
+        single
+            .errors
+            .iter()
+            .any(|e| code_of(e).as_deref() == Some(code))
+    };
+    if has("UNAUTHENTICATED") {
         StatusCode::UNAUTHORIZED
+    } else if has("INTERNAL") {
+        StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::BAD_REQUEST
     }
@@ -163,17 +181,50 @@ async fn execute(
             .or_else(|| crate::telemetry::first_operation_name(&r.query)),
         BatchRequest::Batch(_) => Some("batch"),
     });
+    let single = matches!(batch, BatchRequest::Single(_));
+    let requests = match batch {
+        BatchRequest::Single(r) => vec![r],
+        BatchRequest::Batch(rs) => rs,
+    };
+    // Each operation counts against its caller's rate limit (a batch counts each one); a refused
+    // one answers RATE_LIMITED in its place and does not run.
+    let mut refusals: Vec<Option<crate::ratelimit::Refused>> = Vec::with_capacity(n);
+    let mut runnable = Vec::with_capacity(n);
     // Each request's database handle is released once it has answered.
     let mut handles = Vec::with_capacity(n);
-    let mut with_ctx = |mut r: async_graphql::Request| {
-        state.documents.prepare(&mut r);
+    for mut r in requests {
+        let doc = state.documents.parsed(&r.query);
+        let refused = match (&viewer, &doc) {
+            (Some(v), Some(doc)) => {
+                let classes = crate::graphql::operation_classes(doc, r.operation_name.as_deref());
+                state.rate_limits.check(v, &classes).err()
+            }
+            _ => None,
+        };
+        refusals.push(refused);
+        if refused.is_some() {
+            continue;
+        }
+        if let Some(doc) = doc {
+            r.set_parsed_query((*doc).clone());
+        }
         let ctx = RequestCtx::new(state.engine.clone(), state.settings.clone(), viewer.clone());
         handles.push(ctx.engine.db.clone());
-        r.data(ctx)
-    };
-    let batch = match batch {
-        BatchRequest::Single(r) => BatchRequest::Single(with_ctx(r)),
-        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(with_ctx).collect()),
+        runnable.push(r.data(ctx));
+    }
+    let retry_after = refusals
+        .iter()
+        .flatten()
+        .map(|r| r.retry_after_secs().max(1))
+        .max();
+    if single && let Some(Some(refused)) = refusals.first() {
+        return rate_limited(media, refused);
+    }
+    let n_run = runnable.len();
+    // A single request that was not refused above is the one runnable request.
+    let batch = match (single, runnable.pop()) {
+        (true, Some(r)) => BatchRequest::Single(r),
+        (_, last) => BatchRequest::Batch(runnable.into_iter().chain(last).collect()),
     };
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
@@ -182,11 +233,36 @@ async fn execute(
         batch = n,
         status = tracing::field::Empty
     );
-    let mut resp = state
-        .schema
-        .execute_batch(batch)
+    // A panic in a resolver answers INTERNAL (and is logged), never an empty reply.
+    let mut resp = match std::panic::AssertUnwindSafe(state.schema.execute_batch(batch))
+        .catch_unwind()
         .instrument(span.clone())
-        .await;
+        .await
+    {
+        Ok(resp) => resp,
+        Err(panic) => {
+            crate::graphql::log_panic(&operation, panic.as_ref());
+            let internal = crate::graphql::internal_response;
+            if single {
+                BatchResponse::Single(internal())
+            } else {
+                BatchResponse::Batch((0..n_run).map(|_| internal()).collect())
+            }
+        }
+    };
+    // The refused operations of a batch take their places again.
+    if let BatchResponse::Batch(ran) = resp {
+        let mut ran = ran.into_iter();
+        resp = BatchResponse::Batch(
+            refusals
+                .iter()
+                .map(|refused| match refused {
+                    Some(r) => rate_limited_response(r),
+                    None => ran.next().unwrap_or_else(crate::graphql::internal_response),
+                })
+                .collect(),
+        );
+    }
     match &mut resp {
         BatchResponse::Single(r) => crate::graphql::with_codes(r),
         BatchResponse::Batch(rs) => rs.iter_mut().for_each(crate::graphql::with_codes),
@@ -205,8 +281,16 @@ async fn execute(
         BatchResponse::Single(r) => failed_before_execution(r),
         BatchResponse::Batch(rs) => rs.iter().any(failed_before_execution),
     };
+    let with_retry = |mut response: Response| {
+        if let Some(secs) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    };
     if !stripped {
-        return json_response(status, media, &resp);
+        return with_retry(json_response(status, media, &resp));
     }
     // A request that failed before execution has no data entry at all (the GraphQL specification,
     // whichever the media type).
@@ -224,7 +308,34 @@ async fn execute(
         BatchResponse::Single(r) => body_of(r),
         BatchResponse::Batch(rs) => serde_json::Value::Array(rs.iter().map(body_of).collect()),
     };
-    json_response(status, media, &body)
+    with_retry(json_response(status, media, &body))
+}
+
+/// An operation refused by its rate limit, in a batch's answer.
+fn rate_limited_response(refused: &crate::ratelimit::Refused) -> async_graphql::Response {
+    let mut err = async_graphql::ServerError::new(refused.message(), None);
+    let ext = err.extensions.get_or_insert_with(Default::default);
+    ext.set("code", "RATE_LIMITED");
+    ext.set("retryAfter", refused.retry_after_secs().max(1));
+    let mut resp = async_graphql::Response::from_errors(vec![err]);
+    resp.data = async_graphql::Value::Null;
+    resp
+}
+
+/// A request refused by its rate limit: 429 with `Retry-After`, RATE_LIMITED with `retryAfter`.
+fn rate_limited(media: &'static str, refused: &crate::ratelimit::Refused) -> Response {
+    let secs = refused.retry_after_secs().max(1);
+    metrics::counter!("tollgate_rate_limited_total", "class" => refused.class.as_str())
+        .increment(1);
+    let body = serde_json::json!({ "errors": [{
+        "message": refused.message(),
+        "extensions": { "code": "RATE_LIMITED", "retryAfter": secs }
+    }] });
+    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, media, &body);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// A request (of a batch) without a query: a parameter problem, answered 400 before execution.
@@ -373,7 +484,7 @@ pub async fn graphql_get(State(state): State<Arc<AppState>>, req: Request) -> Re
         );
     }
     // Only queries travel over GET: a mutation changes state and must be a POST.
-    if let Ok(doc) = async_graphql::parser::parse_query(&query) {
+    if let Some(doc) = state.documents.parsed(&query) {
         let op_type = match params.operation_name.as_deref().filter(|n| !n.is_empty()) {
             Some(name) => doc
                 .operations
@@ -412,6 +523,27 @@ async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts)
         .headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
+    // Browsers send their page's Origin on the upgrade; with allowed origins set, a page from
+    // elsewhere is refused (clients that are not browsers send none).
+    let allowed = &state.settings.cors_origins;
+    if !allowed.is_empty() && !allowed.iter().any(|o| o.trim() == "*") {
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin
+            && !allowed
+                .iter()
+                .any(|o| o.trim().eq_ignore_ascii_case(origin))
+        {
+            return request_error(
+                StatusCode::FORBIDDEN,
+                JSON,
+                "this origin may not open a WebSocket here",
+                "FORBIDDEN",
+            );
+        }
+    }
     let Some(protocol) = ws::Protocol::choose(offer) else {
         return request_error(
             StatusCode::BAD_REQUEST,
@@ -527,6 +659,55 @@ const PLAYGROUND_HTML: &str = r#"<!doctype html>
 </body>
 </html>
 "#;
+
+/// Largest total size of a request's headers; past it the answer is 431 (JSON, with a code).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses requests whose headers are too large with a JSON 431 (hyper's own limits, far above
+/// this one, answer without a body).
+pub async fn header_limit(req: Request, next: axum::middleware::Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return request_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            JSON,
+            &format!("the request's headers are larger than {MAX_HEADER_BYTES} bytes"),
+            "BAD_USER_INPUT",
+        );
+    }
+    next.run(req).await
+}
+
+/// Gives the body-limit layers' bare 413 (and any other bare 413 or 431) a JSON body with a code.
+pub async fn coded_limits(resp: Response) -> Response {
+    let status = resp.status();
+    let bare = !resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(JSON) || v.starts_with(GRAPHQL_RESPONSE));
+    if bare && status == StatusCode::PAYLOAD_TOO_LARGE {
+        return request_error(
+            status,
+            JSON,
+            "the request body is larger than the server accepts (TOLLGATE_MAX_BODY_BYTES)",
+            "BAD_USER_INPUT",
+        );
+    }
+    if bare && status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        return request_error(
+            status,
+            JSON,
+            "the request's headers are too large",
+            "BAD_USER_INPUT",
+        );
+    }
+    resp
+}
 
 /// GET /healthz: the process is up.
 pub async fn healthz() -> &'static str {

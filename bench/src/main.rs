@@ -68,6 +68,26 @@ struct Server {
     addr: SocketAddr,
 }
 
+/// The server's rate-limit flags for this run (see `Server::start`).
+fn rate_limit_args() -> Vec<&'static str> {
+    if std::env::var("BENCH_RATE_LIMITS").is_ok_and(|v| v == "on") {
+        let mut args = vec!["--rate-limits", "on"];
+        for flag in [
+            "--rate-people-record",
+            "--rate-people-query",
+            "--rate-people-admin",
+            "--rate-service-record",
+            "--rate-service-query",
+            "--rate-service-admin",
+        ] {
+            args.extend([flag, "1000000/s"]);
+        }
+        args
+    } else {
+        vec!["--rate-limits", "off"]
+    }
+}
+
 impl Server {
     async fn start(args: &Args) -> Result<Server> {
         let mut child = Command::new(&args.server)
@@ -81,6 +101,10 @@ impl Server {
             ])
             .args(["--db-max-connections", &args.pool.to_string()])
             .args(["--recompute-interval", "0", "--max-page-size", "100"])
+            // The seed's per-person limits would throttle the load: off, unless BENCH_RATE_LIMITS=on,
+            // which measures the limiter's cost with every class of the bench's tokens (viewers,
+            // services) checked against a limit far above the load.
+            .args(rate_limit_args())
             .arg("serve")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -362,7 +386,7 @@ async fn seed(args: &Args, http: &Http, platform: &str) -> Result<Seeded> {
     }
     let (pool, _) =
         tollgate::store::connect(&args.database_url, 2, Duration::from_secs(600)).await?;
-    let db = tollgate::store::db::Db::new(pool);
+    let db = tollgate::store::db::Db::new(pool, std::time::Duration::from_secs(30));
     for (org, n) in [(&small, args.big_ledger / 100), (&big, args.big_ledger)] {
         bulk_ledger(&db, org, n).await?;
     }

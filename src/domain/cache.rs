@@ -16,9 +16,11 @@
 //! A reader takes a ticket before reading the database and stores its result only if nothing was
 //! invalidated meanwhile, so a read that raced a commit can never park a stale value.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
 
 use super::usage::UsageSummary;
 use super::{OrganizationId, Period};
@@ -26,11 +28,27 @@ use super::{OrganizationId, Period};
 /// How long an entry is trusted without an invalidation, unless configured.
 pub const TTL: Duration = Duration::from_secs(1);
 
-/// Entries beyond this are not added (memory stays bounded; misses just read the database).
-const MAX_ENTRIES: usize = 100_000;
+/// Organizations kept, unless configured: past it the least useful entries are evicted (a miss
+/// just reads the database).
+pub const CAPACITY: usize = 100_000;
 
 pub struct StateCache {
-    inner: Mutex<Inner>,
+    entries: Cache<
+        OrganizationId,
+        Entry,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder,
+        Evictions,
+    >,
+    /// Serializes the check-then-write of `put` against `invalidate` and `clear`.
+    writes: Mutex<()>,
+    /// Raised by every invalidation: a ticket remembers the value it saw.
+    seq: AtomicU64,
+    /// Raised by `clear`: tickets from before it are void.
+    epoch: AtomicU64,
+    /// The newest invalidation among evicted entries: a reader whose organization is not in the
+    /// cache cannot tell whether it was invalidated after its ticket, unless its ticket is newer.
+    evicted: Arc<AtomicU64>,
     ttl: Duration,
 }
 
@@ -40,88 +58,127 @@ impl Default for StateCache {
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Raised by `clear`: tickets from before it are void.
-    epoch: u64,
-    entries: HashMap<OrganizationId, Entry>,
+#[derive(Clone, Default)]
+struct Entry {
+    /// The `seq` of this organization's latest invalidation.
+    invalidated: u64,
+    value: Option<(Instant, Arc<UsageSummary>)>,
 }
 
-#[derive(Default)]
-struct Entry {
-    /// Raised by every invalidation of this organization.
-    generation: u64,
-    value: Option<(Instant, Arc<UsageSummary>)>,
+/// Remembers the newest invalidation that eviction forgets.
+#[derive(Clone)]
+struct Evictions(Arc<AtomicU64>);
+
+impl quick_cache::Lifecycle<OrganizationId, Entry> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _: &mut (), _: OrganizationId, entry: Entry) {
+        self.0.fetch_max(entry.invalidated, Ordering::AcqRel);
+    }
 }
 
 /// What a reader saw before reading the database.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
     epoch: u64,
-    generation: u64,
+    seq: u64,
 }
 
 impl StateCache {
     /// A cache whose entries are trusted for `ttl` (zero: nothing is kept).
     pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, CAPACITY)
+    }
+
+    /// A cache of at most `capacity` organizations.
+    pub fn with_capacity(ttl: Duration, capacity: usize) -> Self {
+        let evicted = Arc::new(AtomicU64::new(0));
+        let capacity = capacity.max(1);
         StateCache {
-            inner: Mutex::default(),
+            entries: Cache::with(
+                capacity,
+                capacity as u64,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                Evictions(evicted.clone()),
+            ),
+            writes: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            evicted,
             ttl,
         }
     }
 
     /// The organization's current-period summary, when cached and fresh.
     pub fn get(&self, org: OrganizationId) -> Option<Arc<UsageSummary>> {
-        let inner = self.inner.lock().ok()?;
-        let (at, summary) = inner.entries.get(&org)?.value.as_ref()?;
-        (at.elapsed() < self.ttl && summary.period == Period::current()).then(|| summary.clone())
+        let (at, summary) = self.entries.get(&org)?.value?;
+        (at.elapsed() < self.ttl && summary.period == Period::current()).then_some(summary)
     }
 
     /// Taken before reading the database for `org`.
-    pub fn ticket(&self, org: OrganizationId) -> Option<Ticket> {
-        let inner = self.inner.lock().ok()?;
+    pub fn ticket(&self, _org: OrganizationId) -> Option<Ticket> {
+        let _writes = self.writes.lock().ok()?;
         Some(Ticket {
-            epoch: inner.epoch,
-            generation: inner.entries.get(&org).map_or(0, |e| e.generation),
+            epoch: self.epoch.load(Ordering::Acquire),
+            seq: self.seq.load(Ordering::Acquire),
         })
     }
 
-    /// Stores what was read after `ticket`, unless the organization changed meanwhile.
+    /// Stores what was read after `ticket`, unless the organization changed meanwhile (or may
+    /// have: its invalidation was evicted after the ticket).
     pub fn put(&self, ticket: Ticket, summary: Arc<UsageSummary>) {
         let org = OrganizationId(summary.org.id);
-        let Ok(mut inner) = self.inner.lock() else {
+        let Ok(_writes) = self.writes.lock() else {
             return;
         };
-        if self.ttl.is_zero() || inner.epoch != ticket.epoch || summary.period != Period::current()
+        if self.ttl.is_zero()
+            || self.epoch.load(Ordering::Acquire) != ticket.epoch
+            || summary.period != Period::current()
         {
             return;
         }
-        if inner.entries.len() >= MAX_ENTRIES && !inner.entries.contains_key(&org) {
+        let invalidated = match self.entries.get(&org) {
+            Some(e) => e.invalidated,
+            None => self.evicted.load(Ordering::Acquire),
+        };
+        if invalidated > ticket.seq {
             return;
         }
-        let entry = inner.entries.entry(org).or_default();
-        if entry.generation == ticket.generation {
-            entry.value = Some((Instant::now(), summary));
-        }
+        self.entries.insert(
+            org,
+            Entry {
+                invalidated,
+                value: Some((Instant::now(), summary)),
+            },
+        );
     }
 
     pub fn invalidate(&self, org: OrganizationId) {
-        if let Ok(mut inner) = self.inner.lock() {
-            let entry = inner.entries.entry(org).or_default();
-            entry.generation += 1;
-            entry.value = None;
-        }
+        let Ok(_writes) = self.writes.lock() else {
+            return;
+        };
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.entries.insert(
+            org,
+            Entry {
+                invalidated: seq,
+                value: None,
+            },
+        );
     }
 
     pub fn clear(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.epoch += 1;
-            inner.entries.clear();
+        if let Ok(_writes) = self.writes.lock() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.entries.clear();
         }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|i| i.entries.len()).unwrap_or(0)
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,5 +243,41 @@ mod tests {
         assert!(short.get(org).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(short.get(org).is_none(), "expired");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_caching_past_its_bound() {
+        let cache = StateCache::with_capacity(Duration::from_secs(60), 100);
+        // Ten times more organizations than the bound, each invalidated (as commits do) and read.
+        let ids: Vec<uuid::Uuid> = (0..1000).map(|_| uuid::Uuid::new_v4()).collect();
+        for id in &ids {
+            cache.invalidate(OrganizationId(*id));
+            let ticket = cache.ticket(OrganizationId(*id)).unwrap();
+            cache.put(ticket, summary(*id));
+        }
+        assert!(cache.len() <= 100, "{} entries", cache.len());
+        // New organizations are still cached once the cache is full.
+        let late = uuid::Uuid::new_v4();
+        let ticket = cache.ticket(OrganizationId(late)).unwrap();
+        cache.put(ticket, summary(late));
+        assert!(cache.get(OrganizationId(late)).is_some());
+    }
+
+    #[test]
+    fn an_evicted_invalidation_still_voids_older_tickets() {
+        let cache = StateCache::with_capacity(Duration::from_secs(60), 2);
+        let id = uuid::Uuid::new_v4();
+        let org = OrganizationId(id);
+        let ticket = cache.ticket(org).unwrap();
+        cache.invalidate(org);
+        // Enough other organizations to evict the invalidation's entry.
+        for _ in 0..10 {
+            cache.invalidate(OrganizationId(uuid::Uuid::new_v4()));
+        }
+        cache.put(ticket, summary(id));
+        assert!(
+            cache.get(org).is_none(),
+            "a read that raced a forgotten write is not kept"
+        );
     }
 }

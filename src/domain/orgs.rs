@@ -31,7 +31,12 @@ pub async fn create(
             store::catalog::plan_by_code(&engine.db, code)
                 .await?
                 .filter(|p| p.active)
-                .ok_or_else(|| AppError::bad_input(format!("unknown or inactive plan {code:?}")))?,
+                .ok_or_else(|| {
+                    AppError::bad_input(format!(
+                        "unknown or inactive plan {}",
+                        crate::error::quote(code)
+                    ))
+                })?,
         ),
         None => None,
     };

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::access::{self, Action};
 use super::usage::Engine;
-use super::{Amount, MetricCode, OrganizationId, Viewer, optional_text, required_text};
+use super::{Amount, CODE_RULE, MetricCode, OrganizationId, Viewer, optional_text, required_text};
 use crate::error::{AppError, AppResult};
 use crate::store;
 
@@ -72,7 +72,10 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
     access::require_platform(viewer)?;
     let reason = optional_text("reason", input.reason.as_deref(), 500)?;
     let code = MetricCode::parse(input.code.trim()).map_err(|_| {
-        AppError::bad_input("invalid plan code: use lowercase letters, digits and _")
+        AppError::bad_input(format!(
+            "invalid plan code {}: {CODE_RULE}",
+            crate::error::quote(input.code.trim())
+        ))
     })?;
     let name = required_text("name", &input.name, 200)?;
     let price = Amount::parse("priceMonthly", input.price_monthly)?;
@@ -286,7 +289,12 @@ pub async fn change(
             store::catalog::plan_by_code(txn, &code)
                 .await?
                 .filter(|p| p.active)
-                .ok_or_else(|| AppError::bad_input(format!("unknown or inactive plan {code:?}")))
+                .ok_or_else(|| {
+                    AppError::bad_input(format!(
+                        "unknown or inactive plan {}",
+                        crate::error::quote(&code)
+                    ))
+                })
         }
     };
     let (change_type, new_plan, status, trial_ends_at, effective) = match action {

@@ -28,20 +28,34 @@ impl std::fmt::Display for OrganizationId {
     }
 }
 
-/// A metric code such as `bookings`: lowercase letters, digits and `_`, 1 to 64 long.
+/// The one rule for codes and slugs (metric codes, plan codes, organization slugs), as said to
+/// clients.
+pub const CODE_RULE: &str = "use 1 to 64 lowercase letters, digits, dashes and underscores, \
+     starting and ending with a letter or digit";
+
+/// Whether `s` follows `CODE_RULE`.
+pub fn is_code(s: &str) -> bool {
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes.iter().all(|&b| edge(b) || b == b'-' || b == b'_')
+        && bytes.first().copied().is_some_and(edge)
+        && bytes.last().copied().is_some_and(edge)
+}
+
+/// A metric code such as `bookings` or `staff-hours` (`CODE_RULE`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MetricCode(String);
 
 impl MetricCode {
     pub fn parse(s: &str) -> AppResult<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
+        if is_code(s) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(AppError::bad_input(format!("invalid metric code {s:?}")))
+            Err(AppError::bad_input(format!(
+                "invalid metric code {}: {CODE_RULE}",
+                crate::error::quote(s)
+            )))
         }
     }
 
@@ -50,22 +64,18 @@ impl MetricCode {
     }
 }
 
-/// A slug: lowercase letters, digits and `-`, 2 to 64 long, not starting or ending with `-`.
+/// An organization's slug (`CODE_RULE`, the same rule as codes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slug(String);
 
 impl Slug {
     pub fn parse(s: &str) -> AppResult<Self> {
-        let ok = (2..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-');
-        if ok {
+        if is_code(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(AppError::bad_input(format!(
-                "invalid slug {s:?}: use 2 to 64 lowercase letters, digits and dashes"
+                "invalid slug {}: {CODE_RULE}",
+                crate::error::quote(s)
             )))
         }
     }
@@ -148,6 +158,29 @@ const MAX_SCALED: u64 = 1_000_000_000_000_000; // 10^11 units at 4 places
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Period {
     pub start: NaiveDate,
+}
+
+/// The earliest date any input may name (periods, dates, corrections).
+pub const MIN_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => NaiveDate::MIN,
+};
+/// The latest date any input may name: far from chrono's limits, so that a period's end, the
+/// next period and a history's range are always representable.
+pub const MAX_DATE: NaiveDate = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+    Some(d) => d,
+    None => NaiveDate::MAX,
+};
+
+/// A date within `MIN_DATE..=MAX_DATE`, or BAD_USER_INPUT naming the field.
+pub fn bounded_date(field: &str, d: NaiveDate) -> AppResult<NaiveDate> {
+    if (MIN_DATE..=MAX_DATE).contains(&d) {
+        Ok(d)
+    } else {
+        Err(AppError::bad_input(format!(
+            "{field} must be between {MIN_DATE} and {MAX_DATE}"
+        )))
+    }
 }
 
 impl Period {
@@ -283,5 +316,15 @@ mod tests {
         assert!(MetricCode::parse("Bookings").is_err());
         assert!(Slug::parse("acme-games").is_ok());
         assert!(Slug::parse("-x").is_err());
+        // One rule for all three: dashes and underscores inside, letters or digits at the ends.
+        for good in ["pro-annual", "staff_hours", "a", "x9"] {
+            assert!(MetricCode::parse(good).is_ok(), "{good}");
+            assert!(Slug::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "_a", "A", "a b", "é"] {
+            assert!(MetricCode::parse(bad).is_err(), "{bad}");
+            assert!(Slug::parse(bad).is_err(), "{bad}");
+        }
+        assert!(MetricCode::parse(&"a".repeat(65)).is_err());
     }
 }

@@ -173,7 +173,7 @@ impl Engine {
     /// An engine over a connected, migrated database, with the rules from settings.
     pub fn new(db: DatabaseConnection, settings: &crate::config::Settings) -> Self {
         Engine {
-            db: crate::store::db::Db::new(db),
+            db: crate::store::db::Db::new(db, settings.db_statement_timeout),
             bus: AlertBus::new(4096),
             near_limit_pct: settings.near_limit_pct,
             lateness: Duration::days(settings.lateness_days.into()),
@@ -277,8 +277,11 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// recordUsageBatch: every item is checked first (a malformed or unauthorized item fails the whole
-    /// request); then one transaction per organization, each item answering on its own.
+    /// recordUsageBatch: atomic. Every item is checked first (a malformed or unauthorized item fails
+    /// the whole request); then all items are recorded in one transaction, organizations in id
+    /// order (so two batches lock periods in the same order and cannot deadlock), each item
+    /// answering on its own (a HARD refusal is its payload). An error in any item (an idempotency
+    /// key reused for another recording) fails the request and writes nothing.
     pub async fn record_batch(
         &self,
         viewer: &Viewer,
@@ -290,29 +293,34 @@ impl Engine {
         for input in inputs {
             parsed.push(self.parse_record(viewer, kinds, input).await?);
         }
-        let mut order: Vec<OrganizationId> = Vec::new();
-        for p in &parsed {
-            let id = OrganizationId(p.org.id);
-            if !order.contains(&id) {
-                order.push(id);
-            }
-        }
+        let mut order: Vec<OrganizationId> =
+            parsed.iter().map(|p| OrganizationId(p.org.id)).collect();
+        order.sort();
+        order.dedup();
         let mut results: Vec<Option<RecordOutcome>> = parsed.iter().map(|_| None).collect();
+        let txn = self.db.begin_write().await?;
+        let mut changes: Vec<(OrganizationId, Vec<usage_alert::Model>)> = Vec::new();
+        let mut changed = false;
         for org in order {
-            let txn = self.db.begin_write().await?;
-            let (mut alerts, mut changed) = (Vec::new(), false);
+            let mut alerts = Vec::new();
             for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
+                // `?` drops the transaction: nothing of the batch is kept.
                 let outcome = self.record_in(&txn, viewer, p).await?;
-                count_recording(&outcome);
                 alerts.extend(outcome.alerts.iter().cloned());
                 changed |= outcome.changed();
                 results[i] = Some(outcome);
             }
-            if changed {
-                self.commit_and_publish(txn, org, &alerts).await?;
-            } else {
-                txn.rollback().await?;
-            }
+            changes.push((org, alerts));
+        }
+        if changed {
+            let changes: Vec<(OrganizationId, &[usage_alert::Model])> =
+                changes.iter().map(|(o, a)| (*o, a.as_slice())).collect();
+            self.commit_and_publish_all(txn, &changes, false).await?;
+        } else {
+            txn.rollback().await?;
+        }
+        for outcome in results.iter().flatten() {
+            count_recording(outcome);
         }
         results
             .into_iter()
@@ -349,7 +357,8 @@ impl Engine {
             // and answering `duplicate` would silently lose that recording.
             if first.metric_code != p.metric.as_str() || first.quantity != p.quantity.scaled() {
                 return Err(AppError::conflict(format!(
-                    "idempotency key {key:?} was already used for another recording ({} of {})",
+                    "idempotency key {} was already used for another recording ({} of {})",
+                    crate::error::quote(key),
                     Amount::from_scaled(first.quantity).to_decimal().normalize(),
                     first.metric_code
                 )));

@@ -10,22 +10,35 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::parser::types::ExecutableDocument;
 
+use super::limits::DocumentLimits;
+
 const CAPACITY: usize = 512;
 const MAX_LEN: usize = 8 * 1024;
 
-#[derive(Default)]
 pub struct Documents {
     parsed: Mutex<HashMap<Arc<str>, Arc<ExecutableDocument>>>,
+    limits: DocumentLimits,
 }
 
 impl Documents {
+    pub fn new(limits: DocumentLimits) -> Self {
+        Documents {
+            parsed: Mutex::default(),
+            limits,
+        }
+    }
+
     /// The parsed document of `query`: from the cache, or parsed now (and kept unless it is longer
-    /// than `MAX_LEN`). None when it does not parse: the executor reports the error as it always does.
+    /// than `MAX_LEN`). None when it does not parse or exceeds the document limits (`limits`): the
+    /// executor then reports the error as it always does, and nothing else walks it.
     pub fn parsed(&self, query: &str) -> Option<Arc<ExecutableDocument>> {
         if let Some(doc) = self.lock().get(query).cloned() {
             return Some(doc);
         }
-        let doc = Arc::new(async_graphql::parser::parse_query(query).ok()?);
+        self.limits.check_text(query).ok()?;
+        let doc = async_graphql::parser::parse_query(query).ok()?;
+        self.limits.check_document(&doc).ok()?;
+        let doc = Arc::new(doc);
         if query.len() <= MAX_LEN {
             let mut parsed = self.lock();
             if parsed.len() >= CAPACITY {
@@ -59,7 +72,12 @@ mod tests {
 
     #[test]
     fn documents_are_parsed_once_and_bounded() {
-        let docs = Documents::default();
+        let docs = Documents::new(DocumentLimits {
+            max_tokens: 100_000,
+            max_aliases: 100,
+            max_directives: 100,
+            max_selections: 100_000,
+        });
         let mut a = async_graphql::Request::new("{ viewer { userId } }");
         docs.prepare(&mut a);
         assert!(a.parsed_query().is_ok());

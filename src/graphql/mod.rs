@@ -3,12 +3,14 @@
 
 pub mod completion;
 pub mod documents;
+pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod scalars;
 pub mod subscription;
 pub mod types;
+pub mod visibility;
 
 use std::sync::Arc;
 
@@ -154,6 +156,61 @@ pub fn operation<'a>(
     }
 }
 
+/// The rate-limit classes of the operation a request runs: queries and subscriptions are queries;
+/// a mutation is a recording when it selects recordUsage, recordUsageBatch or reverseUsage, and a
+/// change for any other root field (both, when it selects both kinds). Nothing when the document
+/// names no runnable operation (it fails anyway).
+pub fn operation_classes(
+    doc: &ExecutableDocument,
+    name: Option<&str>,
+) -> Vec<crate::ratelimit::Class> {
+    use crate::ratelimit::Class;
+    let Some(op) = operation(doc, name) else {
+        return Vec::new();
+    };
+    if op.node.ty != OperationType::Mutation {
+        return vec![Class::Query];
+    }
+    let mut names = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    root_field_names(doc, &op.node.selection_set.node, &mut seen, &mut names);
+    let mut classes = Vec::new();
+    for n in names.into_iter().filter(|n| !n.starts_with("__")) {
+        let class = match n {
+            "recordUsage" | "recordUsageBatch" | "reverseUsage" => Class::Record,
+            _ => Class::Admin,
+        };
+        if !classes.contains(&class) {
+            classes.push(class);
+        }
+    }
+    classes
+}
+
+fn root_field_names<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    seen: &mut std::collections::HashSet<&'a str>,
+    out: &mut Vec<&'a str>,
+) {
+    for sel in &set.items {
+        match &sel.node {
+            Selection::Field(f) => out.push(f.node.name.node.as_str()),
+            Selection::InlineFragment(i) => {
+                root_field_names(doc, &i.node.selection_set.node, seen, out)
+            }
+            Selection::FragmentSpread(s) => {
+                let name = s.node.fragment_name.node.as_str();
+                if seen.insert(name)
+                    && let Some(f) = doc.fragments.get(&s.node.fragment_name.node)
+                {
+                    root_field_names(doc, &f.node.selection_set.node, seen, out);
+                }
+            }
+        }
+    }
+}
+
 /// The root type an operation of this kind runs on.
 pub fn root_type(ty: OperationType) -> &'static str {
     match ty {
@@ -165,7 +222,8 @@ pub fn root_type(ty: OperationType) -> &'static str {
 
 /// Builds the schema with its limits. Migrations are not a side effect of this.
 pub fn build_schema(settings: &Settings) -> TollgateSchema {
-    build_schema_with(settings, Arc::default(), Arc::default())
+    let documents = documents::Documents::new(limits::DocumentLimits::from_settings(settings));
+    build_schema_with(settings, Arc::new(documents), Arc::default())
 }
 
 /// The schema, completing responses with the parsed documents of `documents` (shared with the
@@ -176,9 +234,13 @@ pub fn build_schema_with(
     documents: Arc<documents::Documents>,
     types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
 ) -> TollgateSchema {
+    let hidden: Arc<std::sync::OnceLock<std::collections::HashSet<String>>> = Arc::default();
     let gate = TenantGate {
         documents,
         types: types.clone(),
+        limits: limits::DocumentLimits::from_settings(settings),
+        hidden: hidden.clone(),
+        max_page_size: settings.max_page_size,
     };
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .limit_depth(settings.max_depth)
@@ -191,7 +253,9 @@ pub fn build_schema_with(
     }
     let schema = builder.finish();
     // The output fields' types, for completing responses (the SDL is the schema's own account).
-    let _ = types.set(completion::OutputTypes::from_sdl(&schema.sdl()).unwrap_or_default());
+    let sdl = schema.sdl();
+    let _ = types.set(completion::OutputTypes::from_sdl(&sdl).unwrap_or_default());
+    let _ = hidden.set(visibility::platform_only_types(&sdl));
     schema
 }
 
@@ -223,6 +287,44 @@ pub fn with_codes(resp: &mut async_graphql::Response) {
     }
 }
 
+/// Logs a panic caught while executing an operation (the panic hook printed where it happened).
+pub fn log_panic(operation: &str, panic: &(dyn std::any::Any + Send)) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(operation, panic = %message, "an operation panicked; answered INTERNAL");
+}
+
+/// A stream of responses whose panic becomes one INTERNAL response (logged), ending the stream
+/// there: a panicking resolver never takes its WebSocket or its other operations down.
+pub fn catch_panics<S>(responses: S) -> impl futures_util::Stream<Item = async_graphql::Response>
+where
+    S: futures_util::Stream<Item = async_graphql::Response>,
+{
+    use futures_util::StreamExt as _;
+    std::panic::AssertUnwindSafe(responses)
+        .catch_unwind()
+        .map(|result| {
+            result.unwrap_or_else(|panic| {
+                log_panic("websocket", panic.as_ref());
+                internal_response()
+            })
+        })
+}
+
+/// The answer to an operation that failed inside the server: `data: null` and one INTERNAL error.
+pub fn internal_response() -> async_graphql::Response {
+    let mut err = ServerError::new("internal error", None);
+    err.extensions
+        .get_or_insert_with(Default::default)
+        .set("code", "INTERNAL");
+    let mut resp = async_graphql::Response::from_errors(vec![err]);
+    resp.data = async_graphql::Value::Null;
+    resp
+}
+
 /// The sorted SDL, as committed in schema.graphql.
 pub fn sdl(schema: &TollgateSchema) -> String {
     schema.sdl_with_options(
@@ -240,6 +342,10 @@ pub fn sdl(schema: &TollgateSchema) -> String {
 struct TenantGate {
     documents: Arc<documents::Documents>,
     types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
+    limits: limits::DocumentLimits,
+    /// The types only the platform team may know of (`visibility`).
+    hidden: Arc<std::sync::OnceLock<std::collections::HashSet<String>>>,
+    max_page_size: usize,
 }
 
 impl ExtensionFactory for TenantGate {
@@ -247,6 +353,9 @@ impl ExtensionFactory for TenantGate {
         Arc::new(TenantGateExt {
             documents: self.documents.clone(),
             types: self.types.clone(),
+            limits: self.limits,
+            hidden: self.hidden.clone(),
+            max_page_size: self.max_page_size,
             request: std::sync::Mutex::default(),
         })
     }
@@ -255,6 +364,9 @@ impl ExtensionFactory for TenantGate {
 struct TenantGateExt {
     documents: Arc<documents::Documents>,
     types: Arc<std::sync::OnceLock<completion::OutputTypes>>,
+    limits: limits::DocumentLimits,
+    hidden: Arc<std::sync::OnceLock<std::collections::HashSet<String>>>,
+    max_page_size: usize,
     /// The request's document text and variables, seen at parsing, for completing its response.
     request: std::sync::Mutex<Option<(String, Variables)>>,
 }
@@ -268,6 +380,23 @@ impl Extension for TenantGateExt {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        // Bounded before anything walks it (see `limits`): the text before parsing, the document
+        // before the executor's own walks (its recursion-depth check follows every spread, in
+        // `next.run`), validation and the checks below. A document the kept documents hold
+        // passed already; one they refused is parsed here once more to say why.
+        let too_large = |msg: String| {
+            let mut e = ServerError::new(msg, None);
+            e.extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "BAD_USER_INPUT");
+            e
+        };
+        self.limits.check_text(query).map_err(too_large)?;
+        if self.documents.parsed(query).is_none()
+            && let Ok(doc) = async_graphql::parser::parse_query(query)
+        {
+            self.limits.check_document(&doc).map_err(too_large)?;
+        }
         let doc = next.run(ctx, query, variables).await?;
         // A required variable left out is a request error (the executor would only notice it at
         // the field, as a failure without a code). Checked when the document has one operation,
@@ -293,6 +422,14 @@ impl Extension for TenantGateExt {
             *seen = Some((query.to_owned(), variables.clone()));
         }
         let viewer = ctx.data_opt::<RequestCtx>().and_then(|r| r.viewer.as_ref());
+        if !viewer.is_some_and(|v| v.platform)
+            && let Some(hidden) = self.hidden.get()
+        {
+            visibility::check(&doc, hidden)?;
+        }
+        // A page size out of range is refused before anything runs, wherever the connection sits
+        // (under a nullable parent it would otherwise only null that parent).
+        check_page_sizes(&doc, variables, self.max_page_size)?;
         let mut roots: Vec<(
             &'static str,
             &Positioned<async_graphql::parser::types::Field>,
@@ -367,6 +504,56 @@ impl Extension for TenantGateExt {
     }
 }
 
+/// Every `first:` argument (the page size of a connection), literal or variable, within 0..=max.
+fn check_page_sizes(
+    doc: &ExecutableDocument,
+    variables: &Variables,
+    max: usize,
+) -> ServerResult<()> {
+    use async_graphql_value::Value as V;
+    let mut sets: Vec<&SelectionSet> = doc
+        .operations
+        .iter()
+        .map(|(_, op)| &op.node.selection_set.node)
+        .chain(doc.fragments.values().map(|f| &f.node.selection_set.node))
+        .collect();
+    while let Some(set) = sets.pop() {
+        for sel in &set.items {
+            match &sel.node {
+                Selection::Field(f) => {
+                    if let Some((_, value)) = f
+                        .node
+                        .arguments
+                        .iter()
+                        .find(|(n, _)| n.node.as_str() == "first")
+                    {
+                        let n = match &value.node {
+                            V::Variable(name) => match variables.get(name) {
+                                Some(async_graphql::Value::Number(n)) => Some(n.as_f64()),
+                                _ => None,
+                            },
+                            V::Number(n) => Some(n.as_f64()),
+                            _ => None,
+                        };
+                        if let Some(Some(n)) = n
+                            && (n < 0.0 || n > max as f64)
+                        {
+                            return Err(gate_error(
+                                AppError::bad_input(format!("first must be between 0 and {max}")),
+                                value.pos,
+                            ));
+                        }
+                    }
+                    sets.push(&f.node.selection_set.node);
+                }
+                Selection::InlineFragment(i) => sets.push(&i.node.selection_set.node),
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn gate_error(err: AppError, pos: Pos) -> ServerError {
     let gql: async_graphql::Error = err.into();
     gql.into_server_error(pos)
@@ -396,5 +583,37 @@ fn collect_roots<'a>(
             // Named fragments are checked where they are defined.
             Selection::FragmentSpread(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_panicking_stream_answers_internal_and_ends() {
+        let mut n = 0;
+        let panicky = futures_util::stream::poll_fn(move |_| {
+            n += 1;
+            if n == 2 {
+                panic!("a resolver panicked");
+            }
+            std::task::Poll::Ready(Some(async_graphql::Response::new(
+                async_graphql::Value::Null,
+            )))
+        });
+        let out: Vec<_> = super::catch_panics(panicky).collect().await;
+        assert_eq!(
+            out.len(),
+            2,
+            "one result, then the INTERNAL answer, then the end"
+        );
+        assert!(out[0].errors.is_empty());
+        let code = out[1].errors[0]
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .cloned();
+        assert_eq!(code, Some(async_graphql::Value::from("INTERNAL")));
     }
 }

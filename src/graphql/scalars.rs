@@ -2,6 +2,8 @@
 
 use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value};
 use chrono::NaiveDate;
+
+use crate::domain::{MAX_DATE, MIN_DATE};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
@@ -38,7 +40,8 @@ impl ScalarType for Dec {
         };
         let invalid = || {
             InputValueError::custom(format!(
-                "invalid decimal {text:?}: use a string such as \"12.50\""
+                "invalid decimal {}: use a string such as \"12.50\"",
+                crate::error::quote(&text)
             ))
         };
         if !plain_decimal(&text) {
@@ -78,9 +81,14 @@ impl ScalarType for Date {
     fn parse(value: Value) -> InputValueResult<Self> {
         match &value {
             Value::String(s) => NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .ok()
+                .filter(|d| (MIN_DATE..=MAX_DATE).contains(d))
                 .map(Date)
-                .map_err(|_| {
-                    InputValueError::custom(format!("invalid date {s:?}: use YYYY-MM-DD"))
+                .ok_or_else(|| {
+                    InputValueError::custom(format!(
+                        "invalid date {}: use YYYY-MM-DD between {MIN_DATE} and {MAX_DATE}",
+                        crate::error::quote(s)
+                    ))
                 }),
             _ => Err(InputValueError::expected_type(value)),
         }

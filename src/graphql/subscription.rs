@@ -191,7 +191,7 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         organization_id: Option<ID>,
-    ) -> Result<impl Stream<Item = UsageSummary>> {
+    ) -> Result<impl Stream<Item = Result<UsageSummary>>> {
         let rc = request_ctx(ctx)?;
         let viewer = rc.viewer()?.clone();
         let id = access::target_org(&viewer, organization_id.as_ref().map(|i| i.as_str()))?;
@@ -221,16 +221,25 @@ impl Subscription {
                             while rx.try_recv().is_ok() {}
                             // A handle for this round only: its transaction ends with it.
                             let db = engine.db.scoped(viewer.scope());
-                            let orgs = crate::store::orgs::by_ids(&db, viewer.scope(), &[org])
-                                .await
-                                .ok()?;
-                            let summary = engine
-                                .summaries(&db, viewer.scope(), orgs, Period::current())
-                                .await
-                                .ok()?;
+                            let read = async {
+                                let orgs = crate::store::orgs::by_ids(&db, viewer.scope(), &[org])
+                                    .await
+                                    .map_err(crate::error::AppError::from)?;
+                                engine
+                                    .summaries(&db, viewer.scope(), orgs, Period::current())
+                                    .await
+                            }
+                            .await;
                             db.release().await;
-                            let s = summary.into_iter().next()?;
-                            return Some((UsageSummary(Arc::new(s)), (rx, engine, viewer)));
+                            let item = match read {
+                                Ok(summary) => {
+                                    Ok(UsageSummary(Arc::new(summary.into_iter().next()?)))
+                                }
+                                // The database failed this round: the subscriber hears it, and the
+                                // next change tries again (the stream goes on).
+                                Err(e) => Err(async_graphql::Error::from(e)),
+                            };
+                            return Some((item, (rx, engine, viewer)));
                         }
                         Ok(BusEvent::Alert(_) | BusEvent::PlansChanged) => continue,
                         Err(RecvError::Closed) => return None,

@@ -275,7 +275,9 @@ impl Organization {
         if let Some(m) = &metric
             && !rc.engine.catalog().await?.kinds.contains_key(m.as_str())
         {
-            return Err(AppError::bad_input(format!("unknown metric {m:?}")).into());
+            return Err(
+                AppError::bad_input(format!("unknown metric {}", crate::error::quote(m))).into(),
+            );
         }
         let rows = store::ledger::events_page(
             &rc.engine.db,

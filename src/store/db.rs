@@ -31,9 +31,15 @@ pub struct Db {
     /// SQLite: one writer at a time per process, queued here (in order, without sleeping) rather than
     /// in SQLite's busy handler, which sleeps with back-off.
     write_gate: Arc<Mutex<()>>,
+    /// The longest a writer waits for its turn (SQLite) before giving up with an error: a write
+    /// never waits without bound behind another.
+    turn_timeout: std::time::Duration,
     /// A request's lazily opened read transaction; None for the base handle.
     read: Option<Arc<Mutex<Option<Arc<DatabaseTransaction>>>>>,
 }
+
+/// The error of a writer that waited longer than the statement timeout for its turn.
+pub const WRITER_TURN_TIMEOUT: &str = "timed out waiting for the database writer's turn";
 
 /// Sets the caller's scope for the rest of the transaction (Postgres).
 pub async fn set_scope<C: ConnectionTrait>(txn: &C, scope: Scope) -> Result<(), DbErr> {
@@ -82,13 +88,14 @@ enum Route {
 
 impl Db {
     /// The base handle: platform scope, row-level security applied on Postgres.
-    pub fn new(pool: DatabaseConnection) -> Self {
+    pub fn new(pool: DatabaseConnection, turn_timeout: std::time::Duration) -> Self {
         let rls = pool.get_database_backend() == DbBackend::Postgres;
         Db {
             pool,
             scope: Scope::Platform,
             rls,
             write_gate: Arc::new(Mutex::new(())),
+            turn_timeout,
             read: None,
         }
     }
@@ -100,6 +107,7 @@ impl Db {
             scope,
             rls: self.rls,
             write_gate: self.write_gate.clone(),
+            turn_timeout: self.turn_timeout,
             read: Some(Arc::new(Mutex::new(None))),
         }
     }
@@ -133,7 +141,12 @@ impl Db {
         let gate = if self.rls {
             None
         } else {
-            Some(self.write_gate.clone().lock_owned().await)
+            let turn = self.write_gate.clone().lock_owned();
+            Some(
+                tokio::time::timeout(self.turn_timeout, turn)
+                    .await
+                    .map_err(|_| DbErr::Custom(WRITER_TURN_TIMEOUT.to_owned()))?,
+            )
         };
         let opts = sea_orm::TransactionOptions {
             sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),

@@ -55,8 +55,13 @@ pub async fn connect(
     } else {
         let ms = statement_timeout.as_millis().to_string();
         opts.map_sqlx_postgres_opts(move |o| {
-            o.options([("statement_timeout", ms.as_str())])
-                .application_name("tollgate")
+            // A transaction left idle (its client gone quiet mid-way) is ended by the server
+            // rather than holding its locks and connection.
+            o.options([
+                ("statement_timeout", ms.as_str()),
+                ("idle_in_transaction_session_timeout", ms.as_str()),
+            ])
+            .application_name("tollgate")
         });
     }
     let mut db = Database::connect(opts).await?;

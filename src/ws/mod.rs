@@ -206,6 +206,8 @@ struct Connection {
     /// reading the bus (they lag and are told so) and never slows anyone else.
     streams: futures_util::stream::SelectAll<Operation>,
     next_gen: u64,
+    /// One query or mutation executes at a time on a connection (`detached`).
+    turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves one upgraded connection until either side closes it.
@@ -217,6 +219,7 @@ pub async fn serve(
     header_token: Option<String>,
 ) {
     let settings = state.settings.clone();
+    let send_timeout = settings.ws_send_timeout;
     let mut shutdown = state.shutdown.subscribe();
     let mut conn = Connection {
         state,
@@ -228,6 +231,7 @@ pub async fn serve(
         operations: HashMap::new(),
         streams: futures_util::stream::SelectAll::new(),
         next_gen: 0,
+        turn: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let mut init_deadline = pin!(sleep(settings.ws_init_timeout));
     // Replaced by the token's expiry once the connection is acknowledged.
@@ -286,7 +290,7 @@ pub async fn serve(
                                 expiry.as_mut().reset(exp);
                             }
                             if let Some(m) = reply.message
-                                && socket.send(text_message(&m)).await.is_err()
+                                && !send(&mut socket, text_message(&m), send_timeout).await
                             {
                                 failed = true;
                                 break;
@@ -301,7 +305,7 @@ pub async fn serve(
             }
             Some(out) = conn.streams.next(), if !conn.streams.is_empty() => {
                 if let Some(text) = conn.deliver(out)
-                    && socket.send(Message::Text(text.into())).await.is_err()
+                    && !send(&mut socket, Message::Text(text.into()), send_timeout).await
                 {
                     break None;
                 }
@@ -329,7 +333,7 @@ pub async fn serve(
                     Protocol::TransportWs => json!({ "type": "ping" }),
                     Protocol::Legacy => json!({ "type": "ka" }),
                 };
-                if socket.send(text_message(&ping)).await.is_err() {
+                if !send(&mut socket, text_message(&ping), send_timeout).await {
                     break None;
                 }
             }
@@ -354,6 +358,59 @@ pub async fn serve(
             })))
             .await;
     }
+}
+
+/// Sends one frame, unless the client stops reading: a send that cannot finish within `limit`
+/// (the connection's outgoing buffer stayed full) gives up, and the connection is dropped. Its
+/// operations run apart from it, so they finish their transactions whatever it does.
+async fn send(socket: &mut WebSocket, message: Message, limit: Duration) -> bool {
+    match tokio::time::timeout(limit, socket.send(message)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            metrics::counter!("tollgate_websocket_send_timeouts_total").increment(1);
+            tracing::info!("closing a WebSocket whose client stopped reading");
+            false
+        }
+    }
+}
+
+/// Runs an operation's items in a task of its own, handing them over a small channel: whatever the
+/// connection does (a client that stops reading blocks its writes), the operation is polled to its
+/// end, so a mutation finishes its transaction and a query releases its connection. It stops when
+/// the connection drops the receiver.
+///
+/// A query or mutation (`turn`) first waits for the connection's execution turn and holds it until
+/// its result is produced: one socket executes one such operation at a time, as one HTTP/1.1
+/// connection does, so a burst on one socket cannot take the database pool or every worker.
+fn detached(mut items: Items, turn: Option<Arc<tokio::sync::Semaphore>>) -> Items {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Arc<Item>>(4);
+    tokio::spawn(async move {
+        let mut permit = match turn {
+            Some(turn) => tokio::select! {
+                () = tx.closed() => return,
+                permit = turn.acquire_owned() => permit.ok(),
+            },
+            None => None,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = tx.closed() => break,
+                item = items.next() => match item {
+                    Some(item) => {
+                        permit.take();
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 fn text_message(v: &Value) -> Message {
@@ -399,7 +456,7 @@ impl Connection {
             (Protocol::TransportWs, "pong") => Ok(vec![]),
             (Protocol::TransportWs, "subscribe") | (Protocol::Legacy, "start") => {
                 let id = operation_id(&msg)?;
-                self.subscribe(id, msg.get("payload")).map(|_| vec![])
+                self.subscribe(id, msg.get("payload"))
             }
             (Protocol::TransportWs, "complete") | (Protocol::Legacy, "stop") => {
                 let id = operation_id(&msg)?;
@@ -437,7 +494,14 @@ impl Connection {
         let (viewer, exp) =
             auth::session_from_token(&self.state.keys, self.state.engine.db.pool(), &token)
                 .await
-                .map_err(|e| Close::new(4403, format!("Forbidden: {}", e.client_message())))?;
+                .map_err(|e| match e {
+                    // The database did not answer: try again later, the token may be fine.
+                    crate::error::AppError::Internal(_) => {
+                        let _: async_graphql::Error = e.into(); // logs the cause
+                        Close::new(1013, "authentication is unavailable; try again later")
+                    }
+                    e => Close::new(4403, format!("Forbidden: {}", e.client_message())),
+                })?;
         if !self
             .slot
             .registry
@@ -462,7 +526,7 @@ impl Connection {
         Ok(replies)
     }
 
-    fn subscribe(&mut self, id: String, payload: Option<&Value>) -> Result<(), Close> {
+    fn subscribe(&mut self, id: String, payload: Option<&Value>) -> Result<Vec<Reply>, Close> {
         let Some(viewer) = &self.viewer else {
             return Err(Close::new(4401, "Unauthorized"));
         };
@@ -483,10 +547,40 @@ impl Connection {
                 Protocol::Legacy => previous.abort(),
             }
         }
+        // Refused like any other operation (an `error` message); the connection stays.
+        let refuse = |error: Value| {
+            let payload = match self.protocol {
+                Protocol::TransportWs => json!([error]),
+                Protocol::Legacy => error,
+            };
+            Ok(vec![Reply::send(
+                json!({ "type": "error", "id": id, "payload": payload }),
+            )])
+        };
+        let max = self.state.settings.ws_max_operations;
+        if !self.operations.contains_key(&id) && self.operations.len() >= max {
+            return refuse(json!({
+                "message": format!("at most {max} operations may run at once on one connection"),
+                "extensions": { "code": "RATE_LIMITED" }
+            }));
+        }
+        // Parsed once (and kept, like HTTP's): for the rate limit, the sharing decision and the
+        // executor.
+        let doc = self.state.documents.parsed(&request.query);
+        if let Some(doc) = &doc {
+            let classes = crate::graphql::operation_classes(doc, request.operation_name.as_deref());
+            if let Err(refused) = self.state.rate_limits.check(viewer, &classes) {
+                return refuse(json!({
+                    "message": refused.message(),
+                    "extensions": {
+                        "code": "RATE_LIMITED",
+                        "retryAfter": refused.retry_after_secs().max(1)
+                    }
+                }));
+            }
+        }
         self.next_gen += 1;
         let generation = self.next_gen;
-        // Parsed once (and kept, like HTTP's): for the sharing decision and for the executor.
-        let doc = self.state.documents.parsed(&request.query);
         let key = shared::Key::of(doc.as_deref(), &request, viewer);
         if let Some(doc) = &doc {
             request.set_parsed_query((**doc).clone());
@@ -519,12 +613,18 @@ impl Connection {
                 Box::pin(member.items())
             }
             None => {
+                // A subscription (replaying from `since`) waits for events; everything else
+                // executes once, in the connection's turn.
+                let turn = events.is_none().then(|| self.turn.clone());
                 let responses = execute(&self.state, viewer.clone(), request, events, span);
-                Box::pin(
-                    responses
-                        .enumerate()
-                        .map(|(i, resp)| Arc::new(Item::from_response(resp, i == 0, None)))
-                        .chain(futures_util::stream::once(async { Arc::new(Item::End) })),
+                detached(
+                    Box::pin(
+                        responses
+                            .enumerate()
+                            .map(|(i, resp)| Arc::new(Item::from_response(resp, i == 0, None)))
+                            .chain(futures_util::stream::once(async { Arc::new(Item::End) })),
+                    ),
+                    turn,
                 )
             }
         };
@@ -573,7 +673,7 @@ impl Connection {
         });
         self.streams.push(Box::pin(operation));
         self.operations.insert(id, (generation, handle));
-        Ok(())
+        Ok(vec![])
     }
 
     /// What to send for an operation's output, unless the operation was stopped meanwhile.
@@ -644,6 +744,8 @@ fn execute(
                 resp
             }
         });
+    // A panic while producing a result answers INTERNAL and ends the operation, never the socket.
+    let responses = crate::graphql::catch_panics(responses);
     Box::pin(shared::InSpan {
         inner: Box::pin(responses),
         span,

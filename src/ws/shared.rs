@@ -58,17 +58,22 @@ impl Item {
         let json = |r: Result<String, serde_json::Error>, fallback: &str| {
             r.unwrap_or_else(|_| fallback.to_owned())
         };
-        // A lag notice is a stream signal, even before the first alert: never a refusal.
-        let lagged = |e: &async_graphql::ServerError| {
+        // A lag notice is a stream signal, even before the first alert: never a refusal. Nor is
+        // the server's own failure (a round whose database read failed): the subscriber hears it
+        // as a result, and the stream goes on.
+        let signal = |e: &async_graphql::ServerError| {
             e.extensions
                 .as_ref()
                 .and_then(|x| x.get("code"))
-                .is_some_and(|c| *c == async_graphql::Value::from("LAGGED"))
+                .is_some_and(|c| {
+                    *c == async_graphql::Value::from("LAGGED")
+                        || *c == async_graphql::Value::from("INTERNAL")
+                })
         };
         if first
             && resp.data == async_graphql::Value::Null
             && resp.is_err()
-            && !resp.errors.iter().any(lagged)
+            && !resp.errors.iter().any(signal)
         {
             Item::Refused {
                 errors: json(serde_json::to_string(&resp.errors), "[]"),

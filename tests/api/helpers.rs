@@ -90,6 +90,11 @@ pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
         "--jwt-secret",
         SECRET,
     ];
+    // The seed's rate limits would throttle the tests' bursts of ADMIN requests: off unless a test
+    // turns them on.
+    if !extra_args.contains(&"--rate-limits") {
+        args.extend_from_slice(&["--rate-limits", "off"]);
+    }
     args.extend_from_slice(extra_args);
     let settings = Settings::parse_from_env_and(&args).expect("settings");
     let keys = JwtKeys::from_settings(&settings).expect("keys");

@@ -248,6 +248,7 @@ async fn two_replicas_share_alerts_exactly_once() {
             .await
             .unwrap()
             .0,
+        Duration::from_secs(30),
     );
     let killed = tollgate::store::query_all(
         base.pool(),
@@ -371,6 +372,7 @@ async fn kill_9_mid_load(engine: Engine) {
             .await
             .unwrap()
             .0,
+        Duration::from_secs(30),
     );
     let rows = tollgate::store::query_all(
         &base,
