@@ -222,6 +222,14 @@ pub struct Settings {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,
+    /// URL of a JSON Web Key Set (an identity provider's public keys) for RS256 or ES256 tokens,
+    /// fetched at boot and chosen by the token's `kid`.
+    #[arg(long, global = true, env = "TOLLGATE_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (a token with an unknown `kid` also fetches it, at most
+    /// once a minute).
+    #[arg(long, global = true, env = "TOLLGATE_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
 }
 
 impl Settings {
@@ -271,6 +279,8 @@ impl Settings {
             "TOLLGATE_WS_KEEPALIVE",
             "TOLLGATE_WS_MAX_CONNECTIONS",
             "TOLLGATE_WS_MAX_PER_TENANT",
+            "TOLLGATE_JWT_JWKS_URL",
+            "TOLLGATE_JWT_JWKS_REFRESH",
         ];
         let unknown: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -298,10 +308,19 @@ impl Settings {
         if self.ws_init_timeout.is_zero() || self.ws_keepalive.is_zero() {
             return Err("ws-init-timeout and ws-keepalive must be at least 1s".into());
         }
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+        let key_sources = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        if key_sources.iter().filter(|set| **set).count() > 1 {
             return Err(
-                "set either TOLLGATE_JWT_SECRET or TOLLGATE_JWT_PUBLIC_KEY, not both".into(),
+                "set only one of TOLLGATE_JWT_SECRET, TOLLGATE_JWT_PUBLIC_KEY and TOLLGATE_JWT_JWKS_URL"
+                    .into(),
             );
+        }
+        if self.jwt_jwks_refresh.is_zero() {
+            return Err("jwt-jwks-refresh must be at least 1s".into());
         }
         Ok(())
     }
@@ -361,6 +380,28 @@ mod tests {
         assert_eq!(p.start.to_string(), "2026-02-01");
         assert!(parse_period("2026-13").is_err());
         assert!(parse_period("Feb").is_err());
+    }
+
+    #[test]
+    fn one_token_key_source_at_most() {
+        let url = "https://idp.example/.well-known/jwks.json";
+        let secret = "0123456789abcdef0123456789abcdef";
+        let ok = Settings::parse_from_env_and(&["--jwt-jwks-url", url]).unwrap();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.jwt_jwks_refresh, Duration::from_secs(300));
+        for both in [
+            vec!["--jwt-jwks-url", url, "--jwt-secret", secret],
+            vec!["--jwt-jwks-url", url, "--jwt-public-key", "key.pem"],
+            vec!["--jwt-secret", secret, "--jwt-public-key", "key.pem"],
+        ] {
+            let s = Settings::parse_from_env_and(&both).unwrap();
+            assert!(
+                s.validate().unwrap_err().contains("only one of"),
+                "{both:?}"
+            );
+        }
+        let zero = Settings::parse_from_env_and(&["--jwt-jwks-refresh", "0s"]).unwrap();
+        assert!(zero.validate().is_err());
     }
 
     #[test]
