@@ -172,6 +172,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
         let team = tokio::spawn(watch_platform_team(self.state.clone()));
+        let token_keys = self.state.keys.refresher().map(tokio::spawn);
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -184,7 +185,12 @@ impl Application {
         let served = axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await;
-        for task in recompute.into_iter().chain(self.tasks).chain([team]) {
+        for task in recompute
+            .into_iter()
+            .chain(token_keys)
+            .chain(self.tasks)
+            .chain([team])
+        {
             task.abort();
         }
         served
