@@ -8,6 +8,7 @@ mod contract;
 mod decimals;
 mod engine;
 mod http;
+mod jwks;
 mod production;
 mod replicas;
 mod tenancy;
