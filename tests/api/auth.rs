@@ -63,8 +63,10 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
     };
     // A critical header parameter names an extension this server does not understand.
     let crit = {
-        let mut header = jsonwebtoken::Header::default();
-        header.crit = Some(vec!["exp".into()]);
+        let header = jsonwebtoken::Header {
+            crit: Some(vec!["exp".into()]),
+            ..Default::default()
+        };
         let c = json!({ "sub": "u", "org_id": org, "role": "ADMIN", "exp": exp });
         jsonwebtoken::encode(
             &header,
