@@ -227,6 +227,7 @@ impl Application {
                 limits.retain_recent();
             }
         });
+        let token_keys = self.state.keys.refresher().map(tokio::spawn);
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -241,6 +242,7 @@ impl Application {
             .await;
         for task in recompute
             .into_iter()
+            .chain(token_keys)
             .chain(self.tasks)
             .chain([team, forget])
         {

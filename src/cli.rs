@@ -50,7 +50,9 @@ fn init_tracing(json: bool) {
 }
 
 async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
-    let keys = JwtKeys::from_settings(&settings).map_err(anyhow::Error::msg)?;
+    let keys = JwtKeys::from_settings_async(&settings)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if keys.ephemeral {
         tracing::warn!(
             "--dev: using an ephemeral signing key generated at boot; tokens die with this process"
@@ -131,6 +133,12 @@ async fn platform_team(settings: Settings, cmd: PlatformTeamCommand) -> anyhow::
 }
 
 fn token(settings: Settings, args: TokenArgs) -> anyhow::Result<()> {
+    if settings.jwt_jwks_url.is_some() {
+        anyhow::bail!(
+            "tokens cannot be minted with TOLLGATE_JWT_JWKS_URL: the identity provider holds the signing keys, \
+             so ask it for a token (or set TOLLGATE_JWT_SECRET instead)"
+        );
+    }
     let keys = JwtKeys::from_settings(&settings).map_err(anyhow::Error::msg)?;
     if keys.ephemeral {
         anyhow::bail!(

@@ -331,6 +331,14 @@ pub struct Settings {
     /// The platform team: other mutations.
     #[arg(long, global = true, env = "TOLLGATE_RATE_PLATFORM_ADMIN", default_value = "unlimited", value_parser = parse_rate)]
     pub rate_platform_admin: Rate,
+    /// URL of a JSON Web Key Set (an identity provider's public keys) for RS256 or ES256 tokens,
+    /// fetched at boot and chosen by the token's `kid`.
+    #[arg(long, global = true, env = "TOLLGATE_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (a token with an unknown `kid` also fetches it, at most
+    /// once a minute).
+    #[arg(long, global = true, env = "TOLLGATE_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
 }
 
 /// A rate limit: `per_minute`-style quota with a burst, or none.
@@ -502,10 +510,19 @@ impl Settings {
                 return Err(format!("TOLLGATE_CORS_HEADERS: {h:?} is not a header name"));
             }
         }
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+        let key_sources = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        if key_sources.iter().filter(|set| **set).count() > 1 {
             return Err(
-                "set either TOLLGATE_JWT_SECRET or TOLLGATE_JWT_PUBLIC_KEY, not both".into(),
+                "set only one of TOLLGATE_JWT_SECRET, TOLLGATE_JWT_PUBLIC_KEY and TOLLGATE_JWT_JWKS_URL"
+                    .into(),
             );
+        }
+        if self.jwt_jwks_refresh.is_zero() {
+            return Err("jwt-jwks-refresh must be at least 1s".into());
         }
         Ok(())
     }
@@ -612,6 +629,28 @@ mod tests {
         ] {
             assert!(known.iter().any(|k| k == v), "{v}");
         }
+    }
+
+    #[test]
+    fn one_token_key_source_at_most() {
+        let url = "https://idp.example/.well-known/jwks.json";
+        let secret = "0123456789abcdef0123456789abcdef";
+        let ok = Settings::parse_from_env_and(&["--jwt-jwks-url", url]).unwrap();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.jwt_jwks_refresh, Duration::from_secs(300));
+        for both in [
+            vec!["--jwt-jwks-url", url, "--jwt-secret", secret],
+            vec!["--jwt-jwks-url", url, "--jwt-public-key", "key.pem"],
+            vec!["--jwt-secret", secret, "--jwt-public-key", "key.pem"],
+        ] {
+            let s = Settings::parse_from_env_and(&both).unwrap();
+            assert!(
+                s.validate().unwrap_err().contains("only one of"),
+                "{both:?}"
+            );
+        }
+        let zero = Settings::parse_from_env_and(&["--jwt-jwks-refresh", "0s"]).unwrap();
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -61,8 +61,23 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
         )
         .unwrap()
     };
+    // A critical header parameter names an extension this server does not understand.
+    let crit = {
+        let header = jsonwebtoken::Header {
+            crit: Some(vec!["exp".into()]),
+            ..Default::default()
+        };
+        let c = json!({ "sub": "u", "org_id": org, "role": "ADMIN", "exp": exp });
+        jsonwebtoken::encode(
+            &header,
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(crate::helpers::SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
     for (what, token) in [
         ("malformed", "not.a.token".to_owned()),
+        ("crit header", crit),
         ("alg none", alg_none),
         ("wrong key", other_key),
         ("expired", expired),
@@ -79,6 +94,13 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
             body.get("data").is_none() || body["data"].is_null(),
             "{what}: {body}"
         );
+        if what == "crit header" {
+            assert_eq!(
+                body["errors"][0]["message"],
+                "token header has critical parameters this server does not understand",
+                "{body}"
+            );
+        }
         if what.starts_with("not valid before") {
             let message = body["errors"][0]["message"].as_str().unwrap_or_default();
             assert!(message.contains("not valid yet"), "{body}");

@@ -25,7 +25,9 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: reqwest::Client,
     pub state: Arc<AppState>,
-    pub keys: JwtKeys,
+    /// Keys that mint tokens this server accepts (with `--jwt-secret`; with a JWKS they are the
+    /// server's own, which cannot mint: a test signs with the private keys it holds).
+    pub keys: Arc<JwtKeys>,
     /// The database this server runs on, for the CLI (`tollgate recompute`) in tests.
     pub database_url: String,
     _dir: Option<tempfile::TempDir>,
@@ -74,6 +76,16 @@ pub fn database(engine: Engine) -> Option<(String, Option<tempfile::TempDir>)> {
 }
 
 pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
+    spawn_app_with_keys(engine, &["--jwt-secret", SECRET], extra_args).await
+}
+
+/// `spawn_app` with other key settings in place of `--jwt-secret`, such as `--jwt-jwks-url URL`
+/// (the server's keys are then built as `tollgate serve` builds them, the JWKS fetched at boot).
+pub async fn spawn_app_with_keys(
+    engine: Engine,
+    key_args: &[&str],
+    extra_args: &[&str],
+) -> Option<TestApp> {
     // Logs only when asked: TEST_LOG=tollgate::sql=trace shows every statement.
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -82,14 +94,8 @@ pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
             .try_init();
     }
     let (url, dir) = database(engine)?;
-    let mut args = vec![
-        "--database-url",
-        url.as_str(),
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-    ];
+    let mut args = vec!["--database-url", url.as_str(), "--bind", "127.0.0.1:0"];
+    args.extend_from_slice(key_args);
     // The seed's rate limits would throttle the tests' bursts of ADMIN requests: off unless a test
     // turns them on.
     if !extra_args.contains(&"--rate-limits") {
@@ -97,13 +103,17 @@ pub async fn spawn_app(engine: Engine, extra_args: &[&str]) -> Option<TestApp> {
     }
     args.extend_from_slice(extra_args);
     let settings = Settings::parse_from_env_and(&args).expect("settings");
-    let keys = JwtKeys::from_settings(&settings).expect("keys");
-    let state = AppState::new(
-        settings.clone(),
-        JwtKeys::from_settings(&settings).expect("keys"),
-    )
-    .await
-    .expect("state");
+    let server_keys = JwtKeys::from_settings_async(&settings).await.expect("keys");
+    // A JWKS is fetched once, by the server; a test signs its own tokens with the private keys.
+    let keys = if settings.jwt_jwks_url.is_some() {
+        None
+    } else {
+        Some(Arc::new(JwtKeys::from_settings(&settings).expect("keys")))
+    };
+    let state = AppState::new(settings.clone(), server_keys)
+        .await
+        .expect("state");
+    let keys = keys.unwrap_or_else(|| state.keys.clone());
     tollgate::store::team::add(&state.engine.db, PLATFORM_SUB, Some("test"))
         .await
         .expect("platform team");

@@ -9,6 +9,7 @@ mod decimals;
 mod engine;
 mod hardening;
 mod http;
+mod jwks;
 mod production;
 mod replicas;
 mod settings;
