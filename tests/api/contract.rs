@@ -1,5 +1,5 @@
 //! schema.graphql is the generated SDL, and a compatible superset of contract/core.graphql (the
-//! vendored copy of ../shared/contract/, which a test compares with the shared one when present).
+//! vendored copy of the shared contract; .ci/run checks that the two are equal).
 
 use std::collections::HashMap;
 
@@ -189,40 +189,6 @@ fn schema_is_a_compatible_superset_of_the_contract() {
         "schema.graphql breaks the contract:\n{}",
         problems.join("\n")
     );
-}
-
-/// The vendored contract equals the shared one wherever that is beside the repository (CI).
-#[test]
-fn the_vendored_contract_is_the_shared_one() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/contract");
-    if !shared.is_dir() {
-        eprintln!("../shared/contract is not beside the repository: nothing to compare");
-        return;
-    }
-    let names = |dir: &std::path::Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .expect("contract dir")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".graphql"))
-            .collect();
-        v.sort();
-        v
-    };
-    let vendored = root.join("contract");
-    assert_eq!(
-        names(&vendored),
-        names(&shared),
-        "contract/ and ../shared/contract/ hold different files: copy ../shared/contract/*.graphql into contract/"
-    );
-    for name in names(&shared) {
-        assert_eq!(
-            std::fs::read_to_string(vendored.join(&name)).expect("vendored"),
-            std::fs::read_to_string(shared.join(&name)).expect("shared"),
-            "contract/{name} differs from ../shared/contract/{name}: copy it again"
-        );
-    }
 }
 
 #[test]
