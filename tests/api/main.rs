@@ -7,6 +7,7 @@ mod clients;
 mod contract;
 mod decimals;
 mod engine;
+mod fuzz;
 mod http;
 mod production;
 mod replicas;
