@@ -7,6 +7,7 @@ mod clients;
 mod contract;
 mod decimals;
 mod engine;
+mod fuzz;
 mod hardening;
 mod http;
 mod jwks;
