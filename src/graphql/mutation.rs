@@ -168,7 +168,7 @@ impl Mutation {
         Ok(payload(rc.engine.record(rc.viewer()?, input.into()).await?))
     }
 
-    /// Many recordings in one request and one transaction per organization. Malformed or unauthorized items fail the whole request and record nothing; a HARD limit refuses items one by one (accepted: false).
+    /// Many recordings in one request and one transaction: atomic. Malformed or unauthorized items, or an idempotency key reused for another recording, fail the whole request and record nothing; a HARD limit refuses items one by one (accepted: false).
     async fn record_usage_batch(
         &self,
         ctx: &Context<'_>,
