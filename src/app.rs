@@ -136,15 +136,19 @@ fn cors(s: &Settings) -> Option<tower_http::cors::CorsLayer> {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.settings.max_body_bytes;
+    // The limits sit inside CORS on /graphql, so a browser can read their JSON answers too.
     let graphql = get(http::graphql_get)
         .post(http::graphql_post)
-        .fallback(http::method_not_allowed);
+        .fallback(http::method_not_allowed)
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max_body))
+        .layer::<_, std::convert::Infallible>(RequestBodyLimitLayer::new(max_body))
+        .layer::<_, std::convert::Infallible>(axum::middleware::map_response(http::coded_limits))
+        .layer::<_, std::convert::Infallible>(axum::middleware::from_fn(http::header_limit));
     let graphql = match cors(&state.settings) {
         Some(layer) => graphql.layer(layer),
         None => graphql,
     };
     Router::new()
-        .route("/graphql", graphql)
         .route("/", get(http::playground))
         .route("/assets/{name}", get(http::asset))
         .route("/healthz", get(http::healthz))
@@ -154,6 +158,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(http::coded_limits))
         .layer(axum::middleware::from_fn(http::header_limit))
+        // Added after the layers above: /graphql has its own, inside its CORS.
+        .route("/graphql", graphql)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

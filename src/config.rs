@@ -222,6 +222,14 @@ pub struct Settings {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,
+    /// Largest GraphQL document, in bytes (its variables are bounded by the body size).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_MAX_DOCUMENT_BYTES",
+        default_value_t = 65536
+    )]
+    pub max_document_bytes: usize,
     /// Most lexical tokens in one GraphQL document (counted before parsing).
     #[arg(
         long,
@@ -471,6 +479,7 @@ impl Settings {
             return Err("ws-init-timeout and ws-keepalive must be at least 1s".into());
         }
         if self.max_tokens == 0
+            || self.max_document_bytes == 0
             || self.max_selections == 0
             || self.ws_max_operations == 0
             || self.ws_send_timeout.is_zero()
@@ -489,10 +498,21 @@ impl Settings {
                 "TOLLGATE_CORS_ORIGINS=* is not allowed with TOLLGATE_CORS_CREDENTIALS=true".into(),
             );
         }
+        let star = |list: &[String]| list.iter().any(|x| x.trim() == "*");
+        if self.cors_credentials && (star(&self.cors_methods) || star(&self.cors_headers)) {
+            return Err(
+                "TOLLGATE_CORS_METHODS and TOLLGATE_CORS_HEADERS may not be * with TOLLGATE_CORS_CREDENTIALS=true: list them"
+                    .into(),
+            );
+        }
         for origin in self.cors_origins.iter().filter(|o| o.trim() != "*") {
             let o = origin.trim();
-            let ok = (o.starts_with("http://") || o.starts_with("https://"))
-                && !o.ends_with('/')
+            // An origin is scheme://host[:port]: no path, query or fragment (a browser sends
+            // nothing else, so anything more could never match).
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@', ' ']))
                 && axum::http::HeaderValue::from_str(o).is_ok();
             if !ok {
                 return Err(format!(
@@ -592,6 +612,43 @@ mod tests {
         assert!(parse_period("Feb").is_err());
         assert!(parse_period("+262142-12").is_err());
         assert!(parse_period("1969-12").is_err());
+    }
+
+    #[test]
+    fn cors_settings_are_checked_at_boot() {
+        let check = |args: &[&str]| Settings::parse_from_env_and(args).unwrap().validate();
+        assert!(
+            check(&[
+                "--cors-origins",
+                "https://app.example.com,http://localhost:5173"
+            ])
+            .is_ok()
+        );
+        for bad in [
+            &["--cors-origins", "https://a.com/path"][..],
+            &["--cors-origins", "https://a.com/"],
+            &["--cors-origins", "null"],
+            &["--cors-origins", "*,https://a.com"],
+            &["--cors-origins", "*", "--cors-credentials", "true"],
+            &[
+                "--cors-origins",
+                "https://a.com",
+                "--cors-headers",
+                "*",
+                "--cors-credentials",
+                "true",
+            ],
+            &[
+                "--cors-origins",
+                "https://a.com",
+                "--cors-methods",
+                "*",
+                "--cors-credentials",
+                "true",
+            ],
+        ] {
+            assert!(check(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

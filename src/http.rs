@@ -196,8 +196,9 @@ async fn execute(
         let doc = state.documents.parsed(&r.query);
         let refused = match (&viewer, &doc) {
             (Some(v), Some(doc)) => {
-                let classes = crate::graphql::operation_classes(doc, r.operation_name.as_deref());
-                state.rate_limits.check(v, &classes).err()
+                let costs =
+                    crate::graphql::operation_costs(doc, r.operation_name.as_deref(), &r.variables);
+                state.rate_limits.check(v, &costs).err()
             }
             _ => None,
         };
@@ -217,8 +218,24 @@ async fn execute(
         .flatten()
         .map(|r| r.retry_after_secs().max(1))
         .max();
-    if single && let Some(Some(refused)) = refusals.first() {
-        return rate_limited(media, refused);
+    // The whole request refused (one operation, or every one of a batch): 429.
+    if refusals.iter().all(Option::is_some)
+        && let Some(Some(refused)) = refusals.first()
+    {
+        if single {
+            return rate_limited(media, refused);
+        }
+        let secs = retry_after.unwrap_or(1);
+        let body: Vec<async_graphql::Response> = refusals
+            .iter()
+            .flatten()
+            .map(rate_limited_response)
+            .collect();
+        let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, media, &body);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
     }
     let n_run = runnable.len();
     // A single request that was not refused above is the one runnable request.

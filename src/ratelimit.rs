@@ -84,6 +84,8 @@ pub struct RateLimits {
 pub struct Refused {
     pub class: Class,
     pub retry_after: Duration,
+    /// The operation alone asks for more than the limit's burst: split it.
+    pub too_many: bool,
 }
 
 impl Refused {
@@ -93,6 +95,12 @@ impl Refused {
     }
 
     pub fn message(&self) -> String {
+        if self.too_many {
+            return format!(
+                "rate limit exceeded for {}: this request alone holds more than the limit allows at once; send fewer",
+                self.class.as_str()
+            );
+        }
         format!(
             "rate limit exceeded for {}: try again in {} s",
             self.class.as_str(),
@@ -147,10 +155,11 @@ impl RateLimits {
         }
     }
 
-    /// Counts one operation of each class in `classes` for `viewer`; refused when any is past its
-    /// limit (the classes counted before it stay counted, as an attempt).
-    pub fn check(&self, viewer: &Viewer, classes: &[Class]) -> Result<(), Refused> {
-        for &class in classes {
+    /// Counts what an operation costs (`n` of each class) for `viewer`; refused when any class is
+    /// past its limit, or asks for more at once than its burst allows (the classes counted before
+    /// it stay counted, as an attempt).
+    pub fn check(&self, viewer: &Viewer, costs: &[(Class, u32)]) -> Result<(), Refused> {
+        for &(class, n) in costs {
             let Some(limiter) = &self.limiters[Audience::of(viewer).index()][class.index()] else {
                 continue;
             };
@@ -158,11 +167,26 @@ impl RateLimits {
                 Some(org) if !viewer.platform => format!("{}:{}", org.0, viewer.sub),
                 _ => viewer.sub.clone(),
             };
-            if let Err(not_until) = limiter.check_key(&key) {
-                return Err(Refused {
-                    class,
-                    retry_after: not_until.wait_time_from(self.clock.now()),
-                });
+            let Some(n) = NonZeroU32::new(n) else {
+                continue;
+            };
+            match limiter.check_key_n(&key, n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    return Err(Refused {
+                        class,
+                        retry_after: not_until.wait_time_from(self.clock.now()),
+                        too_many: false,
+                    });
+                }
+                // More at once than the burst: no wait makes it fit.
+                Err(_) => {
+                    return Err(Refused {
+                        class,
+                        retry_after: Duration::from_secs(60),
+                        too_many: true,
+                    });
+                }
             }
         }
         Ok(())
@@ -198,18 +222,29 @@ mod tests {
         let limits = RateLimits::from_settings(&settings);
         let admin = viewer(Role::Admin, "alice");
         for _ in 0..30 {
-            limits.check(&admin, &[Class::Admin]).unwrap();
+            limits.check(&admin, &[(Class::Admin, 1)]).unwrap();
         }
-        let refused = limits.check(&admin, &[Class::Admin]).unwrap_err();
+        let refused = limits.check(&admin, &[(Class::Admin, 1)]).unwrap_err();
         assert_eq!(refused.class, Class::Admin);
         assert!((1..=2).contains(&refused.retry_after_secs()), "{refused:?}");
+        // Aliases and batch items count one each; more than the burst at once never fits.
+        let fresh = viewer(Role::Admin, "carol");
+        limits.check(&fresh, &[(Class::Record, 60)]).unwrap();
+        assert!(limits.check(&fresh, &[(Class::Record, 1)]).is_err());
+        let greedy = viewer(Role::Admin, "dave");
+        assert!(
+            limits
+                .check(&greedy, &[(Class::Record, 61)])
+                .unwrap_err()
+                .too_many
+        );
         // Another subject of the same organization has its own budget.
         limits
-            .check(&viewer(Role::Admin, "bob"), &[Class::Admin])
+            .check(&viewer(Role::Admin, "bob"), &[(Class::Admin, 1)])
             .unwrap();
         let service = viewer(Role::Service, "backend");
         for _ in 0..1000 {
-            limits.check(&service, &[Class::Record]).unwrap();
+            limits.check(&service, &[(Class::Record, 1)]).unwrap();
         }
     }
 
@@ -219,7 +254,7 @@ mod tests {
         let limits = RateLimits::from_settings(&settings);
         for _ in 0..500 {
             limits
-                .check(&viewer(Role::Viewer, "v"), &[Class::Query])
+                .check(&viewer(Role::Viewer, "v"), &[(Class::Query, 1)])
                 .unwrap();
         }
     }

@@ -5,6 +5,8 @@ pub mod enums;
 pub mod metric;
 pub mod organization;
 pub mod organization_usage;
+pub mod payment;
+pub mod payment_refund;
 pub mod plan;
 pub mod plan_history;
 pub mod plan_limit;

@@ -11,6 +11,7 @@ mod m20261123_000001_create_core_tables;
 mod m20261123_000002_seed_defaults;
 mod m20261123_000003_row_level_security;
 mod m20261123_000004_plan_history;
+mod m20261129_000005_payments;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_seed_defaults::Migration),
             Box::new(m20261123_000003_row_level_security::Migration),
             Box::new(m20261123_000004_plan_history::Migration),
+            Box::new(m20261129_000005_payments::Migration),
         ]
     }
 }

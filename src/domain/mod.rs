@@ -4,6 +4,7 @@
 pub mod access;
 pub mod cache;
 pub mod limits;
+pub mod money;
 pub mod orgs;
 pub mod plans;
 pub mod recompute;

@@ -25,7 +25,7 @@ pub async fn create(
 ) -> AppResult<organization::Model> {
     access::require_platform(viewer)?;
     let name = required_text("name", &input.name, 200)?;
-    let slug = Slug::parse(input.slug.trim())?.into_inner();
+    let slug = Slug::parse(&input.slug)?.into_inner();
     let plan = match input.plan_code.as_deref() {
         Some(code) => Some(
             store::catalog::plan_by_code(&engine.db, code)

@@ -71,10 +71,10 @@ async fn definition<C: sea_orm::ConnectionTrait>(db: &C, p: &plan::Model) -> App
 pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppResult<plan::Model> {
     access::require_platform(viewer)?;
     let reason = optional_text("reason", input.reason.as_deref(), 500)?;
-    let code = MetricCode::parse(input.code.trim()).map_err(|_| {
+    let code = MetricCode::parse(&input.code).map_err(|_| {
         AppError::bad_input(format!(
             "invalid plan code {}: {CODE_RULE}",
-            crate::error::quote(input.code.trim())
+            crate::error::quote(&input.code)
         ))
     })?;
     let name = required_text("name", &input.name, 200)?;

@@ -183,6 +183,11 @@ pub fn bounded_date(field: &str, d: NaiveDate) -> AppResult<NaiveDate> {
     }
 }
 
+/// An instant whose date is within `MIN_DATE..=MAX_DATE`, or BAD_USER_INPUT naming the field.
+pub fn bounded_instant(field: &str, at: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+    bounded_date(field, at.date_naive()).map(|_| at)
+}
+
 impl Period {
     pub fn containing(date: NaiveDate) -> Self {
         Period {

@@ -67,6 +67,16 @@ pub struct RecordInput {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
+/// An amount another change already decided, recorded on a COUNTER (`Engine::record_fact_in`).
+pub struct Fact {
+    pub org: organization::Model,
+    pub metric: &'static str,
+    pub quantity: Amount,
+    pub key: String,
+    pub reference: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A grantCredit (kind CREDIT) or adjustUsage (kind ADJUSTMENT).
 pub struct Correction<'a> {
     pub org_id: &'a str,
@@ -204,7 +214,10 @@ impl Engine {
             .cloned()
     }
 
-    fn validate_time(&self, occurred_at: Option<DateTime<Utc>>) -> AppResult<DateTime<Utc>> {
+    pub(crate) fn validate_time(
+        &self,
+        occurred_at: Option<DateTime<Utc>>,
+    ) -> AppResult<DateTime<Utc>> {
         let now = Utc::now();
         let Some(at) = occurred_at else {
             return Ok(now);
@@ -326,6 +339,32 @@ impl Engine {
             .into_iter()
             .map(|r| r.ok_or_else(|| AppError::internal(anyhow::anyhow!("batch item lost"))))
             .collect()
+    }
+
+    /// Records, inside the caller's transaction, a COUNTER amount that another change already
+    /// decided (a payment's revenue), idempotent by `key`: the caller authorized it, and commits and
+    /// publishes it. None when the catalogue has no such COUNTER metric.
+    pub(crate) async fn record_fact_in(
+        &self,
+        txn: &DatabaseTransaction,
+        viewer: &Viewer,
+        fact: Fact,
+    ) -> AppResult<Option<RecordOutcome>> {
+        let catalog = self.catalog().await?;
+        let metric = MetricCode::parse(fact.metric)?;
+        if catalog.kinds.get(metric.as_str()) != Some(&MetricKind::Counter) {
+            return Ok(None);
+        }
+        let parsed = ParsedRecord {
+            org: fact.org,
+            metric,
+            kind: MetricKind::Counter,
+            quantity: fact.quantity,
+            key: Some(fact.key),
+            reference: Some(fact.reference),
+            occurred_at: fact.occurred_at,
+        };
+        self.record_in(txn, viewer, &parsed).await.map(Some)
     }
 
     async fn record_in(

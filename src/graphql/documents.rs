@@ -73,6 +73,7 @@ mod tests {
     #[test]
     fn documents_are_parsed_once_and_bounded() {
         let docs = Documents::new(DocumentLimits {
+            max_bytes: 1 << 20,
             max_tokens: 100_000,
             max_aliases: 100,
             max_directives: 100,

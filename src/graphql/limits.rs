@@ -14,6 +14,8 @@ use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 /// introspection query fits well within them).
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentLimits {
+    /// A document's text, in bytes (whitespace, comments and strings cost parsing time too).
+    pub max_bytes: usize,
     pub max_tokens: usize,
     pub max_aliases: usize,
     pub max_directives: usize,
@@ -25,6 +27,7 @@ pub struct DocumentLimits {
 impl DocumentLimits {
     pub fn from_settings(s: &crate::config::Settings) -> Self {
         DocumentLimits {
+            max_bytes: s.max_document_bytes,
             max_tokens: s.max_tokens,
             max_aliases: s.max_aliases,
             max_directives: s.max_directives,
@@ -34,6 +37,12 @@ impl DocumentLimits {
 
     /// Counts the text's lexical tokens (stopping past the bound): a refusal before parsing.
     pub fn check_text(&self, query: &str) -> Result<(), String> {
+        if query.len() > self.max_bytes {
+            return Err(format!(
+                "the document is too large: more than {} bytes",
+                self.max_bytes
+            ));
+        }
         let n = count_tokens(query, self.max_tokens);
         if n > self.max_tokens {
             return Err(format!(
@@ -254,6 +263,7 @@ mod tests {
     use super::*;
 
     const LIMITS: DocumentLimits = DocumentLimits {
+        max_bytes: 65536,
         max_tokens: 2000,
         max_aliases: 30,
         max_directives: 50,

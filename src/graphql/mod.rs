@@ -5,6 +5,7 @@ pub mod completion;
 pub mod documents;
 pub mod limits;
 pub mod loaders;
+pub mod money;
 pub mod mutation;
 pub mod query;
 pub mod scalars;
@@ -16,14 +17,15 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
 };
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
     SelectionSet,
 };
 use async_graphql::{
-    Context, Pos, Positioned, SDLExportOptions, Schema, ServerError, ServerResult, Variables,
+    Context, Pos, Positioned, SDLExportOptions, Schema, ServerError, ServerResult,
+    ValidationResult, Variables,
 };
 use base64::Engine as _;
 use serde::{Serialize, de::DeserializeOwned};
@@ -33,7 +35,15 @@ use crate::domain::usage::Engine;
 use crate::domain::{OrganizationId, Scope, Viewer};
 use crate::error::AppError;
 
-pub type TollgateSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+pub type TollgateSchema = Schema<Query, Mutation, subscription::Subscription>;
+
+/// The query root: the core API and each capability's part, merged into one `Query` type.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Query(query::CoreQuery, money::MoneyQuery);
+
+/// The mutation root, merged like `Query`.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Mutation(mutation::CoreMutation, money::MoneyMutation);
 
 /// Fields of the root types that only the platform team sees (DESIGN.md). For anyone else they are
 /// absent from introspection and rejected as unknown fields before execution.
@@ -117,6 +127,35 @@ pub fn platform_only(ctx: &Context<'_>) -> bool {
         .is_some_and(|v| v.platform)
 }
 
+/// The complexity of a connection: its page (`first`, default 20) times what each item selects, so
+/// a page's cost is weighed by its size (the configured maximum page size is checked apart).
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(20).clamp(1, 10_000) as usize;
+    items
+        .saturating_mul(child_complexity.max(1))
+        .saturating_add(1)
+}
+
+/// The complexity of a history (usageHistory, revenue): its periods (default 12, at most 120
+/// counted) times what each period selects.
+pub fn history_complexity(
+    from: Option<scalars::Date>,
+    to: Option<scalars::Date>,
+    child_complexity: usize,
+) -> usize {
+    use chrono::Datelike;
+    let months = |d: chrono::NaiveDate| d.year() as i64 * 12 + d.month0() as i64;
+    let periods = match (from, to) {
+        (Some(f), Some(t)) => months(t.0) - months(f.0) + 1,
+        (Some(f), None) => months(chrono::Utc::now().date_naive()) - months(f.0) + 1,
+        _ => 12,
+    }
+    .clamp(1, 120) as usize;
+    periods
+        .saturating_mul(child_complexity.max(1))
+        .saturating_add(1)
+}
+
 /// The page size of a connection: `first` (default 20) within the configured maximum.
 pub fn connection_args(rc: &RequestCtx, first: Option<i32>) -> async_graphql::Result<usize> {
     let max = rc.settings.max_page_size;
@@ -156,55 +195,77 @@ pub fn operation<'a>(
     }
 }
 
-/// The rate-limit classes of the operation a request runs: queries and subscriptions are queries;
-/// a mutation is a recording when it selects recordUsage, recordUsageBatch or reverseUsage, and a
-/// change for any other root field (both, when it selects both kinds). Nothing when the document
-/// names no runnable operation (it fails anyway).
-pub fn operation_classes(
+/// What the operation a request runs costs against the rate limits, per class: a query or
+/// subscription is one query; in a mutation, each recordUsage and reverseUsage field (aliases
+/// included) is one recording and each recordUsageBatch counts its items, and each other field is
+/// one change. Nothing when the document names no runnable operation (it fails anyway).
+pub fn operation_costs(
     doc: &ExecutableDocument,
     name: Option<&str>,
-) -> Vec<crate::ratelimit::Class> {
+    variables: &Variables,
+) -> Vec<(crate::ratelimit::Class, u32)> {
     use crate::ratelimit::Class;
     let Some(op) = operation(doc, name) else {
         return Vec::new();
     };
     if op.node.ty != OperationType::Mutation {
-        return vec![Class::Query];
+        return vec![(Class::Query, 1)];
     }
-    let mut names = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    root_field_names(doc, &op.node.selection_set.node, &mut seen, &mut names);
-    let mut classes = Vec::new();
-    for n in names.into_iter().filter(|n| !n.starts_with("__")) {
-        let class = match n {
-            "recordUsage" | "recordUsageBatch" | "reverseUsage" => Class::Record,
-            _ => Class::Admin,
+    let mut fields = Vec::new();
+    root_fields(doc, &op.node.selection_set.node, 0, &mut fields);
+    let mut costs: Vec<(Class, u32)> = Vec::new();
+    for f in fields {
+        let (class, n) = match f.name.node.as_str() {
+            n if n.starts_with("__") => continue,
+            "recordUsage" | "reverseUsage" => (Class::Record, 1),
+            "recordUsageBatch" => (Class::Record, batch_len(f, variables).max(1)),
+            _ => (Class::Admin, 1),
         };
-        if !classes.contains(&class) {
-            classes.push(class);
+        match costs.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, total)) => *total = total.saturating_add(n),
+            None => costs.push((class, n)),
         }
     }
-    classes
+    costs
 }
 
-fn root_field_names<'a>(
+/// The number of items of a recordUsageBatch field's `inputs` (a literal list or a variable).
+fn batch_len(field: &async_graphql::parser::types::Field, variables: &Variables) -> u32 {
+    use async_graphql_value::Value as V;
+    let Some(value) = field.get_argument("inputs") else {
+        return 1;
+    };
+    let n = match &value.node {
+        V::List(items) => items.len(),
+        V::Variable(var) => match variables.get(var) {
+            Some(async_graphql::Value::List(items)) => items.len(),
+            _ => 1,
+        },
+        _ => 1,
+    };
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Every root field an operation selects, each occurrence counted (fragments spread twice count
+/// twice; the document was bounded and found acyclic before this runs, and `depth` guards anyway).
+fn root_fields<'a>(
     doc: &'a ExecutableDocument,
     set: &'a SelectionSet,
-    seen: &mut std::collections::HashSet<&'a str>,
-    out: &mut Vec<&'a str>,
+    depth: usize,
+    out: &mut Vec<&'a async_graphql::parser::types::Field>,
 ) {
+    if depth > 64 {
+        return;
+    }
     for sel in &set.items {
         match &sel.node {
-            Selection::Field(f) => out.push(f.node.name.node.as_str()),
+            Selection::Field(f) => out.push(&f.node),
             Selection::InlineFragment(i) => {
-                root_field_names(doc, &i.node.selection_set.node, seen, out)
+                root_fields(doc, &i.node.selection_set.node, depth + 1, out)
             }
             Selection::FragmentSpread(s) => {
-                let name = s.node.fragment_name.node.as_str();
-                if seen.insert(name)
-                    && let Some(f) = doc.fragments.get(&s.node.fragment_name.node)
-                {
-                    root_field_names(doc, &f.node.selection_set.node, seen, out);
+                if let Some(f) = doc.fragments.get(&s.node.fragment_name.node) {
+                    root_fields(doc, &f.node.selection_set.node, depth + 1, out);
                 }
             }
         }
@@ -242,12 +303,16 @@ pub fn build_schema_with(
         hidden: hidden.clone(),
         max_page_size: settings.max_page_size,
     };
-    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .limit_depth(settings.max_depth)
-        .limit_complexity(settings.max_complexity)
-        .limit_recursive_depth(64)
-        .disable_suggestions()
-        .extension(gate);
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        subscription::Subscription,
+    )
+    .limit_depth(settings.max_depth)
+    .limit_complexity(settings.max_complexity)
+    .limit_recursive_depth(64)
+    .disable_suggestions()
+    .extension(gate);
     if !settings.introspection {
         builder = builder.disable_introspection();
     }
@@ -259,12 +324,24 @@ pub fn build_schema_with(
     schema
 }
 
+/// Longest error message sent (longer ones are cut: they quote the client's input).
+const MESSAGE_MAX: usize = 400;
+
 /// Gives every error a code (DESIGN.md: errors carry `extensions.code`). Ours always have one; the
 /// executor's own do not: a request that does not parse or validate, an unknown operation, a
 /// variable or argument that does not coerce (BAD_USER_INPUT). An error at a path that is none of
 /// these is the server's (INTERNAL).
 pub fn with_codes(resp: &mut async_graphql::Response) {
     for e in &mut resp.errors {
+        // A parse error quotes the offending line whole: a huge line would come back whole.
+        if e.message.len() > MESSAGE_MAX {
+            let mut cut = MESSAGE_MAX;
+            while !e.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.message.truncate(cut);
+            e.message.push('…');
+        }
         if e.extensions
             .as_ref()
             .is_some_and(|x| x.get("code").is_some())
@@ -356,6 +433,7 @@ impl ExtensionFactory for TenantGate {
             limits: self.limits,
             hidden: self.hidden.clone(),
             max_page_size: self.max_page_size,
+            renamed: std::sync::Mutex::default(),
             request: std::sync::Mutex::default(),
         })
     }
@@ -367,6 +445,8 @@ struct TenantGateExt {
     limits: limits::DocumentLimits,
     hidden: Arc<std::sync::OnceLock<std::collections::HashSet<String>>>,
     max_page_size: usize,
+    /// Platform-only type names this request's document used, and their placeholders.
+    renamed: std::sync::Mutex<Vec<(String, String)>>,
     /// The request's document text and variables, seen at parsing, for completing its response.
     request: std::sync::Mutex<Option<(String, Variables)>>,
 }
@@ -397,7 +477,7 @@ impl Extension for TenantGateExt {
         {
             self.limits.check_document(&doc).map_err(too_large)?;
         }
-        let doc = next.run(ctx, query, variables).await?;
+        let mut doc = next.run(ctx, query, variables).await?;
         // A required variable left out is a request error (the executor would only notice it at
         // the field, as a failure without a code). Checked when the document has one operation,
         // the one that runs.
@@ -425,7 +505,12 @@ impl Extension for TenantGateExt {
         if !viewer.is_some_and(|v| v.platform)
             && let Some(hidden) = self.hidden.get()
         {
-            visibility::check(&doc, hidden)?;
+            let renamed = visibility::hide(&mut doc, hidden);
+            if !renamed.is_empty()
+                && let Ok(mut slot) = self.renamed.lock()
+            {
+                *slot = renamed;
+            }
         }
         // A page size out of range is refused before anything runs, wherever the connection sits
         // (under a nullable parent it would otherwise only null that parent).
@@ -485,6 +570,19 @@ impl Extension for TenantGateExt {
             Some(_) => {}
         }
         Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx).await.map_err(|mut errors| {
+            if let Ok(renamed) = self.renamed.lock() {
+                visibility::restore(&mut errors, &renamed);
+            }
+            errors
+        })
     }
 
     async fn execute(

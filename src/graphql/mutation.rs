@@ -154,10 +154,11 @@ fn payload(o: RecordOutcome) -> RecordUsagePayload {
     }
 }
 
-pub struct Mutation;
+#[derive(Default)]
+pub struct CoreMutation;
 
 #[Object]
-impl Mutation {
+impl CoreMutation {
     /// Record usage. ADMIN, OWNER, SERVICE of the organization, or the platform team.
     async fn record_usage(
         &self,

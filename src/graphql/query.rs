@@ -17,7 +17,8 @@ use crate::domain::{OrganizationId, Period};
 use crate::error::AppError;
 use crate::store;
 
-pub struct Query;
+#[derive(Default)]
+pub struct CoreQuery;
 
 /// Primes the request's loaders for a page of organizations: their plans in one batch, and, when the
 /// page asks for `usage` of the current period, every summary at once. The cost of a page stays a
@@ -61,7 +62,7 @@ async fn prime(
 }
 
 #[Object]
-impl Query {
+impl CoreQuery {
     /// Who the caller is.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
         Ok(Viewer(request_ctx(ctx)?.viewer()?.clone()))
@@ -82,7 +83,10 @@ impl Query {
     }
 
     /// Every organization. Platform team only: invisible in a tenant's introspection.
-    #[graphql(visible = "platform_only")]
+    #[graphql(
+        visible = "platform_only",
+        complexity = "super::page_complexity(first, child_complexity)"
+    )]
     async fn organizations(
         &self,
         ctx: &Context<'_>,
@@ -95,9 +99,18 @@ impl Query {
         access::require_platform(rc.viewer()?)?;
         let limit = connection_args(rc, first)?;
         let after_slug = after.as_deref().map(cursor_decode::<String>).transpose()?;
+        let search = search.map(|s| s.trim().to_owned());
+        if let Some(s) = &search
+            && (s.chars().count() > 200 || s.chars().any(char::is_control))
+        {
+            return Err(AppError::bad_input(
+                "search is at most 200 characters, without control characters",
+            )
+            .into());
+        }
         let filter = store::orgs::OrgFilter {
             status: status.map(Into::into),
-            search: search.map(|s| s.trim().to_owned()),
+            search,
         };
         let db = &rc.engine.db;
         let scope = rc.scope();
@@ -174,6 +187,7 @@ impl Query {
     }
 
     /// The seed's organization_usage_summary: one row per visible organization for the period containing `period` (default: the current one). Tenants see only their own row.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn usage_summaries(
         &self,
         ctx: &Context<'_>,
@@ -256,6 +270,7 @@ impl Query {
     }
 
     /// Alerts already raised, newest first, so a client that reconnects can catch up.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn usage_alerts(
         &self,
         ctx: &Context<'_>,
@@ -267,6 +282,9 @@ impl Query {
         let rc = request_ctx(ctx)?;
         let viewer = rc.viewer()?;
         let limit = connection_args(rc, first)?;
+        let since = since
+            .map(|s| crate::domain::bounded_instant("since", s))
+            .transpose()?;
         let org = match (organization_id, viewer.platform) {
             (Some(id), _) => Some(OrganizationId(
                 access::authorize(

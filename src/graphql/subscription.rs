@@ -116,6 +116,9 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<UsageAlert>>> {
         let rc = request_ctx(ctx)?;
         let viewer = rc.viewer()?;
+        let since = since
+            .map(|s| crate::domain::bounded_instant("since", s))
+            .transpose()?;
         let notes = ctx.data_opt::<Arc<StreamNotes>>().cloned();
         let only: Option<OrganizationId> = match (&organization_id, viewer.platform) {
             (None, true) => None,

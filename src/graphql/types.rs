@@ -102,7 +102,7 @@ async fn load_metric(ctx: &Context<'_>, code: &str) -> Result<Metric> {
         })
 }
 
-async fn load_org(ctx: &Context<'_>, id: uuid::Uuid) -> Result<Organization> {
+pub(super) async fn load_org(ctx: &Context<'_>, id: uuid::Uuid) -> Result<Organization> {
     loader(ctx)?
         .load_one(OrganizationId(id))
         .await?
@@ -219,6 +219,7 @@ impl Organization {
             .ok_or_else(|| AppError::not_found("organization").into())
     }
     /// One summary per period from `from` to `to`, oldest first (default: the last 12 periods).
+    #[graphql(complexity = "super::history_complexity(from, to, child_complexity)")]
     async fn usage_history(
         &self,
         ctx: &Context<'_>,
@@ -258,6 +259,7 @@ impl Organization {
             .collect())
     }
     /// The ledger: every event that changed a counter, newest first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn usage_events(
         &self,
         ctx: &Context<'_>,
@@ -300,6 +302,7 @@ impl Organization {
         Ok(conn)
     }
     /// The seed's subscription_history, newest effective date first, then newest recorded first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn subscription_history(
         &self,
         ctx: &Context<'_>,
@@ -333,6 +336,32 @@ impl Organization {
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
+    }
+    async fn stripe_customer_id(&self) -> Option<&str> {
+        self.0.stripe_customer_id.as_deref()
+    }
+    async fn stripe_subscription_id(&self) -> Option<&str> {
+        self.0.stripe_subscription_id.as_deref()
+    }
+    /// The seed's organization_revenue_summary: one row per period from `from` to `to` (default: the last 12 periods) and currency, oldest first.
+    #[graphql(complexity = "super::history_complexity(from, to, child_complexity)")]
+    async fn revenue(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<Date>,
+        to: Option<Date>,
+    ) -> Result<Vec<super::money::RevenueSummary>> {
+        super::money::revenue(ctx, &self.0, from, to).await
+    }
+    /// Payments made to this organization, newest first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
+    async fn payments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, super::money::Payment, EmptyFields, EmptyFields>> {
+        super::money::payments(ctx, OrganizationId(self.0.id), first, after).await
     }
 }
 

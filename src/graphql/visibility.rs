@@ -1,16 +1,16 @@
 //! The types only the platform team may know of, derived from the schema itself: every type the
 //! SDL defines that no tenant-visible root field reaches (through arguments, results, input
-//! fields, interfaces and union members). A tenant's document naming one (a variable's type, a
-//! fragment's type condition) is refused with exactly the message of an unknown type, as the
-//! platform-only fields are refused like unknown fields.
+//! fields, interfaces and union members). In a tenant's document, a name of one (a variable's type,
+//! a fragment's type condition) is renamed to a placeholder before validation, which then answers
+//! exactly as for an unknown type; the messages get the written name back.
 
 use std::collections::HashSet;
 
 use async_graphql::parser::types::{
-    BaseType, ExecutableDocument, Selection, SelectionSet, ServiceDocument, Type, TypeDefinition,
-    TypeKind, TypeSystemDefinition,
+    BaseType, DocumentOperations, ExecutableDocument, Selection, SelectionSet, ServiceDocument,
+    Type, TypeDefinition, TypeKind, TypeSystemDefinition,
 };
-use async_graphql::{Pos, ServerError};
+use async_graphql::{Name, Positioned, ServerError};
 
 use super::PLATFORM_ONLY;
 
@@ -100,46 +100,78 @@ fn base_name(ty: &Type) -> &str {
     }
 }
 
-/// The first place a document names one of `hidden`, refused as validation refuses an unknown type.
-pub fn check(doc: &ExecutableDocument, hidden: &HashSet<String>) -> Result<(), ServerError> {
-    let unknown = |name: &str, pos: Pos| {
-        if hidden.contains(name) {
-            Err(ServerError::new(
-                format!(r#"Unknown type "{name}""#),
-                Some(pos),
-            ))
-        } else {
-            Ok(())
+/// Renames, in a tenant's document, every reference to a type of `hidden` (a variable's type, a
+/// fragment's or inline fragment's type condition) to a placeholder no schema defines, so that
+/// validation answers exactly as it does for an unknown type: the same errors, at the same places,
+/// with the same codes (`restore` then puts the names the client wrote back into the messages).
+/// Answers the placeholders and the names they stand for.
+pub fn hide(doc: &mut ExecutableDocument, hidden: &HashSet<String>) -> Vec<(String, String)> {
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    let mut rename = |name: &mut Name| {
+        if !hidden.contains(name.as_str()) {
+            return;
         }
+        let original = name.to_string();
+        let placeholder = match renamed.iter().find(|(_, o)| *o == original) {
+            Some((p, _)) => p.clone(),
+            None => {
+                let p = format!("TollgateUnknownType{}", renamed.len());
+                renamed.push((p.clone(), original));
+                p
+            }
+        };
+        *name = Name::new(placeholder);
     };
-    let mut sets: Vec<&SelectionSet> = Vec::new();
-    for (_, op) in doc.operations.iter() {
-        for v in &op.node.variable_definitions {
-            unknown(base_name(&v.node.var_type.node), v.node.var_type.pos)?;
+    fn base_name_mut(ty: &mut Type) -> &mut Name {
+        match &mut ty.base {
+            BaseType::Named(n) => n,
+            BaseType::List(inner) => base_name_mut(inner),
         }
-        sets.push(&op.node.selection_set.node);
     }
-    for (_, frag) in doc.fragments.iter() {
-        let on = &frag.node.type_condition;
-        unknown(on.node.on.node.as_str(), on.pos)?;
-        sets.push(&frag.node.selection_set.node);
+    let mut sets: Vec<&mut SelectionSet> = Vec::new();
+    let (operations, fragments) = (&mut doc.operations, &mut doc.fragments);
+    let ops: Vec<&mut Positioned<async_graphql::parser::types::OperationDefinition>> =
+        match operations {
+            DocumentOperations::Single(op) => vec![op],
+            DocumentOperations::Multiple(ops) => ops.values_mut().collect(),
+        };
+    for op in ops {
+        for v in &mut op.node.variable_definitions {
+            rename(base_name_mut(&mut v.node.var_type.node));
+        }
+        sets.push(&mut op.node.selection_set.node);
+    }
+    for frag in fragments.values_mut() {
+        rename(&mut frag.node.type_condition.node.on.node);
+        sets.push(&mut frag.node.selection_set.node);
     }
     // Inline fragments, at any depth (the document is bounded before this runs).
     while let Some(set) = sets.pop() {
-        for sel in &set.items {
-            match &sel.node {
-                Selection::Field(f) => sets.push(&f.node.selection_set.node),
+        for sel in &mut set.items {
+            match &mut sel.node {
+                Selection::Field(f) => sets.push(&mut f.node.selection_set.node),
                 Selection::InlineFragment(i) => {
-                    if let Some(on) = &i.node.type_condition {
-                        unknown(on.node.on.node.as_str(), on.pos)?;
+                    if let Some(on) = &mut i.node.type_condition {
+                        rename(&mut on.node.on.node);
                     }
-                    sets.push(&i.node.selection_set.node);
+                    sets.push(&mut i.node.selection_set.node);
                 }
                 Selection::FragmentSpread(_) => {}
             }
         }
     }
-    Ok(())
+    renamed
+}
+
+/// Puts the names a client wrote back into the messages of errors about their placeholders.
+pub fn restore(errors: &mut [ServerError], renamed: &[(String, String)]) {
+    for e in errors {
+        for (placeholder, original) in renamed {
+            if e.message.contains(placeholder.as_str()) {
+                e.message = e.message.replace(placeholder.as_str(), original);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod db;
 pub mod ledger;
 pub mod orgs;
+pub mod payments;
 pub mod rebuild;
 pub mod team;
 

@@ -568,8 +568,12 @@ impl Connection {
         // executor.
         let doc = self.state.documents.parsed(&request.query);
         if let Some(doc) = &doc {
-            let classes = crate::graphql::operation_classes(doc, request.operation_name.as_deref());
-            if let Err(refused) = self.state.rate_limits.check(viewer, &classes) {
+            let costs = crate::graphql::operation_costs(
+                doc,
+                request.operation_name.as_deref(),
+                &request.variables,
+            );
+            if let Err(refused) = self.state.rate_limits.check(viewer, &costs) {
                 return refuse(json!({
                     "message": refused.message(),
                     "extensions": {

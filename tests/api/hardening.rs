@@ -221,7 +221,14 @@ async fn a_client_that_stops_reading_stalls_nobody(app: TestApp) {
 both_engines!(
     slow_reader,
     super::a_client_that_stops_reading_stalls_nobody,
-    &["--max-aliases", "20", "--ws-send-timeout", "2s"]
+    &[
+        "--max-aliases",
+        "20",
+        "--max-complexity",
+        "100000",
+        "--ws-send-timeout",
+        "2s"
+    ]
 );
 
 async fn operations_per_connection_are_capped(app: TestApp) {
@@ -299,6 +306,14 @@ async fn dates_are_bounded(app: TestApp) {
         "mutation {{ resetUsage(input: {{organizationId: \"{org}\", period: \"+262142-12-31\", reason: \"x\"}}) {{ hasExceededLimits }} }}"
     );
     let body = app.gql(&platform, &reset, json!({})).await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    let body = app
+        .gql(
+            &admin,
+            "{ usageAlerts(since: \"+262142-01-01T00:00:00Z\") { nodes { id } } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
     let credit = format!(
         "mutation {{ grantCredit(input: {{organizationId: \"{org}\", metric: \"bookings\", quantity: \"1\", period: \"-262143-01-01\", reason: \"x\"}}) {{ used }} }}"
@@ -396,33 +411,40 @@ both_engines!(batch_atomic, super::a_batch_is_atomic);
 async fn platform_only_names_are_unknown_to_tenants(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     let admin = app.tenant_token(&org, Role::Admin);
-    let unknown = app
-        .gql(&admin, "query M($i: NoSuchInput) { __typename }", json!({}))
-        .await;
-    let unknown_msg = unknown["errors"][0]["message"].as_str().unwrap().to_owned();
-    assert!(unknown_msg.starts_with("Unknown type"), "{unknown}");
+    // Each document is sent with a hidden name and with an unknown name of the same length: the
+    // whole answers (messages, locations, counts, codes, status) must match but for the name.
+    let shapes = [
+        "query M($i: NAME) { __typename }",
+        "query M($i: [NAME!]) { __typename }",
+        "{ viewer { ... on NAME { __typename } } }",
+        "query { ...F } fragment F on NAME { __typename }",
+    ];
+    let unknown_like = |name: &str| format!("Zz{}", "q".repeat(name.len() - 2));
     for hidden in [
         "AdjustUsageInput",
         "GrantCreditInput",
         "ResetUsageInput",
         "CreateOrganizationInput",
         "UpsertPlanInput",
+        "PlanChange",
+        "OrganizationConnection",
     ] {
-        let body = app
-            .gql(
-                &admin,
-                &format!("query M($i: {hidden}) {{ __typename }}"),
-                json!({}),
-            )
-            .await;
-        assert_eq!(
-            body["errors"][0]["message"]
-                .as_str()
-                .unwrap()
-                .replace(hidden, "NoSuchInput"),
-            unknown_msg,
-            "{hidden}: {body}"
-        );
+        for shape in shapes {
+            for token in [Some(admin.as_str()), None] {
+                let (s1, b1) = app
+                    .post(token, &shape.replace("NAME", hidden), json!({}))
+                    .await;
+                let other = unknown_like(hidden);
+                let (s2, b2) = app
+                    .post(token, &shape.replace("NAME", &other), json!({}))
+                    .await;
+                assert_eq!(
+                    (s1, b1.to_string().replace(hidden, &other)),
+                    (s2, b2.to_string()),
+                    "{hidden} in {shape}"
+                );
+            }
+        }
         // The platform team knows them (the variable is unused: another message).
         let body = app
             .gql(
@@ -493,7 +515,65 @@ async fn rough_edges(app: TestApp) {
     assert_eq!(resp.status(), 431);
     let body: Value = resp.json().await.expect("a JSON 431");
     assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
-    // Codes follow one rule: dashes inside, like slugs.
+    // A search is bounded.
+    let body = app
+        .gql(
+            &app.platform_token(),
+            "query($s: String) { organizations(search: $s) { nodes { id } } }",
+            json!({ "s": "x".repeat(50_000) }),
+        )
+        .await;
+    assert_eq!(
+        code(&body),
+        Some("BAD_USER_INPUT"),
+        "{}",
+        &body.to_string()[..200]
+    );
+    // A parse error does not quote a huge line whole.
+    let huge = format!("{{ __typename(x: \"{}\" !!) }}", "y".repeat(60_000));
+    let (_, body) = app.post(Some(&admin), &huge, json!({})).await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"));
+    assert!(
+        body.to_string().len() < 2000,
+        "{} bytes",
+        body.to_string().len()
+    );
+    // A document past its byte bound is refused before parsing, whatever pads it.
+    let padded = format!("{{ __typename {} }}", " ".repeat(100_000));
+    let (status, body) = app.post(None, &padded, json!({})).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, Some("BAD_USER_INPUT")),
+        "{body}"
+    );
+    // A history is weighed by its periods: thirty decades of history in one request are refused.
+    let heavy: String = (0..30)
+        .map(|i| format!("a{i}: usageHistory(from: \"2017-01-01\", to: \"2026-12-01\") {{ periodStart metrics {{ used allowance }} }} "))
+        .collect();
+    let (status, body) = app
+        .post(
+            Some(&admin),
+            &format!("{{ organization {{ {heavy} }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, Some("BAD_USER_INPUT")),
+        "{body}"
+    );
+    assert!(body.to_string().contains("complex"), "{body}");
+    // Codes follow one rule: dashes inside, like slugs; no whitespace around any of them.
+    for slug in [" acme2", "acme2\n"] {
+        let body = app
+            .gql(
+                &app.platform_token(),
+                "mutation($s: String!) { createOrganization(input: {name: \"X\", slug: $s, planCode: \"basic\"}) { id } }",
+                json!({ "s": slug }),
+            )
+            .await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{slug:?}: {body}");
+    }
     app.upsert_plan(
         "pro-annual",
         "Pro annual",
@@ -682,6 +762,34 @@ async fn cors_allows_the_configured_origins(app: TestApp) {
         }
     }
 }
+/// With CORS on, the limits' JSON answers carry CORS headers too, so a browser app can read them.
+async fn limit_answers_are_readable_cross_origin(app: TestApp) {
+    let resp = app
+        .client
+        .post(app.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 8192])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+}
+both_engines!(
+    cors_limits,
+    super::limit_answers_are_readable_cross_origin,
+    &[
+        "--cors-origins",
+        "https://app.example.com",
+        "--max-body-bytes",
+        "4096"
+    ]
+);
+
 both_engines!(
     cors,
     super::cors_allows_the_configured_origins,
@@ -733,6 +841,32 @@ async fn rate_limits_hold_per_subject_and_class(app: TestApp) {
         body[2]["errors"][0]["extensions"]["code"], "RATE_LIMITED",
         "{body}"
     );
+    // A batch whose every operation is refused: 429.
+    let resp = raw_post(&app, &fresh, batch.to_string()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    // Each recording counts, aliases and batch items too: three in one operation never fit a
+    // budget of two.
+    let aliased = app.token("aliaser", Some(&org), Some(Role::Admin));
+    let three = "mutation { a: recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } \
+                 b: recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } \
+                 c: recordUsage(input: {metric: \"bookings\", quantity: \"1\"}) { accepted } }";
+    let (status, body) = app.post(Some(&aliased), three, json!({})).await;
+    assert_eq!((status, code(&body)), (429, Some("RATE_LIMITED")), "{body}");
+    let items = json!({ "i": [
+        { "metric": "bookings", "quantity": "1" },
+        { "metric": "bookings", "quantity": "1" },
+        { "metric": "bookings", "quantity": "1" },
+    ] });
+    let batcher = app.token("item-batcher", Some(&org), Some(Role::Admin));
+    let (status, body) = app
+        .post(
+            Some(&batcher),
+            "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted } }",
+            items,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (429, Some("RATE_LIMITED")), "{body}");
     // Subscriptions count on subscribe.
     let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
     ws.init(bearer(&admin)).await;
