@@ -16,6 +16,8 @@ pub struct Model {
     pub trial_days: i32,
     pub application_fee_pct: i64,
     pub active: bool,
+    /// The Stripe Price billing this plan (unique).
+    pub stripe_price_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -12,6 +12,7 @@ mod m20261123_000002_seed_defaults;
 mod m20261123_000003_row_level_security;
 mod m20261123_000004_plan_history;
 mod m20261129_000005_payments;
+mod m20261129_000006_plan_stripe_price;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_row_level_security::Migration),
             Box::new(m20261123_000004_plan_history::Migration),
             Box::new(m20261129_000005_payments::Migration),
+            Box::new(m20261129_000006_plan_stripe_price::Migration),
         ]
     }
 }

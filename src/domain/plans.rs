@@ -32,6 +32,8 @@ pub struct UpsertPlan {
     pub application_fee_pct: Option<Decimal>,
     pub active: Option<bool>,
     pub limits: Vec<LimitInput>,
+    /// The Stripe Price billing this plan (none: not billed through Stripe).
+    pub stripe_price_id: Option<String>,
     /// Why, for the audit row (default: "plan created" or "plan updated").
     pub reason: Option<String>,
 }
@@ -60,6 +62,7 @@ async fn definition<C: sea_orm::ConnectionTrait>(db: &C, p: &plan::Model) -> App
         "trialDays": p.trial_days,
         "applicationFeePct": amount(p.application_fee_pct),
         "active": p.active,
+        "stripePriceId": p.stripe_price_id,
         "limits": limits,
     })
     .to_string())
@@ -105,6 +108,7 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             "applicationFeePct must be between 0 and 100",
         ));
     }
+    let stripe_price_id = optional_text("stripePriceId", input.stripe_price_id.as_deref(), 255)?;
     let catalog = engine.catalog().await?;
     let kinds = &catalog.kinds;
     let mut seen = HashSet::new();
@@ -176,6 +180,19 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             input.rank, other.code
         )));
     }
+    // A Stripe Price bills one plan: a subscription on it must name one plan to move to.
+    if let Some(price) = &stripe_price_id
+        && let Some(other) = store::catalog::plans(&txn, true)
+            .await?
+            .into_iter()
+            .find(|p| p.stripe_price_id.as_deref() == Some(price) && p.code != code.as_str())
+    {
+        return Err(AppError::conflict(format!(
+            "stripePriceId {} bills plan {:?}: each price bills one plan",
+            crate::error::quote(price),
+            other.code
+        )));
+    }
     let before = match store::catalog::plan_by_code(&txn, code.as_str()).await? {
         Some(p) => Some(definition(&txn, &p).await?),
         None => None,
@@ -191,6 +208,7 @@ pub async fn upsert(engine: &Engine, viewer: &Viewer, input: UpsertPlan) -> AppR
             trial_days,
             application_fee_pct: fee.scaled(),
             active: input.active.unwrap_or(true),
+            stripe_price_id,
         },
         limits,
     )

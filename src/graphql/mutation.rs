@@ -126,6 +126,8 @@ pub struct UpsertPlanInput {
     application_fee_pct: Option<Dec>,
     active: Option<bool>,
     limits: Vec<PlanLimitInput>,
+    /// The Stripe Price billing this plan: a Stripe subscription on this price puts its organization on this plan. Part of the definition: left out, the plan has none.
+    stripe_price_id: Option<String>,
     /// Why the plan is created or changed, for its audit row (planHistory). Default: "plan created" or "plan updated".
     reason: Option<String>,
 }
@@ -418,6 +420,7 @@ impl CoreMutation {
                 trial_days: input.trial_days,
                 application_fee_pct: input.application_fee_pct.map(|d| d.0),
                 active: input.active,
+                stripe_price_id: input.stripe_price_id,
                 limits: input
                     .limits
                     .into_iter()

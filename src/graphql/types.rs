@@ -385,6 +385,10 @@ impl Plan {
     async fn id(&self) -> ID {
         ID(self.0.plan.id.to_string())
     }
+    /// The Stripe Price billing this plan. A Stripe subscription on this price puts its organization on this plan.
+    async fn stripe_price_id(&self) -> Option<&str> {
+        self.0.plan.stripe_price_id.as_deref()
+    }
     async fn code(&self) -> &str {
         &self.0.plan.code
     }

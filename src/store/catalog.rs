@@ -82,6 +82,7 @@ pub struct PlanFields {
     pub trial_days: i32,
     pub application_fee_pct: i64,
     pub active: bool,
+    pub stripe_price_id: Option<String>,
 }
 
 /// Creates or updates a plan by code and replaces its limits. Runs inside the caller's transaction.
@@ -103,6 +104,7 @@ pub async fn upsert_plan<C: ConnectionTrait>(
         trial_days: Set(f.trial_days),
         application_fee_pct: Set(f.application_fee_pct),
         active: Set(f.active),
+        stripe_price_id: Set(f.stripe_price_id),
         created_at: Set(existing.as_ref().map(|p| p.created_at).unwrap_or(now)),
         updated_at: Set(now),
     };
@@ -117,6 +119,7 @@ pub async fn upsert_plan<C: ConnectionTrait>(
                     plan::Column::TrialDays,
                     plan::Column::ApplicationFeePct,
                     plan::Column::Active,
+                    plan::Column::StripePriceId,
                     plan::Column::UpdatedAt,
                 ])
                 .to_owned(),

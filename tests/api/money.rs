@@ -201,3 +201,57 @@ async fn payments_are_recorded_once(app: TestApp) {
     assert!(ok, "{out}");
 }
 both_engines!(payments, super::payments_are_recorded_once);
+
+async fn plans_name_their_stripe_price(app: TestApp) {
+    let platform = app.platform_token();
+    let upsert = "mutation($i: UpsertPlanInput!) { upsertPlan(input: $i) { code stripePriceId } }";
+    let plan = |code: &str, rank: i32, price: Option<&str>| {
+        json!({ "i": { "code": code, "name": code, "rank": rank, "priceMonthly": "42",
+            "stripePriceId": price, "limits": [] } })
+    };
+    let data = app
+        .ok(
+            &platform,
+            upsert,
+            plan("pro", 60, Some("price_pro_monthly")),
+        )
+        .await;
+    assert_eq!(data["upsertPlan"]["stripePriceId"], "price_pro_monthly");
+    // A price bills one plan.
+    let body = app
+        .gql(
+            &platform,
+            upsert,
+            plan("pro2", 61, Some("price_pro_monthly")),
+        )
+        .await;
+    assert_eq!(code(&body), Some("CONFLICT"), "{body}");
+    // The price is part of the audited definition.
+    app.ok(&platform, upsert, plan("pro", 60, Some("price_pro_v2")))
+        .await;
+    let data = app
+        .ok(
+            &platform,
+            "{ planHistory(code: \"pro\") { before after } }",
+            json!({}),
+        )
+        .await;
+    let newest = &data["planHistory"][0];
+    assert_eq!(
+        newest["before"]["stripePriceId"], "price_pro_monthly",
+        "{newest}"
+    );
+    assert_eq!(newest["after"]["stripePriceId"], "price_pro_v2", "{newest}");
+    let data = app
+        .ok(&platform, "{ plans { code stripePriceId } }", json!({}))
+        .await;
+    let pro = data["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "pro")
+        .cloned()
+        .unwrap();
+    assert_eq!(pro["stripePriceId"], "price_pro_v2");
+}
+both_engines!(stripe_prices, super::plans_name_their_stripe_price);
