@@ -347,6 +347,25 @@ pub struct Settings {
     /// once a minute).
     #[arg(long, global = true, env = "TOLLGATE_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
     pub jwt_jwks_refresh: Duration,
+    /// Signing secret of the Stripe webhook endpoint (whsec_...), for POST /stripe/webhook;
+    /// several, comma-separated, while one is rotated. Without it the endpoint answers 503.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub stripe_webhook_secret: Vec<SecretString>,
+    /// Signing secret of a second webhook endpoint for Connect events (Stripe signs events of
+    /// connected accounts with their own endpoint's secret), if one is set up.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_STRIPE_CONNECT_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub stripe_connect_webhook_secret: Option<SecretString>,
 }
 
 /// A rate limit: `per_minute`-style quota with a burst, or none.

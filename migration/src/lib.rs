@@ -13,6 +13,7 @@ mod m20261123_000003_row_level_security;
 mod m20261123_000004_plan_history;
 mod m20261129_000005_payments;
 mod m20261129_000006_plan_stripe_price;
+mod m20261129_000007_stripe_events;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_plan_history::Migration),
             Box::new(m20261129_000005_payments::Migration),
             Box::new(m20261129_000006_plan_stripe_price::Migration),
+            Box::new(m20261129_000007_stripe_events::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@ pub mod money;
 pub mod orgs;
 pub mod plans;
 pub mod recompute;
+pub mod stripe;
 pub mod types;
 pub mod usage;
 

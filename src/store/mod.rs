@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod orgs;
 pub mod payments;
 pub mod rebuild;
+pub mod stripe;
 pub mod team;
 
 use std::sync::Arc;

@@ -175,3 +175,58 @@ pub async fn ids_with_status<C: ConnectionTrait>(
         .await?;
     Ok(rows.into_iter().map(|o| OrganizationId(o.id)).collect())
 }
+
+/// The organization whose Stripe customer this is, if the scope may see it.
+pub async fn by_stripe_customer<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    customer: &str,
+) -> Result<Option<organization::Model>, DbErr> {
+    organization::Entity::find()
+        .filter(scope_condition(scope))
+        .filter(organization::Column::StripeCustomerId.eq(customer))
+        .one(db)
+        .await
+}
+
+/// Records the organization's Stripe customer and subscription ids.
+pub async fn set_stripe_ids<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    id: OrganizationId,
+    customer: Option<&str>,
+    subscription: Option<&str>,
+) -> Result<(), DbErr> {
+    organization::Entity::update_many()
+        .col_expr(
+            organization::Column::StripeCustomerId,
+            Expr::value(customer.map(str::to_owned)),
+        )
+        .col_expr(
+            organization::Column::StripeSubscriptionId,
+            Expr::value(subscription.map(str::to_owned)),
+        )
+        .col_expr(organization::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(scope_condition(scope))
+        .filter(organization::Column::Id.eq(id.0))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Sets only the organization's status (a payment failed or succeeded).
+pub async fn set_status<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    id: OrganizationId,
+    status: OrganizationStatus,
+) -> Result<(), DbErr> {
+    organization::Entity::update_many()
+        .col_expr(organization::Column::Status, Expr::value(status))
+        .col_expr(organization::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(scope_condition(scope))
+        .filter(organization::Column::Id.eq(id.0))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

@@ -147,3 +147,53 @@ pub async fn revenue<C: ConnectionTrait>(
     out.sort_by(|a, b| (a.period_start, &a.currency).cmp(&(b.period_start, &b.currency)));
     Ok(out)
 }
+
+/// Records a refund of a payment once (by Stripe's refund id): false when it was already recorded.
+pub async fn insert_refund<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    row: entity::payment_refund::Model,
+) -> Result<bool, DbErr> {
+    if !scope.allows(OrganizationId(row.organization_id)) {
+        return Ok(false);
+    }
+    let active: entity::payment_refund::ActiveModel = row.into();
+    let n = entity::payment_refund::Entity::insert(active)
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(entity::payment_refund::Column::StripeRefundId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Sets how much of a payment was refunded (its refunds' sum, never more than it paid).
+pub async fn set_refunded<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    payment: &payment::Model,
+) -> Result<i64, DbErr> {
+    if !scope.allows(OrganizationId(payment.organization_id)) {
+        return Ok(0);
+    }
+    let row = super::query_one(
+        db,
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM payment_refunds WHERE payment_id = $1",
+        vec![payment.id.into()],
+    )
+    .await?;
+    let total: i64 = match row {
+        Some(r) => r.try_get("", "total")?,
+        None => 0,
+    };
+    let refunded = total.min(payment.amount);
+    super::execute(
+        db,
+        "UPDATE payments SET refunded_amount = $1 WHERE id = $2",
+        vec![refunded.into(), payment.id.into()],
+    )
+    .await?;
+    Ok(refunded)
+}

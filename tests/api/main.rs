@@ -15,6 +15,7 @@ mod money;
 mod production;
 mod replicas;
 mod settings;
+mod stripe;
 mod tenancy;
 mod usage;
 mod ws;

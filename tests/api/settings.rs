@@ -57,6 +57,8 @@ async fn the_server_starts_with_every_documented_variable() {
         ("TOLLGATE_JWT_ISSUER", "https://issuer.example"),
         ("TOLLGATE_JWT_AUDIENCE", "tollgate"),
         ("TOLLGATE_CORS_ORIGINS", "https://app.example.com"),
+        ("TOLLGATE_STRIPE_WEBHOOK_SECRET", "whsec_a,whsec_b"),
+        ("TOLLGATE_STRIPE_CONNECT_WEBHOOK_SECRET", "whsec_c"),
     ];
     // Key sources exclusive with the secret: accepted (checked above), started separately.
     let exclusive = [
