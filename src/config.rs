@@ -366,6 +366,23 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub stripe_connect_webhook_secret: Option<SecretString>,
+    /// Stripe secret key (sk_...), for the calls Tollgate makes to Stripe (Connect). Without it,
+    /// those answer a coded error and nothing else changes.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_STRIPE_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub stripe_secret_key: Option<SecretString>,
+    /// Stripe's API base URL (tests point it at a local fake).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
 }
 
 /// A rate limit: `per_minute`-style quota with a burst, or none.

@@ -15,5 +15,6 @@ pub mod graphql;
 pub mod http;
 pub mod ratelimit;
 pub mod store;
+pub mod stripe_api;
 pub mod telemetry;
 pub mod ws;

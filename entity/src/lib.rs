@@ -1,6 +1,7 @@
 //! SeaORM entities: the tables as the store sees them. They are not the API: the GraphQL layer has its
 //! own types. Decimal columns are `i64` scaled by 10^4 (`migration::DECIMAL_SCALE`); the store converts.
 
+pub mod connect_account;
 pub mod enums;
 pub mod metric;
 pub mod organization;

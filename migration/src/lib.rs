@@ -14,6 +14,7 @@ mod m20261123_000004_plan_history;
 mod m20261129_000005_payments;
 mod m20261129_000006_plan_stripe_price;
 mod m20261129_000007_stripe_events;
+mod m20261129_000008_connect_accounts;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_payments::Migration),
             Box::new(m20261129_000006_plan_stripe_price::Migration),
             Box::new(m20261129_000007_stripe_events::Migration),
+            Box::new(m20261129_000008_connect_accounts::Migration),
         ]
     }
 }

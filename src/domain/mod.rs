@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod connect;
 pub mod limits;
 pub mod money;
 pub mod orgs;

@@ -157,6 +157,42 @@ pub async fn record_payment(
 ) -> AppResult<payment::Model> {
     let id = access::target_org(viewer, input.organization_id.as_deref())?;
     let org = access::authorize(&engine.db, viewer, id, Action::Record).await?;
+    let input = PaymentInput {
+        occurred_at: Some(engine.validate_time(input.occurred_at)?),
+        ..input
+    };
+    let txn = engine.db.begin_write().await?;
+    match record_payment_in(engine, &txn, viewer, &org, input).await? {
+        Recorded::New(stored, alerts) => {
+            engine
+                .commit_and_publish(txn, OrganizationId(org.id), &alerts)
+                .await?;
+            Ok(stored)
+        }
+        Recorded::Existing(stored) => {
+            txn.rollback().await?;
+            Ok(stored)
+        }
+    }
+}
+
+/// What `record_payment_in` did.
+pub enum Recorded {
+    /// Stored now, with the revenue metric's alerts (publish them after commit).
+    New(payment::Model, Vec<entity::usage_alert::Model>),
+    /// Recorded before, the same payment: nothing changed.
+    Existing(payment::Model),
+}
+
+/// Records a payment of `org` inside the caller's transaction (recordPayment, and a
+/// payment_intent.succeeded webhook): once per PaymentIntent, with its fee and the revenue metric.
+pub async fn record_payment_in(
+    engine: &Engine,
+    txn: &crate::store::db::WriteTxn,
+    viewer: &Viewer,
+    org: &entity::organization::Model,
+    input: PaymentInput,
+) -> AppResult<Recorded> {
     let intent = required_text(
         "stripePaymentIntentId",
         &input.stripe_payment_intent_id,
@@ -165,15 +201,11 @@ pub async fn record_payment(
     let reference = optional_text("reference", input.reference.as_deref(), 255)?;
     let currency = Currency::parse(&input.currency)?;
     let quote = application_fee(input.amount, fee_pct(engine, org.plan_id).await?, currency)?;
-    let occurred_at = engine.validate_time(input.occurred_at)?;
+    let occurred_at = input.occurred_at.unwrap_or_else(Utc::now);
     let scope = viewer.scope();
+    let amount = Amount::parse("amount", quote.amount)?.scaled();
     let same = |p: &payment::Model| {
-        p.organization_id == org.id
-            && p.amount
-                == Amount::parse("amount", quote.amount)
-                    .map(Amount::scaled)
-                    .unwrap_or(0)
-            && p.currency == quote.currency.as_str()
+        p.organization_id == org.id && p.amount == amount && p.currency == quote.currency.as_str()
     };
     let conflict = || {
         AppError::conflict(format!(
@@ -181,11 +213,9 @@ pub async fn record_payment(
             crate::error::quote(&intent)
         ))
     };
-    let txn = engine.db.begin_write().await?;
-    if let Some(existing) = store::payments::by_intent(&*txn, scope, &intent).await? {
-        txn.rollback().await?;
+    if let Some(existing) = store::payments::by_intent(&**txn, scope, &intent).await? {
         return if same(&existing) {
-            Ok(existing)
+            Ok(Recorded::Existing(existing))
         } else {
             Err(conflict())
         };
@@ -194,7 +224,7 @@ pub async fn record_payment(
         id: uuid::Uuid::now_v7(),
         organization_id: org.id,
         stripe_payment_intent_id: intent.clone(),
-        amount: Amount::parse("amount", quote.amount)?.scaled(),
+        amount,
         currency: quote.currency.as_str().to_owned(),
         application_fee: Amount::parse("applicationFee", quote.application_fee)?.scaled(),
         application_fee_pct: Amount::parse("applicationFeePct", quote.application_fee_pct)?
@@ -207,12 +237,10 @@ pub async fn record_payment(
         created_at: Utc::now(),
         created_by: Some(viewer.sub.clone()),
     };
-    let Some(stored) = store::payments::insert_once(&*txn, scope, row).await? else {
+    let Some(stored) = store::payments::insert_once(&**txn, scope, row).await? else {
         // Another recording of the same PaymentIntent committed first.
-        let existing = store::payments::by_intent(&*txn, scope, &intent).await?;
-        txn.rollback().await?;
-        return match existing {
-            Some(p) if same(&p) => Ok(p),
+        return match store::payments::by_intent(&**txn, scope, &intent).await? {
+            Some(p) if same(&p) => Ok(Recorded::Existing(p)),
             _ => Err(conflict()),
         };
     };
@@ -224,14 +252,11 @@ pub async fn record_payment(
         reference: format!("payment:{intent}"),
         occurred_at,
     };
-    let alerts = match engine.record_fact_in(&txn, viewer, fact).await? {
+    let alerts = match engine.record_fact_in(txn, viewer, fact).await? {
         Some(outcome) => outcome.alerts,
         None => Vec::new(),
     };
-    engine
-        .commit_and_publish(txn, OrganizationId(org.id), &alerts)
-        .await?;
-    Ok(stored)
+    Ok(Recorded::New(stored, alerts))
 }
 
 /// A payment's state, from what was refunded of it.

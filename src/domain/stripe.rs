@@ -32,6 +32,8 @@ pub struct Event {
     pub id: String,
     pub kind: String,
     pub created: i64,
+    /// The connected account the event happened on (Connect events).
+    pub account: Option<String>,
     pub object: Value,
 }
 
@@ -42,6 +44,10 @@ impl Event {
             id: body.get("id")?.as_str()?.to_owned(),
             kind: body.get("type")?.as_str()?.to_owned(),
             created: body.get("created")?.as_i64()?,
+            account: body
+                .get("account")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             object: body.get("data")?.get("object")?.clone(),
         })
     }
@@ -147,6 +153,8 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
             | "invoice.payment_succeeded"
             | "invoice.payment_failed"
             | "charge.refunded"
+            | "account.updated"
+            | "payment_intent.succeeded"
     );
     if !handled {
         let outcome = if claim(Outcome::Ignored, None).await? {
@@ -172,6 +180,8 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
     }
     let effect = match event.kind.as_str() {
         "charge.refunded" => refunds(&txn, &event).await?,
+        "account.updated" => account_updated(&txn, &event).await?,
+        "payment_intent.succeeded" => payment_succeeded(engine, &txn, &event).await?,
         kind if kind.starts_with("invoice.") => invoice(&txn, &event).await?,
         _ => subscription(engine, &txn, &event).await?,
     };
@@ -366,6 +376,93 @@ async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
         org: oid,
         alerts: Vec::new(),
     }))
+}
+
+/// account.updated: the organization's connected account as Stripe now describes it.
+async fn account_updated(
+    txn: &crate::store::db::WriteTxn,
+    event: &Event,
+) -> AppResult<Option<Effect>> {
+    let Some(id) = event.object.get("id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let Some(known) = store::connect::by_stripe_account(&**txn, Scope::Platform, id).await? else {
+        tracing::warn!(event = %event.id, account = id, "an account Tollgate did not create");
+        return Ok(None);
+    };
+    let org = OrganizationId(known.organization_id);
+    let Some(row) = super::connect::from_stripe(org, &event.object) else {
+        return Ok(None);
+    };
+    store::connect::upsert(&**txn, Scope::Platform, &row).await?;
+    Ok(Some(Effect {
+        org,
+        alerts: Vec::new(),
+    }))
+}
+
+/// payment_intent.succeeded on a connected account: the payment, recorded as recordPayment would
+/// (once per PaymentIntent, with its fee and the revenue metric).
+async fn payment_succeeded(
+    engine: &Engine,
+    txn: &crate::store::db::WriteTxn,
+    event: &Event,
+) -> AppResult<Option<Effect>> {
+    let Some(account) = event.account.as_deref() else {
+        // A payment on the platform's own account (its plan fees): not an organization's revenue.
+        return Ok(None);
+    };
+    let Some(known) = store::connect::by_stripe_account(&**txn, Scope::Platform, account).await?
+    else {
+        return Ok(None);
+    };
+    let org = OrganizationId(known.organization_id);
+    let Some(org_row) = store::orgs::find(&**txn, Scope::Platform, org).await? else {
+        return Ok(None);
+    };
+    let pi = &event.object;
+    let (Some(intent), Some(currency)) = (
+        pi.get("id").and_then(Value::as_str),
+        pi.get("currency").and_then(Value::as_str),
+    ) else {
+        return Ok(None);
+    };
+    let Some(minor) = pi
+        .get("amount_received")
+        .or_else(|| pi.get("amount"))
+        .and_then(Value::as_i64)
+    else {
+        return Ok(None);
+    };
+    let Some(amount) = major_units(minor, currency) else {
+        return Ok(None);
+    };
+    let stripe = super::Viewer {
+        sub: "stripe".to_owned(),
+        org_id: None,
+        role: None,
+        platform: true,
+    };
+    let input = super::money::PaymentInput {
+        organization_id: None,
+        stripe_payment_intent_id: intent.to_owned(),
+        amount,
+        currency: currency.to_owned(),
+        reference: pi
+            .pointer("/metadata/reference")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        occurred_at: pi
+            .get("created")
+            .and_then(Value::as_i64)
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+    };
+    let alerts =
+        match super::money::record_payment_in(engine, txn, &stripe, &org_row, input).await? {
+            super::money::Recorded::New(_, alerts) => alerts,
+            super::money::Recorded::Existing(_) => Vec::new(),
+        };
+    Ok(Some(Effect { org, alerts }))
 }
 
 async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<Option<Effect>> {

@@ -30,6 +30,8 @@ pub struct Engine {
     pub catalog: Arc<tokio::sync::OnceCell<Arc<MetricCatalog>>>,
     /// Current-period summaries for the hot reads (see `domain::cache`).
     pub cache: Arc<super::cache::StateCache>,
+    /// Stripe's API, for the calls the money side makes (Connect).
+    pub stripe: crate::stripe_api::StripeApi,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -192,6 +194,7 @@ impl Engine {
             cache: Arc::new(super::cache::StateCache::new(
                 settings.entitlement_cache_ttl,
             )),
+            stripe: crate::stripe_api::StripeApi::from_settings(settings),
         }
     }
 

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use super::scalars::{Date, Dec};
 use super::types::{Organization, load_org};
 use super::{connection_args, cursor_decode, cursor_encode, request_ctx};
+use crate::domain::connect;
 use crate::domain::money::{self, Currency, FeeQuote};
 use crate::domain::{Amount, OrganizationId, Period};
 use crate::error::AppError;
@@ -132,6 +133,87 @@ impl RevenueSummary {
     }
 }
 
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::connect::Status")]
+pub enum ConnectAccountStatus {
+    /// No connected account yet.
+    None,
+    /// Created; onboarding not finished (details not submitted or requirements due).
+    Onboarding,
+    /// Charges and payouts enabled.
+    Active,
+    /// Stripe disabled charges or payouts (requirements past due, rejected).
+    Restricted,
+}
+
+/// Stripe Connect: the organization's connected account, through which its customers pay it.
+pub struct ConnectAccount(pub Option<entity::connect_account::Model>);
+
+#[Object]
+impl ConnectAccount {
+    async fn status(&self) -> ConnectAccountStatus {
+        connect::status(self.0.as_ref()).into()
+    }
+    /// acct_... once created.
+    async fn stripe_account_id(&self) -> Option<&str> {
+        self.0.as_ref().map(|a| a.stripe_account_id.as_str())
+    }
+    async fn charges_enabled(&self) -> bool {
+        self.0.as_ref().is_some_and(|a| a.charges_enabled)
+    }
+    async fn payouts_enabled(&self) -> bool {
+        self.0.as_ref().is_some_and(|a| a.payouts_enabled)
+    }
+    async fn details_submitted(&self) -> bool {
+        self.0.as_ref().is_some_and(|a| a.details_submitted)
+    }
+    /// Stripe's requirements.currently_due: what onboarding still needs.
+    async fn requirements_due(&self) -> Vec<String> {
+        self.0
+            .as_ref()
+            .map(connect::requirements_due)
+            .unwrap_or_default()
+    }
+    /// When Tollgate last heard from Stripe about this account (API answer or account.updated webhook).
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        self.0.as_ref().map(|a| a.updated_at)
+    }
+}
+
+pub struct ConnectAccountLink(connect::Link);
+
+#[Object]
+impl ConnectAccountLink {
+    /// Stripe's hosted onboarding page for the organization's account.
+    async fn url(&self) -> &str {
+        &self.0.url
+    }
+    async fn expires_at(&self) -> DateTime<Utc> {
+        self.0.expires_at
+    }
+}
+
+pub async fn connect_account(ctx: &Context<'_>, org: OrganizationId) -> Result<ConnectAccount> {
+    let rc = request_ctx(ctx)?;
+    Ok(ConnectAccount(
+        connect::account(&rc.engine, rc.scope(), org).await?,
+    ))
+}
+
+#[derive(InputObject)]
+pub struct CreateConnectAccountInput {
+    pub organization_id: Option<ID>,
+    pub email: Option<String>,
+    pub country: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateConnectAccountLinkInput {
+    pub organization_id: Option<ID>,
+    pub refresh_url: String,
+    pub return_url: String,
+}
+
 /// Organization's money fields (called from its object in `types`).
 pub async fn payments(
     ctx: &Context<'_>,
@@ -219,6 +301,58 @@ pub struct MoneyMutation;
 
 #[Object]
 impl MoneyMutation {
+    /// OWNER/ADMIN or the platform team: create the organization's Stripe Connect (Express) account; returns the existing one if there is one.
+    async fn create_connect_account(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateConnectAccountInput,
+    ) -> Result<ConnectAccount> {
+        let rc = request_ctx(ctx)?;
+        let account = connect::create(
+            &rc.engine,
+            rc.viewer()?,
+            input.organization_id.as_ref().map(|i| i.as_str()),
+            input.email.as_deref(),
+            input.country.as_deref(),
+        )
+        .await?;
+        Ok(ConnectAccount(Some(account)))
+    }
+
+    /// OWNER/ADMIN or the platform team: a fresh onboarding link for the organization's connected account.
+    async fn create_connect_account_link(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateConnectAccountLinkInput,
+    ) -> Result<ConnectAccountLink> {
+        let rc = request_ctx(ctx)?;
+        let link = connect::link(
+            &rc.engine,
+            rc.viewer()?,
+            input.organization_id.as_ref().map(|i| i.as_str()),
+            &input.refresh_url,
+            &input.return_url,
+        )
+        .await?;
+        Ok(ConnectAccountLink(link))
+    }
+
+    /// Read the account's state from Stripe now (the seed's account-status function); webhooks keep it fresh otherwise.
+    async fn refresh_connect_account(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: Option<ID>,
+    ) -> Result<ConnectAccount> {
+        let rc = request_ctx(ctx)?;
+        let account = connect::refresh(
+            &rc.engine,
+            rc.viewer()?,
+            organization_id.as_ref().map(|i| i.as_str()),
+        )
+        .await?;
+        Ok(ConnectAccount(account))
+    }
+
     /// SERVICE, OWNER/ADMIN or the platform team: a payment the organization received. Idempotent by stripePaymentIntentId (the same PaymentIntent with another organization, amount or currency is a CONFLICT). Computes the application fee from the organization's plan, and records the revenue metric in the same transaction.
     async fn record_payment(
         &self,

@@ -337,6 +337,10 @@ impl Organization {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+    /// Stripe Connect: the organization's connected account, through which its customers pay it.
+    async fn connect_account(&self, ctx: &Context<'_>) -> Result<super::money::ConnectAccount> {
+        super::money::connect_account(ctx, OrganizationId(self.0.id)).await
+    }
     async fn stripe_customer_id(&self) -> Option<&str> {
         self.0.stripe_customer_id.as_deref()
     }

@@ -3,6 +3,7 @@
 //! `organization_id` filter in the statement itself.
 
 pub mod catalog;
+pub mod connect;
 pub mod db;
 pub mod ledger;
 pub mod orgs;

@@ -59,6 +59,7 @@ async fn the_server_starts_with_every_documented_variable() {
         ("TOLLGATE_CORS_ORIGINS", "https://app.example.com"),
         ("TOLLGATE_STRIPE_WEBHOOK_SECRET", "whsec_a,whsec_b"),
         ("TOLLGATE_STRIPE_CONNECT_WEBHOOK_SECRET", "whsec_c"),
+        ("TOLLGATE_STRIPE_SECRET_KEY", "sk_test_x"),
     ];
     // Key sources exclusive with the secret: accepted (checked above), started separately.
     let exclusive = [

@@ -315,3 +315,283 @@ async fn webhooks_need_a_secret(app: TestApp) {
     assert_eq!((status, code(&body)), (503, Some("INTERNAL")), "{body}");
 }
 both_engines!(unconfigured, super::webhooks_need_a_secret);
+
+/// A recording stand-in for Stripe's API (localstripe has no Connect): it keeps every request
+/// (method, path, form, Idempotency-Key, Stripe-Account) and answers a repeated Idempotency-Key
+/// with its first answer, as Stripe does.
+#[derive(Default)]
+struct FakeStripe {
+    requests: std::sync::Mutex<Vec<Value>>,
+    by_key: tokio::sync::Mutex<std::collections::HashMap<String, Value>>,
+    accounts: std::sync::atomic::AtomicUsize,
+}
+
+async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
+    use axum::extract::{Form, Path, State};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    type S = State<Arc<FakeStripe>>;
+    fn record(
+        s: &FakeStripe,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        form: &HashMap<String, String>,
+    ) {
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        s.requests
+            .lock()
+            .unwrap()
+            .push(json!({ "method": method, "path": path, "form": form,
+            "idempotencyKey": h("idempotency-key"), "stripeAccount": h("stripe-account") }));
+    }
+    async fn accounts(
+        State(s): S,
+        headers: HeaderMap,
+        Form(form): Form<HashMap<String, String>>,
+    ) -> axum::Json<Value> {
+        record(&s, "POST", "/v1/accounts", &headers, &form);
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut by_key = s.by_key.lock().await;
+        if let Some(first) = key.as_ref().and_then(|k| by_key.get(k)) {
+            return axum::Json(first.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = s.accounts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let answer = json!({ "id": format!("acct_{n}"), "object": "account", "type": "express",
+            "charges_enabled": false, "payouts_enabled": false, "details_submitted": false,
+            "requirements": { "currently_due": ["external_account"], "disabled_reason": null } });
+        if let Some(k) = key {
+            by_key.insert(k, answer.clone());
+        }
+        axum::Json(answer)
+    }
+    async fn links(
+        State(s): S,
+        headers: HeaderMap,
+        Form(form): Form<HashMap<String, String>>,
+    ) -> axum::Json<Value> {
+        record(&s, "POST", "/v1/account_links", &headers, &form);
+        let acct = form.get("account").cloned().unwrap_or_default();
+        axum::Json(
+            json!({ "object": "account_link", "url": format!("https://connect.stripe.test/setup/{acct}"),
+            "created": 1, "expires_at": chrono::Utc::now().timestamp() + 300 }),
+        )
+    }
+    async fn account(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> axum::Json<Value> {
+        record(
+            &s,
+            "GET",
+            &format!("/v1/accounts/{id}"),
+            &headers,
+            &HashMap::new(),
+        );
+        axum::Json(
+            json!({ "id": id, "object": "account", "charges_enabled": true, "payouts_enabled": true,
+            "details_submitted": true, "requirements": { "currently_due": [], "disabled_reason": null } }),
+        )
+    }
+    let state = Arc::new(FakeStripe::default());
+    let app = axum::Router::new()
+        .route("/v1/accounts", post(accounts))
+        .route("/v1/accounts/{id}", get(account))
+        .route("/v1/account_links", post(links))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+const CONNECT: &str = "{ organization { connectAccount { status stripeAccountId chargesEnabled payoutsEnabled detailsSubmitted requirementsDue updatedAt } } }";
+
+async fn connect_accounts_are_made_once(engine: crate::helpers::Engine) {
+    let (url, fake) = fake_stripe().await;
+    let Some(app) = crate::helpers::spawn_app(
+        engine,
+        &[
+            "--stripe-secret-key",
+            "sk_test_123",
+            "--stripe-api-base",
+            &url,
+            "--stripe-webhook-secret",
+            SECRET,
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let org = app.create_org("acme", "growth").await;
+    let admin = app.tenant_token(&org, Role::Admin);
+    let data = app.ok(&admin, CONNECT, json!({})).await;
+    assert_eq!(data["organization"]["connectAccount"]["status"], "NONE");
+
+    // Two concurrent creations make one account.
+    let create = "mutation { createConnectAccount(input: {email: \"owner@acme.test\", country: \"us\"}) { status stripeAccountId } }";
+    let (a, b) = tokio::join!(
+        app.gql(&admin, create, json!({})),
+        app.gql(&admin, create, json!({}))
+    );
+    for body in [&a, &b] {
+        assert_eq!(
+            body["data"]["createConnectAccount"]["stripeAccountId"], "acct_1",
+            "{body}"
+        );
+        assert_eq!(
+            body["data"]["createConnectAccount"]["status"], "ONBOARDING",
+            "{body}"
+        );
+    }
+    assert_eq!(fake.accounts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let sent = fake.requests.lock().unwrap().clone();
+    let creations: Vec<&Value> = sent
+        .iter()
+        .filter(|r| r["path"] == "/v1/accounts")
+        .collect();
+    assert!(!creations.is_empty());
+    for r in &creations {
+        assert_eq!(
+            r["idempotencyKey"],
+            format!("tollgate-connect-account-{org}"),
+            "{r}"
+        );
+        assert_eq!(r["form"]["type"], "express");
+        assert_eq!(r["form"]["metadata[organization_id]"], org.as_str());
+        assert_eq!(r["form"]["country"], "US");
+    }
+    // Again: the existing account, no call.
+    app.ok(&admin, create, json!({})).await;
+    assert_eq!(fake.accounts.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let link = app
+        .ok(
+            &admin,
+            "mutation { createConnectAccountLink(input: {refreshUrl: \"https://acme.test/r\", returnUrl: \"https://acme.test/done\"}) { url expiresAt } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        link["createConnectAccountLink"]["url"],
+        "https://connect.stripe.test/setup/acct_1"
+    );
+    let sent = fake.requests.lock().unwrap().clone();
+    let l = sent
+        .iter()
+        .find(|r| r["path"] == "/v1/account_links")
+        .unwrap();
+    assert_eq!(
+        (l["form"]["account"].as_str(), l["form"]["type"].as_str()),
+        (Some("acct_1"), Some("account_onboarding"))
+    );
+
+    let data = app.ok(&admin, CONNECT, json!({})).await;
+    assert_eq!(
+        data["organization"]["connectAccount"]["requirementsDue"],
+        json!(["external_account"])
+    );
+    let data = app
+        .ok(
+            &admin,
+            "mutation { refreshConnectAccount { status chargesEnabled } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["refreshConnectAccount"]["status"], "ACTIVE");
+
+    // account.updated: Stripe disabled it.
+    let t0 = chrono::Utc::now().timestamp();
+    let updated = event(
+        "evt_a1",
+        "account.updated",
+        t0,
+        json!({ "id": "acct_1", "object": "account",
+        "charges_enabled": false, "payouts_enabled": true, "details_submitted": true,
+        "requirements": { "currently_due": ["individual.verification.document"], "disabled_reason": "requirements.past_due" } }),
+    );
+    let (status, body) = deliver(&app, &updated).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let data = app.ok(&admin, CONNECT, json!({})).await;
+    assert_eq!(
+        data["organization"]["connectAccount"]["status"],
+        "RESTRICTED"
+    );
+
+    // payment_intent.succeeded on the connected account: recorded once, with the plan's fee.
+    let paid = event(
+        "evt_p1",
+        "payment_intent.succeeded",
+        t0,
+        json!({ "id": "pi_c1", "object": "payment_intent",
+        "amount": 4200, "amount_received": 4200, "currency": "usd", "created": t0,
+        "metadata": { "reference": "booking:77" } }),
+    );
+    let paid: Value = serde_json::from_str(&paid).unwrap();
+    let mut paid = paid;
+    paid["account"] = json!("acct_1");
+    let paid = paid.to_string();
+    deliver(&app, &paid).await;
+    let (_, body) = deliver(&app, &paid).await;
+    assert_eq!(body["outcome"], "replay", "{body}");
+    let data = app
+        .ok(&admin, "{ organization { payments { nodes { stripePaymentIntentId amount applicationFee reference } } } }", json!({}))
+        .await;
+    let nodes = data["organization"]["payments"]["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["amount"], "42.00");
+    assert_eq!(nodes[0]["applicationFee"], "1.26", "growth's 3%");
+    assert_eq!(nodes[0]["reference"], "booking:77");
+
+    // Roles and scope.
+    let body = app
+        .gql(&app.tenant_token(&org, Role::Viewer), create, json!({}))
+        .await;
+    assert_eq!(code(&body), Some("FORBIDDEN"), "{body}");
+    let other = app.create_org("other", "basic").await;
+    let body = app
+        .gql(
+            &app.tenant_token(&other, Role::Admin),
+            "mutation($o: ID) { createConnectAccount(input: {organizationId: $o}) { status } }",
+            json!({ "o": org }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("NOT_FOUND"), "{body}");
+}
+crate::per_engine!(connect, super::connect_accounts_are_made_once);
+
+async fn without_a_key_stripe_calls_say_so(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let admin = app.tenant_token(&org, Role::Admin);
+    let body = app
+        .gql(
+            &admin,
+            "mutation { createConnectAccount(input: {}) { status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    assert!(
+        body.to_string().contains("TOLLGATE_STRIPE_SECRET_KEY"),
+        "{body}"
+    );
+    let data = app.ok(&admin, CONNECT, json!({})).await;
+    assert_eq!(data["organization"]["connectAccount"]["status"], "NONE");
+}
+both_engines!(no_key, super::without_a_key_stripe_calls_say_so);
