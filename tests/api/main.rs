@@ -11,6 +11,7 @@ mod fuzz;
 mod hardening;
 mod http;
 mod jwks;
+mod localstripe;
 mod money;
 mod production;
 mod replicas;
