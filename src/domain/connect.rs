@@ -131,6 +131,8 @@ pub async fn create(
     // The key makes Stripe answer a second call (a concurrent one, or a retry after a crash
     // between its answer and the commit) with the same account.
     let key = format!("tollgate-connect-account-{}", org.id);
+    // No database connection is held while Stripe answers.
+    engine.db.release().await;
     let created = engine
         .stripe
         .post("/v1/accounts", &form, Some(&key), None)
@@ -182,6 +184,7 @@ pub async fn link(
         ("return_url", return_url),
         ("type", "account_onboarding".to_owned()),
     ];
+    engine.db.release().await;
     let answer = engine
         .stripe
         .post("/v1/account_links", &form, None, None)
@@ -212,6 +215,7 @@ pub async fn refresh(
     let Some(acct) = account(engine, viewer.scope(), oid).await? else {
         return Ok(None);
     };
+    engine.db.release().await;
     let fresh = engine
         .stripe
         .get(&format!("/v1/accounts/{}", acct.stripe_account_id))

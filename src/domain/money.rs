@@ -107,11 +107,15 @@ pub fn application_fee(amount: Decimal, pct: Decimal, currency: Currency) -> App
 }
 
 /// The application fee percent of an organization's current plan (0 without a plan).
-async fn fee_pct(engine: &Engine, plan_id: Option<uuid::Uuid>) -> AppResult<Decimal> {
+/// Read through the handle the caller already uses (a request never holds two connections).
+async fn fee_pct<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    plan_id: Option<uuid::Uuid>,
+) -> AppResult<Decimal> {
     let Some(id) = plan_id else {
         return Ok(Decimal::ZERO);
     };
-    let plan = store::catalog::plan_by_id(engine.db.pool(), id).await?;
+    let plan = store::catalog::plan_by_id(db, id).await?;
     Ok(plan
         .map(|p| Amount::from_scaled(p.application_fee_pct).to_decimal())
         .unwrap_or(Decimal::ZERO))
@@ -128,7 +132,7 @@ pub async fn quote(
     let id = access::target_org(viewer, org)?;
     let org = access::authorize(&engine.db, viewer, id, Action::Read).await?;
     let currency = Currency::parse(currency.unwrap_or(DEFAULT_CURRENCY))?;
-    application_fee(amount, fee_pct(engine, org.plan_id).await?, currency)
+    application_fee(amount, fee_pct(&engine.db, org.plan_id).await?, currency)
 }
 
 /// recordPayment's input.
@@ -200,7 +204,7 @@ pub async fn record_payment_in(
     )?;
     let reference = optional_text("reference", input.reference.as_deref(), 255)?;
     let currency = Currency::parse(&input.currency)?;
-    let quote = application_fee(input.amount, fee_pct(engine, org.plan_id).await?, currency)?;
+    let quote = application_fee(input.amount, fee_pct(&**txn, org.plan_id).await?, currency)?;
     let occurred_at = input.occurred_at.unwrap_or_else(Utc::now);
     let scope = viewer.scope();
     let amount = Amount::parse("amount", quote.amount)?.scaled();
@@ -209,7 +213,7 @@ pub async fn record_payment_in(
     };
     let conflict = || {
         AppError::conflict(format!(
-            "payment {} was already recorded with another organization, amount or currency",
+            "payment {} was already recorded, with other details",
             crate::error::quote(&intent)
         ))
     };
@@ -333,7 +337,7 @@ pub async fn revenue(
     let rows =
         store::payments::revenue(&engine.db, viewer.scope(), id, from.start, to.start).await?;
     let plan_currency = match org.plan_id {
-        Some(p) => store::catalog::plan_by_id(engine.db.pool(), p)
+        Some(p) => store::catalog::plan_by_id(&engine.db, p)
             .await?
             .map(|p| p.currency.to_ascii_lowercase()),
         None => None,

@@ -124,26 +124,25 @@ fn major_units(minor: i64, currency: &str) -> Option<Decimal> {
     Some(Decimal::new(minor, c.minor_units()))
 }
 
-/// Applies a verified event once: its id is stored in the transaction of its effects.
+/// Applies a verified event once: its id is claimed first, in the transaction of its effects, so a
+/// replay (a concurrent one waits for this transaction) finds it and changes nothing.
 pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
     let txn = engine.db.begin_write().await?;
     let object_id = event.object_id().map(str::to_owned);
-    // Claimed first: a concurrent replay waits here for this transaction, then finds the id.
-    let claim = |outcome: Outcome, org: Option<Uuid>| {
-        let (txn, event, object_id) = (&txn, &event, object_id.as_deref());
-        async move {
-            store::stripe::claim_event(
-                &**txn,
-                &event.id,
-                &event.kind,
-                object_id,
-                event.created,
-                org,
-                outcome.as_str(),
-            )
-            .await
-        }
-    };
+    let claimed = store::stripe::claim_event(
+        &*txn,
+        &event.id,
+        &event.kind,
+        object_id.as_deref(),
+        event.created,
+        None,
+        "received",
+    )
+    .await?;
+    if !claimed {
+        txn.rollback().await?;
+        return Ok(Outcome::Replay);
+    }
     let handled = matches!(
         event.kind.as_str(),
         "customer.subscription.created"
@@ -156,27 +155,27 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
             | "account.updated"
             | "payment_intent.succeeded"
     );
+    let outcome = |o: Outcome, org: Option<OrganizationId>| {
+        let (txn, id) = (&txn, &event.id);
+        async move {
+            store::stripe::set_outcome(&**txn, id, o.as_str(), org.map(|o| o.0))
+                .await
+                .map(|_| o)
+        }
+    };
     if !handled {
-        let outcome = if claim(Outcome::Ignored, None).await? {
-            Outcome::Ignored
-        } else {
-            Outcome::Replay
-        };
+        let done = outcome(Outcome::Ignored, None).await?;
         txn.commit().await?;
-        return Ok(outcome);
+        return Ok(done);
     }
-    let Some(object_id) = object_id.clone() else {
+    let Some(object_id) = object_id else {
         txn.rollback().await?;
         return Err(AppError::bad_input("the event's object has no id"));
     };
     if !store::stripe::advance_object(&*txn, &object_id, event.created, &event.id).await? {
-        let outcome = if claim(Outcome::Stale, None).await? {
-            Outcome::Stale
-        } else {
-            Outcome::Replay
-        };
+        let done = outcome(Outcome::Stale, None).await?;
         txn.commit().await?;
-        return Ok(outcome);
+        return Ok(done);
     }
     let effect = match event.kind.as_str() {
         "charge.refunded" => refunds(&txn, &event).await?,
@@ -185,25 +184,18 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
         kind if kind.starts_with("invoice.") => invoice(&txn, &event).await?,
         _ => subscription(engine, &txn, &event).await?,
     };
-    let (org, alerts) = match effect {
-        Some(e) => (Some(e.org), e.alerts),
-        None => (None, Vec::new()),
-    };
-    let outcome = if org.is_some() {
-        Outcome::Applied
-    } else {
-        Outcome::Ignored
-    };
-    if !claim(outcome, org.map(|o| o.0)).await? {
-        // A replay that raced this one and committed first: nothing of this one is kept.
-        txn.rollback().await?;
-        return Ok(Outcome::Replay);
+    match effect {
+        Some(Effect { org, alerts }) => {
+            outcome(Outcome::Applied, Some(org)).await?;
+            engine.commit_and_publish(txn, org, &alerts).await?;
+            Ok(Outcome::Applied)
+        }
+        None => {
+            let done = outcome(Outcome::Ignored, None).await?;
+            txn.commit().await?;
+            Ok(done)
+        }
     }
-    match org {
-        Some(org) => engine.commit_and_publish(txn, org, &alerts).await?,
-        None => txn.commit().await?,
-    }
-    Ok(outcome)
 }
 
 /// What an event changed: the organization, and the alerts to publish after commit.
@@ -347,9 +339,14 @@ async fn subscription(
         };
         store::ledger::insert_history(&**txn, Scope::Platform, row).await?;
     }
-    let alerts = engine
-        .rearm_and_reevaluate(txn, Scope::Platform, oid, plan_id)
-        .await?;
+    // New limits re-arm alerts (as changePlan does); a status alone changes no limit.
+    let alerts = if plan_id != org.plan_id {
+        engine
+            .rearm_and_reevaluate(txn, Scope::Platform, oid, plan_id)
+            .await?
+    } else {
+        Vec::new()
+    };
     Ok(Some(Effect { org: oid, alerts }))
 }
 
@@ -471,7 +468,14 @@ async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
         return Ok(None);
     };
     let Some(payment) = store::payments::by_intent(&**txn, Scope::Platform, intent).await? else {
-        tracing::warn!(event = %event.id, intent, "a refund of a payment Tollgate has not recorded");
+        if event.account.is_some() {
+            // A connected account's payment not recorded yet (Stripe does not promise order):
+            // refused, so Stripe sends the refund again once the payment is in.
+            return Err(AppError::internal(anyhow::anyhow!(
+                "a refund of payment {intent} arrived before the payment"
+            )));
+        }
+        // The platform's own charge (its plans' invoices): no organization's revenue.
         return Ok(None);
     };
     let currency = charge
@@ -521,6 +525,35 @@ async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
         .await?;
         if inserted {
             remaining -= scaled;
+        }
+    }
+    // Newer API versions leave the refunds out of the charge: what its amount_refunded adds to what
+    // is recorded counts once, as one refund named by the charge and that total.
+    if let (Some(total_minor), Some(charge_id)) = (
+        charge.get("amount_refunded").and_then(Value::as_i64),
+        charge.get("id").and_then(Value::as_str),
+    ) && let Some(total) = major_units(total_minor, &currency)
+    {
+        let recorded = store::payments::refunded_total(&**txn, Scope::Platform, &payment).await?;
+        let missing =
+            (Amount::parse("refund", total)?.scaled() - recorded).min(payment.amount - recorded);
+        if missing > 0 {
+            let at = DateTime::<Utc>::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
+            store::payments::insert_refund(
+                &**txn,
+                Scope::Platform,
+                entity::payment_refund::Model {
+                    id: Uuid::now_v7(),
+                    organization_id: payment.organization_id,
+                    payment_id: payment.id,
+                    stripe_refund_id: format!("{charge_id}:{total_minor}"),
+                    amount: missing,
+                    occurred_at: at,
+                    period_start: Period::of_instant(at).start,
+                    created_at: Utc::now(),
+                },
+            )
+            .await?;
         }
     }
     store::payments::set_refunded(&**txn, Scope::Platform, &payment).await?;

@@ -169,8 +169,8 @@ pub async fn insert_refund<C: ConnectionTrait>(
     Ok(n == 1)
 }
 
-/// Sets how much of a payment was refunded (its refunds' sum, never more than it paid).
-pub async fn set_refunded<C: ConnectionTrait>(
+/// The sum of a payment's recorded refunds.
+pub async fn refunded_total<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
     payment: &payment::Model,
@@ -184,11 +184,24 @@ pub async fn set_refunded<C: ConnectionTrait>(
         vec![payment.id.into()],
     )
     .await?;
-    let total: i64 = match row {
-        Some(r) => r.try_get("", "total")?,
-        None => 0,
-    };
-    let refunded = total.min(payment.amount);
+    match row {
+        Some(r) => r.try_get("", "total"),
+        None => Ok(0),
+    }
+}
+
+/// Sets how much of a payment was refunded (its refunds' sum, never more than it paid).
+pub async fn set_refunded<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    payment: &payment::Model,
+) -> Result<i64, DbErr> {
+    if !scope.allows(OrganizationId(payment.organization_id)) {
+        return Ok(0);
+    }
+    let refunded = refunded_total(db, scope, payment)
+        .await?
+        .min(payment.amount);
     super::execute(
         db,
         "UPDATE payments SET refunded_amount = $1 WHERE id = $2",

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 
-use super::{execute, query_one};
+use super::execute;
 use sea_orm::{ConnectionTrait, DbErr};
 
 /// Claims an event id inside the transaction of its effects: false when it was already received
@@ -35,31 +35,39 @@ pub async fn claim_event<C: ConnectionTrait>(
 }
 
 /// Whether an event made at `created` about `object_id` is not older than the newest applied to
-/// it; when so, records it as the newest (in the caller's transaction).
+/// it; when so, records it as the newest (in the caller's transaction). One statement, so two
+/// deliveries racing on Postgres cannot both pass: the second waits for the first's row lock and
+/// its condition is checked against what the first committed.
 pub async fn advance_object<C: ConnectionTrait>(
     db: &C,
     object_id: &str,
     created: i64,
     event_id: &str,
 ) -> Result<bool, DbErr> {
-    let last = query_one(
-        db,
-        "SELECT last_created FROM stripe_objects WHERE object_id = $1",
-        vec![object_id.into()],
-    )
-    .await?
-    .map(|r| r.try_get::<i64>("", "last_created"))
-    .transpose()?;
-    if last.is_some_and(|l| created < l) {
-        return Ok(false);
-    }
-    execute(
+    let n = execute(
         db,
         "INSERT INTO stripe_objects (object_id, last_created, last_event_id) VALUES ($1, $2, $3) \
          ON CONFLICT (object_id) DO UPDATE SET last_created = excluded.last_created, \
-         last_event_id = excluded.last_event_id",
+         last_event_id = excluded.last_event_id \
+         WHERE stripe_objects.last_created <= excluded.last_created",
         vec![object_id.into(), created.into(), event_id.into()],
     )
     .await?;
-    Ok(true)
+    Ok(n == 1)
+}
+
+/// Records what became of a claimed event.
+pub async fn set_outcome<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    outcome: &str,
+    organization: Option<uuid::Uuid>,
+) -> Result<(), DbErr> {
+    execute(
+        db,
+        "UPDATE stripe_events SET outcome = $1, organization_id = $2 WHERE id = $3",
+        vec![outcome.into(), organization.into(), id.into()],
+    )
+    .await
+    .map(|_| ())
 }

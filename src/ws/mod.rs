@@ -385,27 +385,37 @@ async fn send(socket: &mut WebSocket, message: Message, limit: Duration) -> bool
 fn detached(mut items: Items, turn: Option<Arc<tokio::sync::Semaphore>>) -> Items {
     let (tx, rx) = tokio::sync::mpsc::channel::<Arc<Item>>(4);
     tokio::spawn(async move {
-        let mut permit = match turn {
-            Some(turn) => tokio::select! {
-                () = tx.closed() => return,
-                permit = turn.acquire_owned() => permit.ok(),
-            },
-            None => None,
-        };
-        loop {
-            tokio::select! {
-                biased;
-                () = tx.closed() => break,
-                item = items.next() => match item {
-                    Some(item) => {
-                        permit.take();
-                        if tx.send(item).await.is_err() {
-                            break;
-                        }
+        match turn {
+            // A query or mutation: once it has its turn it runs to its end whatever the
+            // connection does (a mutation commits and publishes, or rolls back, never stops
+            // half-way); its result is handed over while anyone still listens.
+            Some(turn) => {
+                let mut permit = tokio::select! {
+                    () = tx.closed() => return,
+                    permit = turn.acquire_owned() => permit.ok(),
+                };
+                while let Some(item) = items.next().await {
+                    permit.take();
+                    if !tx.is_closed() {
+                        let _ = tx.send(item).await;
                     }
-                    None => break,
-                },
+                }
             }
+            // A subscription: it stops with its connection.
+            None => loop {
+                tokio::select! {
+                    biased;
+                    () = tx.closed() => break,
+                    item = items.next() => match item {
+                        Some(item) => {
+                            if tx.send(item).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            },
         }
     });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {

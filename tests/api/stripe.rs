@@ -230,6 +230,22 @@ async fn webhooks_apply_each_event_once(app: TestApp) {
             .any(|r| r["changeType"] == "CANCELLED" && r["stripeEventId"] == "evt_7")
     );
 
+    // Reactivated here, then Stripe retries the deletion (its first 200 was lost): a replay,
+    // answered 200, changing nothing.
+    app.ok(
+        &platform,
+        "mutation($o: ID) { reactivateSubscription(input: {organizationId: $o}) { changeType } }",
+        json!({ "o": org }),
+    )
+    .await;
+    let (status, body) = deliver(&app, &deleted).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("replay")),
+        "{body}"
+    );
+    assert_eq!(history(&app, &org).await[0]["status"], "ACTIVE");
+
     // Refunds of a recorded payment, each once, never more than it paid.
     let service = app.tenant_token(&org, Role::Service);
     app.ok(
@@ -298,7 +314,37 @@ async fn webhooks_apply_each_event_once(app: TestApp) {
         vec!["42.00"],
         "refunds count once, capped at what was paid"
     );
-    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    // Newer API versions leave the refund list out: the charge's amount_refunded counts.
+    app.ok(
+        &service,
+        "mutation { recordPayment(input: {stripePaymentIntentId: \"pi_n\", amount: \"20.00\", currency: \"usd\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    let bare = event(
+        "evt_10",
+        "charge.refunded",
+        t0 + 70,
+        json!({ "id": "ch_2", "object": "charge",
+        "payment_intent": "pi_n", "currency": "usd", "amount_refunded": 500 }),
+    );
+    deliver(&app, &bare).await;
+    let data = app
+        .ok(
+            &service,
+            "{ organization { payments { nodes { stripePaymentIntentId refundedAmount } } } }",
+            json!({}),
+        )
+        .await;
+    let n = data["organization"]["payments"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stripePaymentIntentId"] == "pi_n")
+        .cloned()
+        .unwrap();
+    assert_eq!(n["refundedAmount"], "5.00", "{n}");
 }
 both_engines!(
     webhooks,
@@ -531,6 +577,21 @@ async fn connect_accounts_are_made_once(engine: crate::helpers::Engine) {
         "RESTRICTED"
     );
 
+    // A refund on the connected account before its payment: refused (500), so Stripe sends it
+    // again; once the payment is in, the same event applies.
+    let mut early: Value = serde_json::from_str(&event(
+        "evt_r0",
+        "charge.refunded",
+        t0,
+        json!({ "id": "ch_c1",
+        "object": "charge", "payment_intent": "pi_c1", "currency": "usd",
+        "refunds": { "data": [{ "id": "re_c1", "amount": 200, "created": t0 }] } }),
+    ))
+    .unwrap();
+    early["account"] = json!("acct_1");
+    let early = early.to_string();
+    let (status, _) = deliver(&app, &early).await;
+    assert_eq!(status, 500);
     // payment_intent.succeeded on the connected account: recorded once, with the plan's fee.
     let paid = event(
         "evt_p1",
@@ -558,6 +619,23 @@ async fn connect_accounts_are_made_once(engine: crate::helpers::Engine) {
     assert_eq!(nodes[0]["amount"], "42.00");
     assert_eq!(nodes[0]["applicationFee"], "1.26", "growth's 3%");
     assert_eq!(nodes[0]["reference"], "booking:77");
+    let (status, body) = deliver(&app, &early).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let data = app
+        .ok(
+            &admin,
+            "{ organization { payments { nodes { refundedAmount } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["organization"]["payments"]["nodes"][0]["refundedAmount"],
+        "2.00"
+    );
 
     // Roles and scope.
     let body = app
