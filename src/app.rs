@@ -225,6 +225,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
+        let outbox = spawn_stripe_outbox(&self.state);
         let team = tokio::spawn(watch_platform_team(self.state.clone()));
         let limits = self.state.rate_limits.clone();
         let forget = tokio::spawn(async move {
@@ -249,6 +250,7 @@ impl Application {
             .await;
         for task in recompute
             .into_iter()
+            .chain(outbox)
             .chain(token_keys)
             .chain(self.tasks)
             .chain([team, forget])
@@ -302,6 +304,35 @@ async fn invalidate_on_changes(
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// The Stripe outbox: every `stripe_outbox_interval`, sends the overage charges that are due (each
+/// claimed by one sender at a time, so replicas share the work without billing twice).
+fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = state.settings.stripe_outbox_interval;
+    if every.is_zero() || state.settings.stripe_secret_key.is_none() {
+        return None;
+    }
+    let engine = state.engine.clone();
+    let sender = uuid::Uuid::new_v4();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Drain what is due, then wait for the next tick.
+            loop {
+                match crate::domain::overage::send_pending(&engine, sender).await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "the Stripe outbox failed a round");
+                        break;
+                    }
+                }
+            }
+        }
+    }))
 }
 
 /// The seed's daily cron: every `recompute_interval`, rebuild the counters of active organizations

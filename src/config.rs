@@ -375,6 +375,10 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub stripe_secret_key: Option<SecretString>,
+    /// How often the outbox sends pending overage charges to Stripe (0 turns it off; it runs only
+    /// with a secret key).
+    #[arg(long, global = true, env = "TOLLGATE_STRIPE_OUTBOX_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stripe_outbox_interval: Duration,
     /// Stripe's API base URL (tests point it at a local fake).
     #[arg(
         long,

@@ -6,6 +6,7 @@ pub mod enums;
 pub mod metric;
 pub mod organization;
 pub mod organization_usage;
+pub mod overage_charge;
 pub mod payment;
 pub mod payment_refund;
 pub mod plan;

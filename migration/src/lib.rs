@@ -15,6 +15,7 @@ mod m20261129_000005_payments;
 mod m20261129_000006_plan_stripe_price;
 mod m20261129_000007_stripe_events;
 mod m20261129_000008_connect_accounts;
+mod m20261129_000009_overage_charges;
 
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_plan_stripe_price::Migration),
             Box::new(m20261129_000007_stripe_events::Migration),
             Box::new(m20261129_000008_connect_accounts::Migration),
+            Box::new(m20261129_000009_overage_charges::Migration),
         ]
     }
 }

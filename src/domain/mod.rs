@@ -7,6 +7,7 @@ pub mod connect;
 pub mod limits;
 pub mod money;
 pub mod orgs;
+pub mod overage;
 pub mod plans;
 pub mod recompute;
 pub mod stripe;

@@ -55,6 +55,8 @@ pub const PLATFORM_ONLY: &[(&str, &str)] = &[
     ("Mutation", "resetUsage"),
     ("Mutation", "createOrganization"),
     ("Mutation", "upsertPlan"),
+    ("Query", "platformRevenue"),
+    ("Mutation", "billOverage"),
 ];
 
 /// Everything a request carries: the caller (None without a token) and its per-request loaders.

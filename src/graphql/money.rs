@@ -214,6 +214,153 @@ pub struct CreateConnectAccountLinkInput {
     pub return_url: String,
 }
 
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum OverageChargeStatus {
+    /// Computed, not yet accepted by Stripe.
+    Pending,
+    /// Stripe accepted it (an invoice item exists); never sent twice.
+    Sent,
+    /// Stripe refused it for a reason that retrying cannot fix; needs a person.
+    Failed,
+    /// Nothing to bill (a correction brought the overage to zero before it was sent).
+    Void,
+}
+
+impl OverageChargeStatus {
+    fn of(s: &str) -> Self {
+        match s {
+            "SENT" => Self::Sent,
+            "FAILED" => Self::Failed,
+            "VOID" => Self::Void,
+            _ => Self::Pending,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Sent => "SENT",
+            Self::Failed => "FAILED",
+            Self::Void => "VOID",
+        }
+    }
+}
+
+pub struct OverageCharge(pub entity::overage_charge::Model);
+
+#[Object]
+impl OverageCharge {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn organization(&self, ctx: &Context<'_>) -> Result<Organization> {
+        load_org(ctx, self.0.organization_id).await
+    }
+    async fn metric(&self, ctx: &Context<'_>) -> Result<super::types::Metric> {
+        super::types::load_metric(ctx, &self.0.metric_code).await
+    }
+    async fn period_start(&self) -> Date {
+        Date(self.0.period_start)
+    }
+    /// Units past the allowance in the period.
+    async fn quantity(&self) -> Dec {
+        Dec::qty(Amount::from_scaled(self.0.quantity).to_decimal())
+    }
+    async fn unit_price(&self) -> Dec {
+        Dec::money(Amount::from_scaled(self.0.unit_price).to_decimal())
+    }
+    async fn amount(&self) -> Dec {
+        money_in(&self.0.currency, self.0.amount)
+    }
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    async fn status(&self) -> OverageChargeStatus {
+        OverageChargeStatus::of(&self.0.status)
+    }
+    /// The id Stripe gave it (an invoice item ii_...), once SENT.
+    async fn stripe_id(&self) -> Option<&str> {
+        self.0.stripe_id.as_deref()
+    }
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn sent_at(&self) -> Option<DateTime<Utc>> {
+        self.0.sent_at
+    }
+}
+
+pub struct PlatformRevenueSummary(crate::domain::overage::PlatformRevenue);
+
+/// The seed's platform_revenue_summary row: what the platform earned in a period, over every organization.
+#[Object]
+impl PlatformRevenueSummary {
+    async fn period_start(&self) -> Date {
+        Date(self.0.period.start)
+    }
+    async fn period_end(&self) -> Date {
+        Date(self.0.period.end())
+    }
+    async fn currency(&self) -> &str {
+        self.0.currency.as_str()
+    }
+    async fn payments_count(&self) -> i32 {
+        i32::try_from(self.0.payments).unwrap_or(i32::MAX)
+    }
+    async fn organizations_count(&self) -> i32 {
+        i32::try_from(self.0.organizations).unwrap_or(i32::MAX)
+    }
+    async fn gross_amount(&self) -> Dec {
+        Dec(self.0.gross)
+    }
+    async fn application_fees(&self) -> Dec {
+        Dec(self.0.fees)
+    }
+    /// Overage charges accepted by Stripe in the period (status SENT).
+    async fn overage_billed(&self) -> Dec {
+        Dec(self.0.overage_billed)
+    }
+}
+
+pub async fn overage_charges(
+    ctx: &Context<'_>,
+    org: OrganizationId,
+    first: Option<i32>,
+    after: Option<String>,
+    status: Option<OverageChargeStatus>,
+) -> Result<Connection<String, OverageCharge, EmptyFields, EmptyFields>> {
+    let rc = request_ctx(ctx)?;
+    let limit = connection_args(rc, first)?;
+    let after_key = after
+        .as_deref()
+        .map(cursor_decode::<(chrono::NaiveDate, uuid::Uuid)>)
+        .transpose()?;
+    let rows = store::overage::page(
+        &rc.engine.db,
+        rc.scope(),
+        org,
+        status.map(OverageChargeStatus::as_str),
+        after_key,
+        limit as u64 + 1,
+    )
+    .await
+    .map_err(AppError::from)?;
+    let has_next = rows.len() > limit;
+    let mut conn = Connection::new(after.is_some(), has_next);
+    conn.edges.extend(
+        rows.into_iter()
+            .take(limit)
+            .map(|c| Edge::new(cursor_encode(&(c.period_start, c.id)), OverageCharge(c))),
+    );
+    Ok(conn)
+}
+
 /// Organization's money fields (called from its object in `types`).
 pub async fn payments(
     ctx: &Context<'_>,
@@ -264,6 +411,28 @@ pub struct MoneyQuery;
 
 #[Object]
 impl MoneyQuery {
+    /// Platform team only (invisible to tenants): the seed's platform_revenue_summary, one row per period and currency, oldest first.
+    #[graphql(
+        visible = "super::platform_only",
+        complexity = "super::history_complexity(from, to, child_complexity)"
+    )]
+    async fn platform_revenue(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<Date>,
+        to: Option<Date>,
+    ) -> Result<Vec<PlatformRevenueSummary>> {
+        let rc = request_ctx(ctx)?;
+        let rows = crate::domain::overage::platform_revenue(
+            &rc.engine,
+            rc.viewer()?,
+            from.map(|d| d.0),
+            to.map(|d| d.0),
+        )
+        .await?;
+        Ok(rows.into_iter().map(PlatformRevenueSummary).collect())
+    }
+
     /// The seed's calculate_application_fee(): the fee the platform takes from `amount` paid to the organization (default currency: usd).
     async fn quote_application_fee(
         &self,
@@ -301,6 +470,19 @@ pub struct MoneyMutation;
 
 #[Object]
 impl MoneyMutation {
+    /// Platform team only (invisible to tenants): compute the period's overage charges for every organization (default: the last closed period) and queue them for Stripe. Idempotent: a charge is created once per organization, period and metric.
+    #[graphql(visible = "super::platform_only")]
+    async fn bill_overage(
+        &self,
+        ctx: &Context<'_>,
+        period: Option<Date>,
+    ) -> Result<Vec<OverageCharge>> {
+        let rc = request_ctx(ctx)?;
+        let charges =
+            crate::domain::overage::bill(&rc.engine, rc.viewer()?, period.map(|d| d.0)).await?;
+        Ok(charges.into_iter().map(OverageCharge).collect())
+    }
+
     /// OWNER/ADMIN or the platform team: create the organization's Stripe Connect (Express) account; returns the existing one if there is one.
     async fn create_connect_account(
         &self,

@@ -89,7 +89,7 @@ fn loader<'a>(
 }
 
 /// A metric of the catalogue, which the engine holds in memory (no loader round, no statement).
-async fn load_metric(ctx: &Context<'_>, code: &str) -> Result<Metric> {
+pub(super) async fn load_metric(ctx: &Context<'_>, code: &str) -> Result<Metric> {
     let catalog = ctx.data::<RequestCtx>()?.engine.catalog().await?;
     catalog
         .metrics
@@ -336,6 +336,17 @@ impl Organization {
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
+    }
+    /// Overage billed (or to be billed) through Stripe, newest period first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
+    async fn overage_charges(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<super::money::OverageChargeStatus>,
+    ) -> Result<Connection<String, super::money::OverageCharge, EmptyFields, EmptyFields>> {
+        super::money::overage_charges(ctx, OrganizationId(self.0.id), first, after, status).await
     }
     /// Stripe Connect: the organization's connected account, through which its customers pay it.
     async fn connect_account(&self, ctx: &Context<'_>) -> Result<super::money::ConnectAccount> {

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod db;
 pub mod ledger;
 pub mod orgs;
+pub mod overage;
 pub mod payments;
 pub mod rebuild;
 pub mod stripe;

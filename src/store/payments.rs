@@ -210,3 +210,33 @@ pub async fn set_refunded<C: ConnectionTrait>(
     .await?;
     Ok(refunded)
 }
+
+/// The platform's revenue per period and currency over every organization (the seed's
+/// platform_revenue_summary): (period, currency, payments, organizations, gross, fees).
+pub async fn platform_revenue<C: ConnectionTrait>(
+    db: &C,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<(NaiveDate, String, i64, i64, i64, i64)>, DbErr> {
+    let rows = query_all(
+        db,
+        "SELECT period_start, currency, CAST(COUNT(*) AS BIGINT) AS n, \
+                CAST(COUNT(DISTINCT organization_id) AS BIGINT) AS orgs, \
+                CAST(SUM(amount) AS BIGINT) AS gross, CAST(SUM(application_fee) AS BIGINT) AS fees \
+         FROM payments WHERE period_start >= $1 AND period_start <= $2 GROUP BY period_start, currency",
+        vec![from.into(), to.into()],
+    )
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "period_start")?,
+                r.try_get("", "currency")?,
+                r.try_get("", "n")?,
+                r.try_get("", "orgs")?,
+                r.try_get("", "gross")?,
+                r.try_get("", "fees")?,
+            ))
+        })
+        .collect()
+}

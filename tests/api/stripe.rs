@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::Datelike;
+
 use serde_json::{Value, json};
 use stripe_webhook::Webhook;
 use tollgate::domain::Role;
@@ -370,6 +372,9 @@ struct FakeStripe {
     requests: std::sync::Mutex<Vec<Value>>,
     by_key: tokio::sync::Mutex<std::collections::HashMap<String, Value>>,
     accounts: std::sync::atomic::AtomicUsize,
+    invoice_items: std::sync::atomic::AtomicUsize,
+    /// Answers 500 to this many invoice-item requests first (Stripe down).
+    fail_next: std::sync::atomic::AtomicUsize,
 }
 
 async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
@@ -447,8 +452,49 @@ async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
             "details_submitted": true, "requirements": { "currently_due": [], "disabled_reason": null } }),
         )
     }
+    async fn invoice_items(
+        State(s): S,
+        headers: HeaderMap,
+        Form(form): Form<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        record(&s, "POST", "/v1/invoiceitems", &headers, &form);
+        let down = s
+            .fail_next
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if down {
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({ "error": { "message": "down" } })),
+            )
+                .into_response();
+        }
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut by_key = s.by_key.lock().await;
+        if let Some(first) = key.as_ref().and_then(|k| by_key.get(k)) {
+            return axum::Json(first.clone()).into_response();
+        }
+        let n = s
+            .invoice_items
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let answer = json!({ "id": format!("ii_{n}"), "object": "invoiceitem", "amount": form.get("amount") });
+        if let Some(k) = key {
+            by_key.insert(k, answer.clone());
+        }
+        axum::Json(answer).into_response()
+    }
     let state = Arc::new(FakeStripe::default());
     let app = axum::Router::new()
+        .route("/v1/invoiceitems", post(invoice_items))
         .route("/v1/accounts", post(accounts))
         .route("/v1/accounts/{id}", get(account))
         .route("/v1/account_links", post(links))
@@ -673,3 +719,187 @@ async fn without_a_key_stripe_calls_say_so(app: TestApp) {
     assert_eq!(data["organization"]["connectAccount"]["status"], "NONE");
 }
 both_engines!(no_key, super::without_a_key_stripe_calls_say_so);
+
+const CHARGES: &str = "{ organization { overageCharges { nodes { id metric { code } periodStart quantity unitPrice amount currency status stripeId attempts lastError } } } }";
+
+async fn overage_is_billed_once(engine: crate::helpers::Engine) {
+    let (url, fake) = fake_stripe().await;
+    let Some(app) = crate::helpers::spawn_app(
+        engine,
+        &[
+            "--stripe-secret-key",
+            "sk_test_123",
+            "--stripe-api-base",
+            &url,
+            "--stripe-webhook-secret",
+            SECRET,
+            "--stripe-outbox-interval",
+            "1s",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let platform = app.platform_token();
+    let body = app
+        .gql(
+            &platform,
+            "mutation($i: UpsertPlanInput!) { upsertPlan(input: $i) { code } }",
+            json!({ "i": { "code": "metered", "name": "Metered", "rank": 80, "priceMonthly": "10",
+                "stripePriceId": "price_metered",
+                "limits": [{ "metric": "bookings", "included": "10", "enforcement": "OVERAGE", "overageUnitPrice": "2.00" }] } }),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let billed = app.create_org("billed", "metered").await;
+    let unlinked = app.create_org("unlinked", "metered").await;
+    // The billed organization's Stripe customer, learnt from its subscription.
+    let t0 = chrono::Utc::now().timestamp();
+    let sub = json!({ "id": "sub_m", "object": "subscription", "customer": "cus_o", "status": "active",
+        "metadata": { "organization_id": billed },
+        "items": { "data": [{ "plan": { "id": "price_metered", "amount": 1000, "currency": "usd" } }] } });
+    deliver(
+        &app,
+        &event("evt_m1", "customer.subscription.updated", t0, sub),
+    )
+    .await;
+    // Last period: 15 bookings and 12 bookings against 10 included.
+    let last_day = chrono::Utc::now()
+        .date_naive()
+        .with_day(1)
+        .and_then(|d| d.pred_opt())
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    for (org, n) in [(&billed, "15"), (&unlinked, "12")] {
+        let body = app
+            .gql(
+                &app.tenant_token(org, Role::Service),
+                "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { accepted } }",
+                json!({ "i": { "metric": "bookings", "quantity": n, "occurredAt": last_day.to_rfc3339() } }),
+            )
+            .await;
+        assert_eq!(body["data"]["recordUsage"]["accepted"], true, "{body}");
+    }
+    // Stripe is down for the first two attempts.
+    fake.fail_next.store(2, std::sync::atomic::Ordering::SeqCst);
+    let bill = "mutation { billOverage { id organization { slug } quantity amount status } }";
+    let first = app.ok(&platform, bill, json!({})).await;
+    let again = app.ok(&platform, bill, json!({})).await;
+    let charges = first["billOverage"].as_array().unwrap().clone();
+    assert_eq!(charges.len(), 2, "{first}");
+    assert_eq!(
+        again["billOverage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect::<Vec<_>>(),
+        charges.iter().map(|c| c["id"].clone()).collect::<Vec<_>>(),
+        "billing again creates nothing"
+    );
+    let mine = charges
+        .iter()
+        .find(|c| c["organization"]["slug"] == "billed")
+        .unwrap();
+    assert_eq!(
+        (mine["quantity"].as_str(), mine["amount"].as_str()),
+        (Some("5"), Some("10.00")),
+        "{mine}"
+    );
+    // The outbox sends it through the outage: SENT once, with the charge's key on every try.
+    let admin = app.tenant_token(&billed, Role::Admin);
+    let started = std::time::Instant::now();
+    let sent = loop {
+        let data = app.ok(&admin, CHARGES, json!({})).await;
+        let c = data["organization"]["overageCharges"]["nodes"][0].clone();
+        if c["status"] == "SENT" {
+            break c;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not sent: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sent["stripeId"], "ii_1");
+    assert!(sent["attempts"].as_i64().unwrap() >= 3, "{sent}");
+    assert_eq!(
+        fake.invoice_items.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let sent_id = sent["id"].as_str().unwrap();
+    let tries: Vec<Value> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == "/v1/invoiceitems")
+        .cloned()
+        .collect();
+    assert_eq!(tries.len(), 3, "{tries:?}");
+    for t in &tries {
+        assert_eq!(
+            t["idempotencyKey"],
+            format!("tollgate-overage-{sent_id}"),
+            "{t}"
+        );
+        assert_eq!(
+            (
+                t["form"]["customer"].as_str(),
+                t["form"]["amount"].as_str(),
+                t["form"]["currency"].as_str()
+            ),
+            (Some("cus_o"), Some("1000"), Some("usd"))
+        );
+    }
+    // Without a Stripe customer the charge needs a person: FAILED with the reason.
+    let started = std::time::Instant::now();
+    loop {
+        let data = app
+            .ok(
+                &app.tenant_token(&unlinked, Role::Admin),
+                CHARGES,
+                json!({}),
+            )
+            .await;
+        let c = data["organization"]["overageCharges"]["nodes"][0].clone();
+        if c["status"] == "FAILED" {
+            assert!(
+                c["lastError"].as_str().unwrap().contains("Stripe customer"),
+                "{c}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not failed: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The platform's revenue counts the overage Stripe accepted.
+    let data = app
+        .ok(
+            &platform,
+            "{ platformRevenue { periodStart currency overageBilled } }",
+            json!({}),
+        )
+        .await;
+    let rows = data["platformRevenue"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["overageBilled"] == "10.00" && r["currency"] == "usd"),
+        "{rows:?}"
+    );
+    // Tenants know neither.
+    let body = app
+        .gql(&admin, "mutation { billOverage { id } }", json!({}))
+        .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown field"),
+        "{body}"
+    );
+}
+crate::per_engine!(overage, super::overage_is_billed_once);

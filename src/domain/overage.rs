@@ -1,0 +1,285 @@
+//! Overage billed through Stripe (seed 002): `billOverage` turns each organization's OVERAGE units
+//! of a closed period into one charge per organization, period and metric (unique, so billing again
+//! creates nothing), and the outbox sends each PENDING charge to Stripe as an invoice item on the
+//! organization's customer, with the charge's id as the Idempotency-Key: a resend after a crash
+//! between Stripe's answer and the commit gets Stripe's first answer, so a charge is billed once.
+//! Network errors and 5xx are retried with backoff; a refusal (4xx) is FAILED with Stripe's message.
+//! The platform's revenue per period adds the overage Stripe accepted.
+
+use chrono::{Duration, NaiveDate, Utc};
+use entity::overage_charge;
+use rust_decimal::Decimal;
+
+use super::money::Currency;
+use super::usage::Engine;
+use super::{Amount, OrganizationId, Period, Scope, Viewer, access};
+use crate::error::{AppError, AppResult};
+use crate::store;
+
+/// How long a sender holds its claim on a charge (a sender that died lets it go after this).
+pub const CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The Idempotency-Key of a charge's invoice item.
+pub fn idempotency_key(charge: uuid::Uuid) -> String {
+    format!("tollgate-overage-{charge}")
+}
+
+/// billOverage: the period's charges (default: the last closed period), created once.
+pub async fn bill(
+    engine: &Engine,
+    viewer: &Viewer,
+    period: Option<NaiveDate>,
+) -> AppResult<Vec<overage_charge::Model>> {
+    access::require_platform(viewer)?;
+    let current = Period::current();
+    let period = match period {
+        Some(d) => Period::containing(d),
+        None => Period::containing(current.start.pred_opt().unwrap_or(current.start)),
+    };
+    if period >= current {
+        return Err(AppError::bad_input(
+            "only a closed period is billed: this one has not ended",
+        ));
+    }
+    use sea_orm::Iterable;
+    let every: Vec<_> = entity::enums::OrganizationStatus::iter().collect();
+    let ids = store::orgs::ids_with_status(&engine.db, Scope::Platform, &every).await?;
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(200) {
+        let orgs = store::orgs::by_ids(&engine.db, Scope::Platform, chunk).await?;
+        let plans = store::catalog::plans(&engine.db, true).await?;
+        for summary in engine
+            .summaries(&engine.db, Scope::Platform, orgs, period)
+            .await?
+        {
+            let currency = summary
+                .org
+                .plan_id
+                .and_then(|id| plans.iter().find(|p| p.id == id))
+                .map(|p| p.currency.to_ascii_lowercase())
+                .unwrap_or_else(|| super::money::DEFAULT_CURRENCY.to_owned());
+            let currency = Currency::parse(&currency)?;
+            for m in &summary.metrics {
+                let quantity = m.state.overage_quantity();
+                if quantity <= Decimal::ZERO {
+                    continue;
+                }
+                let price = m
+                    .state
+                    .rule
+                    .overage_unit_price
+                    .map(Amount::to_decimal)
+                    .unwrap_or(Decimal::ZERO);
+                let amount = currency.display(quantity * price);
+                rows.push(overage_charge::Model {
+                    id: uuid::Uuid::now_v7(),
+                    organization_id: summary.org.id,
+                    metric_code: m.metric.clone(),
+                    period_start: period.start,
+                    quantity: Amount::parse("quantity", quantity)?.scaled(),
+                    unit_price: Amount::parse("unitPrice", price)?.scaled(),
+                    amount: Amount::parse("amount", amount)?.scaled(),
+                    currency: currency.as_str().to_owned(),
+                    status: if amount > Decimal::ZERO {
+                        "PENDING"
+                    } else {
+                        "VOID"
+                    }
+                    .to_owned(),
+                    stripe_id: None,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at: now,
+                    claimed_by: None,
+                    claimed_until: None,
+                    sent_at: None,
+                    sent_period: None,
+                    created_at: now,
+                    updated_at: now,
+                });
+            }
+        }
+    }
+    engine.db.release().await;
+    let txn = engine.db.begin_write().await?;
+    for row in rows {
+        store::overage::insert_once(&*txn, Scope::Platform, row).await?;
+    }
+    let charges = store::overage::for_period(&*txn, Scope::Platform, period.start).await?;
+    txn.commit().await?;
+    Ok(charges)
+}
+
+/// One round of the outbox: claims what is due and sends it. Answers how many were handled.
+pub async fn send_pending(engine: &Engine, sender: uuid::Uuid) -> AppResult<usize> {
+    let now = Utc::now();
+    let until = now + Duration::from_std(CLAIM).unwrap_or(Duration::seconds(60));
+    let txn = engine.db.begin_write().await?;
+    let claimed = store::overage::claim(&*txn, sender, now, until, 20).await?;
+    txn.commit().await?;
+    let n = claimed.len();
+    for charge in claimed {
+        send_one(engine, charge).await?;
+    }
+    Ok(n)
+}
+
+async fn send_one(engine: &Engine, charge: overage_charge::Model) -> AppResult<()> {
+    let org = store::orgs::find(
+        &engine.db,
+        Scope::Platform,
+        OrganizationId(charge.organization_id),
+    )
+    .await?;
+    let customer = org.as_ref().and_then(|o| o.stripe_customer_id.clone());
+    let result = match &customer {
+        None => Err(Refusal::Final(
+            "the organization has no Stripe customer".to_owned(),
+        )),
+        Some(customer) => {
+            let currency = Currency::parse(&charge.currency)?;
+            let minor = Amount::from_scaled(charge.amount).to_decimal()
+                * Decimal::from(10_i64.pow(currency.minor_units()));
+            let form = vec![
+                ("customer", customer.clone()),
+                ("amount", minor.trunc().to_string()),
+                ("currency", charge.currency.clone()),
+                (
+                    "description",
+                    format!(
+                        "{} {} over the allowance, {}",
+                        Amount::from_scaled(charge.quantity)
+                            .to_decimal()
+                            .normalize(),
+                        charge.metric_code,
+                        charge.period_start.format("%Y-%m")
+                    ),
+                ),
+                ("metadata[tollgate_charge_id]", charge.id.to_string()),
+                (
+                    "metadata[organization_id]",
+                    charge.organization_id.to_string(),
+                ),
+                (
+                    "metadata[period]",
+                    charge.period_start.format("%Y-%m").to_string(),
+                ),
+                ("metadata[metric]", charge.metric_code.clone()),
+            ];
+            match engine
+                .stripe
+                .post(
+                    "/v1/invoiceitems",
+                    &form,
+                    Some(&idempotency_key(charge.id)),
+                    None,
+                )
+                .await
+            {
+                Ok(item) => item
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| Refusal::Retry("Stripe answered no id".to_owned())),
+                Err(AppError::BadInput(m)) => Err(Refusal::Final(m)),
+                Err(AppError::Internal(e)) => Err(Refusal::Retry(format!("{e:#}"))),
+                Err(other) => Err(Refusal::Final(other.client_message())),
+            }
+        }
+    };
+    let txn = engine.db.begin_write().await?;
+    match result {
+        Ok(id) => {
+            let at = Utc::now();
+            store::overage::mark_sent(&*txn, charge.id, &id, at, Period::of_instant(at).start)
+                .await?;
+        }
+        Err(Refusal::Final(m)) => {
+            tracing::warn!(charge = %charge.id, error = %m, "overage charge refused");
+            store::overage::mark_failed(&*txn, charge.id, &m).await?;
+        }
+        Err(Refusal::Retry(m)) => {
+            let wait = 2_i64
+                .saturating_pow(charge.attempts.clamp(0, 10) as u32)
+                .min(600);
+            tracing::warn!(charge = %charge.id, error = %m, retry_in_s = wait, "overage charge not sent");
+            store::overage::retry_later(&*txn, charge.id, &m, Utc::now() + Duration::seconds(wait))
+                .await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+enum Refusal {
+    /// Retrying cannot fix it.
+    Final(String),
+    /// The network or Stripe failed: later.
+    Retry(String),
+}
+
+/// One row of platform_revenue_summary.
+pub struct PlatformRevenue {
+    pub period: Period,
+    pub currency: Currency,
+    pub payments: i64,
+    pub organizations: i64,
+    pub gross: Decimal,
+    pub fees: Decimal,
+    pub overage_billed: Decimal,
+}
+
+/// platformRevenue: per period (default: the last 12) and currency, oldest first, from stored rows.
+pub async fn platform_revenue(
+    engine: &Engine,
+    viewer: &Viewer,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> AppResult<Vec<PlatformRevenue>> {
+    access::require_platform(viewer)?;
+    let to = to.map(Period::containing).unwrap_or_else(Period::current);
+    let from = match from {
+        Some(d) => Period::containing(d),
+        None => {
+            let mut p = to;
+            for _ in 0..11 {
+                p = Period::containing(p.start.pred_opt().unwrap_or(p.start));
+            }
+            p
+        }
+    };
+    if from > to {
+        return Err(AppError::bad_input("from is after to"));
+    }
+    let payments = store::payments::platform_revenue(&engine.db, from.start, to.start).await?;
+    let overage = store::overage::sent_per_period(&engine.db, from.start, to.start).await?;
+    let dec = |v: i64| Amount::from_scaled(v).to_decimal();
+    let mut keys: Vec<(NaiveDate, String)> = payments
+        .iter()
+        .map(|p| (p.0, p.1.clone()))
+        .chain(overage.iter().map(|o| (o.0, o.1.clone())))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for (period, currency) in keys {
+        let c = Currency::parse(&currency)?;
+        let p = payments.iter().find(|p| p.0 == period && p.1 == currency);
+        let billed = overage
+            .iter()
+            .filter(|o| o.0 == period && o.1 == currency)
+            .map(|o| o.2)
+            .sum::<i64>();
+        out.push(PlatformRevenue {
+            period: Period::containing(period),
+            payments: p.map_or(0, |p| p.2),
+            organizations: p.map_or(0, |p| p.3),
+            gross: c.display(dec(p.map_or(0, |p| p.4))),
+            fees: c.display(dec(p.map_or(0, |p| p.5))),
+            overage_billed: c.display(dec(billed)),
+            currency: c,
+        });
+    }
+    Ok(out)
+}
