@@ -307,7 +307,8 @@ async fn invalidate_on_changes(
 }
 
 /// The Stripe outbox: every `stripe_outbox_interval`, sends the overage charges that are due (each
-/// claimed by one sender at a time, so replicas share the work without billing twice).
+/// claimed by one sender at a time, so replicas share the work without billing twice). Once a
+/// period has closed, it first bills it (`billOverage`, idempotent: every replica may try).
 fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
     let every = state.settings.stripe_outbox_interval;
     if every.is_zero() || state.settings.stripe_secret_key.is_none() {
@@ -315,11 +316,28 @@ fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<
     }
     let engine = state.engine.clone();
     let sender = uuid::Uuid::new_v4();
+    let platform = crate::domain::Viewer {
+        sub: "tollgate-outbox".to_owned(),
+        org_id: None,
+        role: None,
+        platform: true,
+    };
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut billed: Option<crate::domain::Period> = None;
         loop {
             tick.tick().await;
+            let current = crate::domain::Period::current();
+            if billed != Some(current) {
+                match crate::domain::overage::bill(&engine, &platform, None).await {
+                    Ok(charges) => {
+                        tracing::info!(charges = charges.len(), "the last closed period is billed");
+                        billed = Some(current);
+                    }
+                    Err(e) => tracing::error!(error = ?e, "billing the last closed period failed"),
+                }
+            }
             // Drain what is due, then wait for the next tick.
             loop {
                 match crate::domain::overage::send_pending(&engine, sender).await {
