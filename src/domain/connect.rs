@@ -94,6 +94,11 @@ async fn manager(
 
 async fn store_account(engine: &Engine, row: connect_account::Model) -> AppResult<()> {
     let txn = engine.db.begin_write().await?;
+    // Writers of one organization's account take turns (the organization's period lock): two
+    // concurrent first writes would otherwise race on the account id's unique key (Postgres checks
+    // only the ON CONFLICT target's).
+    let org = OrganizationId(row.organization_id);
+    store::ledger::lock_period(&*txn, Scope::Platform, org, super::Period::current()).await?;
     store::connect::upsert(&*txn, Scope::Platform, &row).await?;
     txn.commit().await?;
     Ok(())
