@@ -24,6 +24,8 @@ pub struct Model {
     pub sent_at: Option<DateTimeUtc>,
     /// The calendar period Stripe accepted it in (platformRevenue's overageBilled).
     pub sent_period: Option<Date>,
+    /// What happened to it, oldest first, as a JSON array of strings.
+    pub history: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

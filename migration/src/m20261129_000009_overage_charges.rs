@@ -35,6 +35,7 @@ enum OverageCharges {
     ClaimedUntil,
     SentAt,
     SentPeriod,
+    History,
     CreatedAt,
     UpdatedAt,
 }
@@ -121,6 +122,7 @@ impl MigrationTrait for Migration {
                             .null(),
                     )
                     .col(ColumnDef::new(OverageCharges::SentPeriod).date().null())
+                    .col(ColumnDef::new(OverageCharges::History).text().not_null())
                     .col(
                         ColumnDef::new(OverageCharges::CreatedAt)
                             .timestamp_with_time_zone()

@@ -24,7 +24,114 @@ pub fn idempotency_key(charge: uuid::Uuid) -> String {
     format!("tollgate-overage-{charge}")
 }
 
-/// billOverage: the period's charges (default: the last closed period), created once.
+/// What an organization owes for a metric's overage in a period, from its counters now.
+struct Owed {
+    org: OrganizationId,
+    metric: String,
+    quantity: i64,
+    unit_price: i64,
+    amount: i64,
+    currency: String,
+}
+
+/// The overage owed in `period` by each of `orgs`, per metric (zero where nothing is owed).
+async fn owed(
+    engine: &Engine,
+    orgs: Vec<entity::organization::Model>,
+    period: Period,
+) -> AppResult<Vec<Owed>> {
+    let plans = store::catalog::plans(&engine.db, true).await?;
+    let mut out = Vec::new();
+    for summary in engine
+        .summaries(&engine.db, Scope::Platform, orgs, period)
+        .await?
+    {
+        let currency = summary
+            .org
+            .plan_id
+            .and_then(|id| plans.iter().find(|p| p.id == id))
+            .map(|p| p.currency.to_ascii_lowercase())
+            .unwrap_or_else(|| super::money::DEFAULT_CURRENCY.to_owned());
+        let currency = Currency::parse(&currency)?;
+        for m in &summary.metrics {
+            let quantity = m.state.overage_quantity().max(Decimal::ZERO);
+            let price = m
+                .state
+                .rule
+                .overage_unit_price
+                .map(Amount::to_decimal)
+                .unwrap_or(Decimal::ZERO);
+            let amount = currency.display(quantity * price);
+            out.push(Owed {
+                org: OrganizationId(summary.org.id),
+                metric: m.metric.clone(),
+                quantity: Amount::parse("quantity", quantity)?.scaled(),
+                unit_price: Amount::parse("unitPrice", price)?.scaled(),
+                amount: Amount::parse("amount", amount)?.scaled(),
+                currency: currency.as_str().to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A charge's history with one more line.
+fn with_note(history: &str, note: String) -> String {
+    let mut lines: Vec<String> = serde_json::from_str(history).unwrap_or_default();
+    lines.push(format!(
+        "{}: {note}",
+        Utc::now().format("%Y-%m-%d %H:%M UTC")
+    ));
+    serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into())
+}
+
+/// Brings a stored charge in line with what is owed now: a charge not yet sent takes the corrected
+/// quantity (VOID when nothing is left); a SENT one is left alone, and its history says so.
+/// Answers the charge as it now stands (None when it should not be sent).
+async fn reconcile<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    charge: &overage_charge::Model,
+    owed: Option<&Owed>,
+) -> AppResult<Option<(i64, i64)>> {
+    let (quantity, amount) = owed.map_or((0, 0), |o| (o.quantity, o.amount));
+    if (quantity, amount) == (charge.quantity, charge.amount) {
+        return Ok((charge.status == "PENDING").then_some((quantity, amount)));
+    }
+    let units = Amount::from_scaled(quantity).to_decimal().normalize();
+    match charge.status.as_str() {
+        "PENDING" | "FAILED" => {
+            let note = if amount > 0 {
+                format!("corrected before it was sent: {units} units")
+            } else {
+                "corrected before it was sent: nothing is owed any more (VOID)".to_owned()
+            };
+            store::overage::correct(
+                db,
+                charge.id,
+                quantity,
+                amount,
+                &with_note(&charge.history, note),
+            )
+            .await?;
+            Ok((charge.status == "PENDING" && amount > 0).then_some((quantity, amount)))
+        }
+        "SENT" => {
+            let note = format!(
+                "the period was corrected after this was sent (now {units} units); left alone"
+            );
+            if !charge.history.contains("after this was sent (now")
+                || !charge.history.contains(&format!("now {units} units"))
+            {
+                store::overage::note(db, charge.id, &with_note(&charge.history, note)).await?;
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// billOverage: the period's charges (default: the last closed period), created once; charges
+/// already there are brought in line with the period's counters (see `reconcile`).
 pub async fn bill(
     engine: &Engine,
     viewer: &Viewer,
@@ -44,66 +151,51 @@ pub async fn bill(
     use sea_orm::Iterable;
     let every: Vec<_> = entity::enums::OrganizationStatus::iter().collect();
     let ids = store::orgs::ids_with_status(&engine.db, Scope::Platform, &every).await?;
-    let now = Utc::now();
-    let mut rows = Vec::new();
+    let mut all = Vec::new();
     for chunk in ids.chunks(200) {
         let orgs = store::orgs::by_ids(&engine.db, Scope::Platform, chunk).await?;
-        let plans = store::catalog::plans(&engine.db, true).await?;
-        for summary in engine
-            .summaries(&engine.db, Scope::Platform, orgs, period)
-            .await?
-        {
-            let currency = summary
-                .org
-                .plan_id
-                .and_then(|id| plans.iter().find(|p| p.id == id))
-                .map(|p| p.currency.to_ascii_lowercase())
-                .unwrap_or_else(|| super::money::DEFAULT_CURRENCY.to_owned());
-            let currency = Currency::parse(&currency)?;
-            for m in &summary.metrics {
-                let quantity = m.state.overage_quantity();
-                if quantity <= Decimal::ZERO {
-                    continue;
-                }
-                let price = m
-                    .state
-                    .rule
-                    .overage_unit_price
-                    .map(Amount::to_decimal)
-                    .unwrap_or(Decimal::ZERO);
-                let amount = currency.display(quantity * price);
-                rows.push(overage_charge::Model {
-                    id: uuid::Uuid::now_v7(),
-                    organization_id: summary.org.id,
-                    metric_code: m.metric.clone(),
-                    period_start: period.start,
-                    quantity: Amount::parse("quantity", quantity)?.scaled(),
-                    unit_price: Amount::parse("unitPrice", price)?.scaled(),
-                    amount: Amount::parse("amount", amount)?.scaled(),
-                    currency: currency.as_str().to_owned(),
-                    status: if amount > Decimal::ZERO {
-                        "PENDING"
-                    } else {
-                        "VOID"
-                    }
-                    .to_owned(),
-                    stripe_id: None,
-                    attempts: 0,
-                    last_error: None,
-                    next_attempt_at: now,
-                    claimed_by: None,
-                    claimed_until: None,
-                    sent_at: None,
-                    sent_period: None,
-                    created_at: now,
-                    updated_at: now,
-                });
-            }
-        }
+        all.extend(owed(engine, orgs, period).await?);
     }
     engine.db.release().await;
+    let now = Utc::now();
     let txn = engine.db.begin_write().await?;
-    for row in rows {
+    let existing = store::overage::for_period(&*txn, Scope::Platform, period.start).await?;
+    for charge in &existing {
+        let o = all
+            .iter()
+            .find(|o| o.org.0 == charge.organization_id && o.metric == charge.metric_code);
+        reconcile(&*txn, charge, o).await?;
+    }
+    for o in all.iter().filter(|o| o.amount > 0) {
+        if existing
+            .iter()
+            .any(|c| c.organization_id == o.org.0 && c.metric_code == o.metric)
+        {
+            continue;
+        }
+        let units = Amount::from_scaled(o.quantity).to_decimal().normalize();
+        let row = overage_charge::Model {
+            id: uuid::Uuid::now_v7(),
+            organization_id: o.org.0,
+            metric_code: o.metric.clone(),
+            period_start: period.start,
+            quantity: o.quantity,
+            unit_price: o.unit_price,
+            amount: o.amount,
+            currency: o.currency.clone(),
+            status: "PENDING".to_owned(),
+            stripe_id: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: now,
+            claimed_by: None,
+            claimed_until: None,
+            sent_at: None,
+            sent_period: None,
+            history: with_note("[]", format!("billed: {units} units")),
+            created_at: now,
+            updated_at: now,
+        };
         store::overage::insert_once(&*txn, Scope::Platform, row).await?;
     }
     let charges = store::overage::for_period(&*txn, Scope::Platform, period.start).await?;

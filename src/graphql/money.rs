@@ -294,6 +294,10 @@ impl OverageCharge {
     async fn sent_at(&self) -> Option<DateTime<Utc>> {
         self.0.sent_at
     }
+    /// What happened to the charge, oldest first: billed, corrected before it was sent, or corrected after it was sent and left alone.
+    async fn history(&self) -> Vec<String> {
+        serde_json::from_str(&self.0.history).unwrap_or_default()
+    }
 }
 
 pub struct PlatformRevenueSummary(crate::domain::overage::PlatformRevenue);

@@ -186,3 +186,54 @@ pub async fn sent_per_period<C: ConnectionTrait>(
         })
         .collect()
 }
+
+/// The charge of an organization, period and metric, if any.
+pub async fn find<C: ConnectionTrait>(
+    db: &C,
+    org: OrganizationId,
+    period: NaiveDate,
+    metric: &str,
+) -> Result<Option<overage_charge::Model>, DbErr> {
+    overage_charge::Entity::find()
+        .filter(overage_charge::Column::OrganizationId.eq(org.0))
+        .filter(overage_charge::Column::PeriodStart.eq(period))
+        .filter(overage_charge::Column::MetricCode.eq(metric))
+        .one(db)
+        .await
+}
+
+/// A charge not yet sent takes a corrected quantity and amount (VOID when nothing is left).
+pub async fn correct<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    quantity: i64,
+    amount: i64,
+    history: &str,
+) -> Result<(), DbErr> {
+    execute(
+        db,
+        "UPDATE overage_charges SET quantity = $1, amount = $2, history = $3, \
+         status = CASE WHEN $2 > 0 THEN status ELSE 'VOID' END, updated_at = $4 \
+         WHERE id = $5 AND status IN ('PENDING', 'FAILED')",
+        vec![
+            quantity.into(),
+            amount.into(),
+            history.into(),
+            Utc::now().into(),
+            id.into(),
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Appends to a charge's history (a correction after it was sent, which leaves it alone).
+pub async fn note<C: ConnectionTrait>(db: &C, id: Uuid, history: &str) -> Result<(), DbErr> {
+    execute(
+        db,
+        "UPDATE overage_charges SET history = $1, updated_at = $2 WHERE id = $3",
+        vec![history.into(), Utc::now().into(), id.into()],
+    )
+    .await
+    .map(|_| ())
+}

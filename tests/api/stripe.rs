@@ -876,6 +876,52 @@ async fn overage_is_billed_once(engine: crate::helpers::Engine) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Corrections after billing: a charge not yet sent takes them (VOID when nothing is left); a
+    // SENT one is left alone, and its history says so.
+    let period = last_day.date_naive().to_string();
+    let adjust = |org: &str, q: &str| json!({ "i": { "organizationId": org, "metric": "bookings", "quantity": q, "period": period, "reason": "correction" } });
+    let adjust_q = "mutation($i: AdjustUsageInput!) { adjustUsage(input: $i) { used } }";
+    app.ok(&platform, adjust_q, adjust(&unlinked, "-1")).await;
+    app.ok(&platform, adjust_q, adjust(&billed, "-2")).await;
+    app.ok(&platform, "mutation { billOverage { id } }", json!({}))
+        .await;
+    let charge_of = |org: String| {
+        let app = &app;
+        async move {
+            let data = app.ok(&app.tenant_token(&org, Role::Admin), "{ organization { overageCharges { nodes { quantity amount status history } } } }", json!({})).await;
+            data["organization"]["overageCharges"]["nodes"][0].clone()
+        }
+    };
+    let c = charge_of(unlinked.clone()).await;
+    assert_eq!(
+        (
+            c["quantity"].as_str(),
+            c["amount"].as_str(),
+            c["status"].as_str()
+        ),
+        (Some("1"), Some("2.00"), Some("FAILED")),
+        "{c}"
+    );
+    let c = charge_of(billed.clone()).await;
+    assert_eq!(
+        (
+            c["quantity"].as_str(),
+            c["amount"].as_str(),
+            c["status"].as_str()
+        ),
+        (Some("5"), Some("10.00"), Some("SENT")),
+        "{c}"
+    );
+    assert!(c["history"].to_string().contains("left alone"), "{c}");
+    app.ok(&platform, adjust_q, adjust(&unlinked, "-5")).await;
+    app.ok(&platform, "mutation { billOverage { id } }", json!({}))
+        .await;
+    assert_eq!(charge_of(unlinked.clone()).await["status"], "VOID");
+    assert_eq!(
+        fake.invoice_items.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing billed twice"
+    );
     // The platform's revenue counts the overage Stripe accepted.
     let data = app
         .ok(
