@@ -88,7 +88,12 @@ async fn answer(sent: Result<reqwest::Response, reqwest::Error>) -> Result<Value
         .pointer("/error/message")
         .and_then(Value::as_str)
         .unwrap_or("no message");
-    if status.is_client_error() {
+    // 409 (the same Idempotency-Key in flight elsewhere) and 429 (Stripe's rate limit) pass; a
+    // later try gets Stripe's answer.
+    if status.is_client_error()
+        && status != reqwest::StatusCode::CONFLICT
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
         Err(AppError::bad_input(format!(
             "Stripe refused the request: {}",
             crate::error::quote(message)

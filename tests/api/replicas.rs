@@ -472,3 +472,141 @@ crate::per_engine!(
     sigterm_finishes_requests_and_closes_websockets,
     super::graceful_shutdown
 );
+
+/// The Stripe outbox through a crash: the server is killed (-9) after Stripe made the invoice item
+/// and before the server recorded it; a restarted server sends the charge again with the same
+/// Idempotency-Key, gets Stripe's first answer, and the charge ends SENT, billed once.
+async fn an_outbox_crash_bills_once(engine: Engine) {
+    use chrono::Datelike;
+    use std::sync::atomic::Ordering;
+    let Some((db, _guard, dir)) = prepared(engine).await else {
+        return;
+    };
+    let (stripe_url, fake) = crate::stripe::fake_stripe().await;
+    let args = [
+        "--stripe-secret-key",
+        "sk_test_123",
+        "--stripe-api-base",
+        stripe_url.as_str(),
+        "--stripe-webhook-secret",
+        crate::stripe::SECRET,
+        "--stripe-outbox-interval",
+        "1s",
+    ];
+    let mut before = Server::start(&db, dir.path(), "outbox-before", &args).await;
+    let platform = token(PLATFORM_SUB, None, None);
+    let body = before
+        .gql(
+            &platform,
+            "mutation { upsertPlan(input: {code: \"metered\", name: \"Metered\", rank: 90, priceMonthly: \"10\", \
+             stripePriceId: \"price_metered\", limits: [{metric: \"bookings\", included: \"10\", enforcement: OVERAGE, overageUnitPrice: \"2\"}]}) { code } }",
+            json!({}),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let org = create_org(&before, "crashy", "metered").await;
+    // Its Stripe customer, learnt from a (signed) subscription event.
+    let sub = json!({ "id": "sub_k", "object": "subscription", "customer": "cus_k", "status": "active",
+        "metadata": { "organization_id": org },
+        "items": { "data": [{ "plan": { "id": "price_metered", "amount": 1000, "currency": "usd" } }] } });
+    let ev = crate::stripe::event(
+        "evt_k",
+        "customer.subscription.updated",
+        chrono::Utc::now().timestamp(),
+        sub,
+    );
+    let sig = stripe_webhook::Webhook::generate_test_header(
+        &ev,
+        crate::stripe::SECRET,
+        Some(chrono::Utc::now().timestamp()),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/stripe/webhook", before.addr))
+        .header("stripe-signature", sig)
+        .body(ev)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let last_day = chrono::Utc::now()
+        .date_naive()
+        .with_day(1)
+        .and_then(|d| d.pred_opt())
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    let body = before
+        .gql(
+            &token("svc", Some(&org), Some(Role::Service)),
+            "mutation($t: DateTime) { recordUsage(input: {metric: \"bookings\", quantity: \"15\", occurredAt: $t}) { accepted } }",
+            json!({ "t": last_day.to_rfc3339() }),
+        )
+        .await;
+    assert_eq!(body["data"]["recordUsage"]["accepted"], true, "{body}");
+    // Stripe makes the item, then its answer is held: the server dies waiting for it.
+    fake.hold_ms.store(30_000, Ordering::SeqCst);
+    let billed = before
+        .gql(
+            &platform,
+            "mutation { billOverage { id status } }",
+            json!({}),
+        )
+        .await;
+    let charge = billed["data"]["billOverage"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{billed}"))
+        .to_owned();
+    let started = std::time::Instant::now();
+    while fake.invoice_items.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the outbox sent nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    before.signal("-KILL");
+    let _ = before.child.wait().await;
+    fake.hold_ms.store(0, Ordering::SeqCst);
+    // A new server on the same database takes the charge once the dead sender's claim expires.
+    let after = Server::start(&db, dir.path(), "outbox-after", &args).await;
+    let admin = token("admin", Some(&org), Some(Role::Admin));
+    let started = std::time::Instant::now();
+    loop {
+        let data = after
+            .gql(
+                &admin,
+                "{ organization { overageCharges { nodes { id status stripeId } } } }",
+                json!({}),
+            )
+            .await;
+        let c = data["data"]["organization"]["overageCharges"]["nodes"][0].clone();
+        if c["status"] == "SENT" {
+            assert_eq!(c["stripeId"], "ii_1", "{c}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not sent after the crash: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(fake.invoice_items.load(Ordering::SeqCst), 1, "billed once");
+    let tries: Vec<Value> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == "/v1/invoiceitems")
+        .cloned()
+        .collect();
+    assert!(tries.len() >= 2, "{tries:?}");
+    for t in &tries {
+        assert_eq!(
+            t["idempotencyKey"],
+            format!("tollgate-overage-{charge}"),
+            "{t}"
+        );
+    }
+}
+crate::per_engine!(outbox_crash, super::an_outbox_crash_bills_once);

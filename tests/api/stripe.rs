@@ -13,9 +13,9 @@ use tollgate::domain::Role;
 use crate::both_engines;
 use crate::helpers::{TestApp, code};
 
-const SECRET: &str = "whsec_test_0123456789";
+pub const SECRET: &str = "whsec_test_0123456789";
 
-fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
+pub fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
     json!({ "id": id, "object": "event", "type": kind, "created": created,
         "api_version": "2017-08-15", "livemode": false, "data": { "object": object } })
     .to_string()
@@ -368,16 +368,18 @@ both_engines!(unconfigured, super::webhooks_need_a_secret);
 /// (method, path, form, Idempotency-Key, Stripe-Account) and answers a repeated Idempotency-Key
 /// with its first answer, as Stripe does.
 #[derive(Default)]
-struct FakeStripe {
-    requests: std::sync::Mutex<Vec<Value>>,
+pub struct FakeStripe {
+    pub requests: std::sync::Mutex<Vec<Value>>,
     by_key: tokio::sync::Mutex<std::collections::HashMap<String, Value>>,
     accounts: std::sync::atomic::AtomicUsize,
-    invoice_items: std::sync::atomic::AtomicUsize,
+    pub invoice_items: std::sync::atomic::AtomicUsize,
     /// Answers 500 to this many invoice-item requests first (Stripe down).
-    fail_next: std::sync::atomic::AtomicUsize,
+    pub fail_next: std::sync::atomic::AtomicUsize,
+    /// Milliseconds a new invoice item's answer is held after it was made (a crash in between).
+    pub hold_ms: std::sync::atomic::AtomicU64,
 }
 
-async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
+pub async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
     use axum::extract::{Form, Path, State};
     use axum::http::HeaderMap;
     use axum::routing::{get, post};
@@ -490,6 +492,9 @@ async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
         if let Some(k) = key {
             by_key.insert(k, answer.clone());
         }
+        drop(by_key);
+        let hold = s.hold_ms.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(hold)).await;
         axum::Json(answer).into_response()
     }
     let state = Arc::new(FakeStripe::default());
