@@ -23,6 +23,8 @@ enum StripeEvents {
     Created,
     OrganizationId,
     Outcome,
+    AmountPaid,
+    Currency,
     ReceivedAt,
 }
 
@@ -68,6 +70,12 @@ impl MigrationTrait for Migration {
                             .string_len(64)
                             .not_null(),
                     )
+                    .col(
+                        ColumnDef::new(StripeEvents::AmountPaid)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(StripeEvents::Currency).string_len(3).null())
                     .col(
                         ColumnDef::new(StripeEvents::ReceivedAt)
                             .timestamp_with_time_zone()

@@ -369,6 +369,18 @@ async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
     if let Some(status) = status {
         store::orgs::set_status(&**txn, Scope::Platform, oid, status).await?;
     }
+    // What the invoice says was paid, kept with the event (the seed's amount_paid).
+    if event.kind != "invoice.payment_failed"
+        && let (Some(minor), Some(currency)) = (
+            event.object.get("amount_paid").and_then(Value::as_i64),
+            event.object.get("currency").and_then(Value::as_str),
+        )
+        && let Some(paid) = major_units(minor, currency)
+    {
+        let scaled = Amount::parse("amount_paid", paid)?.scaled();
+        store::stripe::set_amount_paid(&**txn, &event.id, scaled, &currency.to_ascii_lowercase())
+            .await?;
+    }
     Ok(Some(Effect {
         org: oid,
         alerts: Vec::new(),

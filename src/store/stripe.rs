@@ -71,3 +71,19 @@ pub async fn set_outcome<C: ConnectionTrait>(
     .await
     .map(|_| ())
 }
+
+/// Records the amount an invoice event says was paid (scaled by 10^4).
+pub async fn set_amount_paid<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    amount: i64,
+    currency: &str,
+) -> Result<(), DbErr> {
+    execute(
+        db,
+        "UPDATE stripe_events SET amount_paid = $1, currency = $2 WHERE id = $3",
+        vec![amount.into(), currency.into(), id.into()],
+    )
+    .await
+    .map(|_| ())
+}

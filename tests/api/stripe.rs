@@ -216,6 +216,21 @@ async fn webhooks_apply_each_event_once(app: TestApp) {
     )
     .await;
     assert_eq!(history(&app, &org).await[0]["status"], "ACTIVE");
+    // The amount the invoice says was paid is kept with the event.
+    let row = tollgate::store::query_one(
+        &app.state.engine.db,
+        "SELECT amount_paid, currency FROM stripe_events WHERE id = $1",
+        vec!["evt_6".into()],
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        row.try_get::<i64>("", "amount_paid").unwrap(),
+        420_000,
+        "42.00 at 10^4"
+    );
+    assert_eq!(row.try_get::<String>("", "currency").unwrap(), "usd");
 
     // Deleted: CANCELLED, with its row.
     let deleted = event(
