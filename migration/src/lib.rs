@@ -17,6 +17,33 @@ mod m20261129_000007_stripe_events;
 mod m20261129_000008_connect_accounts;
 mod m20261129_000009_overage_charges;
 
+/// Row-level security on a tenant table, as m20261123_000003 set it on the first ones (Postgres;
+/// SQLite has no roles): a row is visible and writable when the transaction set the platform role
+/// or the row's organization, and FORCE applies it to the table's owner too.
+pub(crate) async fn tenant_rls(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: &str,
+) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::DbBackend;
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let visible = format!(
+        "current_setting('tollgate.platform', true) = 'on' \
+         OR {column} = NULLIF(current_setting('tollgate.org_id', true), '')::uuid"
+    );
+    manager
+        .get_connection()
+        .execute_unprepared(&format!(
+            "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; \
+             ALTER TABLE {table} FORCE ROW LEVEL SECURITY; \
+             CREATE POLICY tollgate_tenant ON {table} USING ({visible}) WITH CHECK ({visible});"
+        ))
+        .await
+        .map(|_| ())
+}
+
 /// Number of decimal places kept by every scaled-integer column.
 pub const DECIMAL_SCALE: u32 = 4;
 

@@ -6,7 +6,6 @@
 //! Tenant tables: row-level security on Postgres, as in m20261123_000003.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub struct Migration;
 
@@ -192,18 +191,8 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        if manager.get_database_backend() == DbBackend::Postgres {
-            let db = manager.get_connection();
-            for table in TENANT_TABLES {
-                let visible = "current_setting('tollgate.platform', true) = 'on' \
-                     OR organization_id = NULLIF(current_setting('tollgate.org_id', true), '')::uuid";
-                db.execute_unprepared(&format!(
-                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; \
-                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY; \
-                     CREATE POLICY tollgate_tenant ON {table} USING ({visible}) WITH CHECK ({visible});"
-                ))
-                .await?;
-            }
+        for table in TENANT_TABLES {
+            crate::tenant_rls(manager, table, "organization_id").await?;
         }
         Ok(())
     }

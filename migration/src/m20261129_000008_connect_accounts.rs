@@ -3,7 +3,6 @@
 //! on Postgres.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub struct Migration;
 
@@ -89,18 +88,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        if manager.get_database_backend() == DbBackend::Postgres {
-            let visible = "current_setting('tollgate.platform', true) = 'on' \
-                 OR organization_id = NULLIF(current_setting('tollgate.org_id', true), '')::uuid";
-            manager
-                .get_connection()
-                .execute_unprepared(&format!(
-                    "ALTER TABLE connect_accounts ENABLE ROW LEVEL SECURITY; \
-                     ALTER TABLE connect_accounts FORCE ROW LEVEL SECURITY; \
-                     CREATE POLICY tollgate_tenant ON connect_accounts USING ({visible}) WITH CHECK ({visible});"
-                ))
-                .await?;
-        }
+        crate::tenant_rls(manager, "connect_accounts", "organization_id").await?;
         Ok(())
     }
 

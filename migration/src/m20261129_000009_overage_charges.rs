@@ -5,7 +5,6 @@
 //! security on Postgres (the outbox runs as the platform).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub struct Migration;
 
@@ -158,18 +157,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        if manager.get_database_backend() == DbBackend::Postgres {
-            let visible = "current_setting('tollgate.platform', true) = 'on' \
-                 OR organization_id = NULLIF(current_setting('tollgate.org_id', true), '')::uuid";
-            manager
-                .get_connection()
-                .execute_unprepared(&format!(
-                    "ALTER TABLE overage_charges ENABLE ROW LEVEL SECURITY; \
-                     ALTER TABLE overage_charges FORCE ROW LEVEL SECURITY; \
-                     CREATE POLICY tollgate_tenant ON overage_charges USING ({visible}) WITH CHECK ({visible});"
-                ))
-                .await?;
-        }
+        crate::tenant_rls(manager, "overage_charges", "organization_id").await?;
         Ok(())
     }
 

@@ -25,7 +25,30 @@ async fn row_level_security_hides_other_tenants_from_unscoped_queries() {
     for org in [&a, &b] {
         let t = app.tenant_token(org, Role::Service);
         app.record(&t, "bookings", "90").await;
+        let pay = format!(
+            "mutation {{ recordPayment(input: {{stripePaymentIntentId: \"pi_{org}\", amount: \"1.00\", currency: \"usd\"}}) {{ id }} }}"
+        );
+        app.ok(&t, &pay, serde_json::json!({})).await;
     }
+    // Every table with an organization column has row-level security, forced on its owner (the
+    // Stripe event log is the platform's own record, not a tenant's).
+    let unprotected = store::query_all(
+        app.state.engine.db.pool(),
+        "SELECT c.relname AS t FROM pg_class c JOIN information_schema.columns col \
+           ON col.table_name = c.relname AND col.column_name = 'organization_id' \
+         WHERE c.relkind = 'r' AND NOT (c.relrowsecurity AND c.relforcerowsecurity) \
+           AND c.relname <> 'stripe_events'",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "t").unwrap())
+    .collect::<Vec<_>>();
+    assert!(
+        unprotected.is_empty(),
+        "tenant tables without row-level security: {unprotected:?}"
+    );
     let (ua, ub) = (
         uuid::Uuid::parse_str(&a).unwrap(),
         uuid::Uuid::parse_str(&b).unwrap(),
@@ -38,6 +61,7 @@ async fn row_level_security_hides_other_tenants_from_unscoped_queries() {
         "SELECT organization_id AS o FROM usage_counters",
         "SELECT organization_id AS o FROM organization_usage",
         "SELECT organization_id AS o FROM usage_alerts",
+        "SELECT organization_id AS o FROM payments",
         "SELECT id AS o FROM organizations",
     ] {
         assert_eq!(organization_ids_in(&tenant, sql).await, [ua], "{sql}");
