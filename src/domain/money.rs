@@ -295,9 +295,6 @@ pub struct RevenueSummary {
     pub net: Decimal,
 }
 
-/// Periods a revenue history may cover at most.
-pub const MAX_PERIODS: usize = 120;
-
 /// Organization.revenue: one row per period from `from` to `to` (default: the last 12 periods) and
 /// currency, oldest first; a period without payments or refunds has one row of zeros in the
 /// currency of the organization's plan.
@@ -308,34 +305,11 @@ pub async fn revenue(
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
 ) -> AppResult<Vec<RevenueSummary>> {
-    let to = to.map(Period::containing).unwrap_or_else(Period::current);
-    let from = match from {
-        Some(d) => Period::containing(d),
-        None => {
-            let mut p = to;
-            for _ in 0..11 {
-                p = Period::containing(p.start.pred_opt().unwrap_or(p.start));
-            }
-            p
-        }
-    };
-    if from > to {
-        return Err(AppError::bad_input("from is after to"));
-    }
-    let mut periods = vec![from];
-    while let Some(last) = periods.last().copied()
-        && last < to
-    {
-        if periods.len() >= MAX_PERIODS {
-            return Err(AppError::bad_input(format!(
-                "revenue covers at most {MAX_PERIODS} periods"
-            )));
-        }
-        periods.push(last.next());
-    }
+    let periods = Period::history("revenue", from, to)?;
+    let (first, last) = (periods[0], periods[periods.len() - 1]);
     let id = OrganizationId(org.id);
     let rows =
-        store::payments::revenue(&engine.db, viewer.scope(), id, from.start, to.start).await?;
+        store::payments::revenue(&engine.db, viewer.scope(), id, first.start, last.start).await?;
     let plan_currency = match org.plan_id {
         Some(p) => store::catalog::plan_by_id(&engine.db, p)
             .await?

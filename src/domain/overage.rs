@@ -141,7 +141,7 @@ pub async fn bill(
     let current = Period::current();
     let period = match period {
         Some(d) => Period::containing(d),
-        None => Period::containing(current.start.pred_opt().unwrap_or(current.start)),
+        None => current.previous(),
     };
     if period >= current {
         return Err(AppError::bad_input(
@@ -330,20 +330,8 @@ pub async fn platform_revenue(
     to: Option<NaiveDate>,
 ) -> AppResult<Vec<PlatformRevenue>> {
     access::require_platform(viewer)?;
-    let to = to.map(Period::containing).unwrap_or_else(Period::current);
-    let from = match from {
-        Some(d) => Period::containing(d),
-        None => {
-            let mut p = to;
-            for _ in 0..11 {
-                p = Period::containing(p.start.pred_opt().unwrap_or(p.start));
-            }
-            p
-        }
-    };
-    if from > to {
-        return Err(AppError::bad_input("from is after to"));
-    }
+    let periods = Period::history("platformRevenue", from, to)?;
+    let (from, to) = (periods[0], periods[periods.len() - 1]);
     let payments = store::payments::platform_revenue(&engine.db, from.start, to.start).await?;
     let overage = store::overage::sent_per_period(&engine.db, from.start, to.start).await?;
     let dec = |v: i64| Amount::from_scaled(v).to_decimal();

@@ -188,7 +188,44 @@ pub fn bounded_instant(field: &str, at: DateTime<Utc>) -> AppResult<DateTime<Utc
     bounded_date(field, at.date_naive()).map(|_| at)
 }
 
+/// Periods a history (usageHistory, revenue, platformRevenue) covers at most.
+pub const MAX_HISTORY: usize = 120;
+
 impl Period {
+    /// The period before this one.
+    pub fn previous(self) -> Self {
+        Self::containing(self.start.pred_opt().unwrap_or(self.start))
+    }
+
+    /// The periods from `from` to `to`, oldest first (default: the last 12 up to `to`, itself the
+    /// current period by default); BAD_USER_INPUT naming `field` when `from` is after `to` or the
+    /// range holds more than `MAX_HISTORY`.
+    pub fn history(
+        field: &str,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+    ) -> AppResult<Vec<Period>> {
+        let to = to.map(Self::containing).unwrap_or_else(Self::current);
+        let from = from
+            .map(Self::containing)
+            .unwrap_or_else(|| (0..11).fold(to, |p, _| p.previous()));
+        if from > to {
+            return Err(AppError::bad_input("from is after to"));
+        }
+        let mut periods = vec![from];
+        while let Some(last) = periods.last().copied()
+            && last < to
+        {
+            if periods.len() >= MAX_HISTORY {
+                return Err(AppError::bad_input(format!(
+                    "{field} covers at most {MAX_HISTORY} periods"
+                )));
+            }
+            periods.push(last.next());
+        }
+        Ok(periods)
+    }
+
     pub fn containing(date: NaiveDate) -> Self {
         Period {
             start: date.with_day(1).unwrap_or(date),

@@ -226,27 +226,7 @@ impl Organization {
         from: Option<Date>,
         to: Option<Date>,
     ) -> Result<Vec<UsageSummary>> {
-        let to = to
-            .map(|d| Period::containing(d.0))
-            .unwrap_or_else(Period::current);
-        let mut from = from.map(|d| Period::containing(d.0)).unwrap_or_else(|| {
-            let mut p = to;
-            for _ in 0..11 {
-                p = Period::containing(p.start - chrono::Duration::days(1));
-            }
-            p
-        });
-        if from > to {
-            return Err(AppError::bad_input("from is after to").into());
-        }
-        let mut periods = Vec::new();
-        while from <= to {
-            periods.push(from);
-            if periods.len() > 120 {
-                return Err(AppError::bad_input("usageHistory covers at most 120 periods").into());
-            }
-            from = from.next();
-        }
+        let periods = Period::history("usageHistory", from.map(|d| d.0), to.map(|d| d.0))?;
         let keys: Vec<UsageKey> = periods
             .iter()
             .map(|p| UsageKey(OrganizationId(self.0.id), p.start))
