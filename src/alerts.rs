@@ -28,6 +28,8 @@ pub enum BusEvent {
     UsageChanged(OrganizationId),
     /// A plan's limits changed (upsertPlan): every organization on it may have other allowances.
     PlansChanged,
+    /// A membership's usage or status changed (its organization, the membership).
+    MembershipChanged(OrganizationId, uuid::Uuid),
 }
 
 impl BusEvent {
@@ -37,6 +39,7 @@ impl BusEvent {
             BusEvent::Alert(a) => Some(OrganizationId(a.organization_id)),
             BusEvent::UsageChanged(o) => Some(*o),
             BusEvent::PlansChanged => None,
+            BusEvent::MembershipChanged(o, _) => Some(*o),
         }
     }
 }
@@ -183,6 +186,11 @@ pub fn encode_plans_changed() -> String {
     json!({ "plans": true }).to_string()
 }
 
+/// The NOTIFY payload of a membership's change.
+pub fn encode_membership_changed(org: OrganizationId, membership: uuid::Uuid) -> String {
+    json!({ "o": org.0, "m": membership }).to_string()
+}
+
 /// The bus events of one NOTIFY payload. A payload marked `x` carries alerts only; the last payload
 /// of a commit also says the organization's usage changed.
 pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
@@ -191,6 +199,13 @@ pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
         return Some(vec![BusEvent::PlansChanged]);
     }
     let org: uuid::Uuid = serde_json::from_value(v.get("o")?.clone()).ok()?;
+    if let Some(m) = v.get("m") {
+        let membership: uuid::Uuid = serde_json::from_value(m.clone()).ok()?;
+        return Some(vec![BusEvent::MembershipChanged(
+            OrganizationId(org),
+            membership,
+        )]);
+    }
     let mut events: Vec<BusEvent> = v
         .get("a")?
         .as_array()?

@@ -299,7 +299,9 @@ async fn invalidate_on_changes(
         match rx.recv().await {
             Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),
             Ok(crate::alerts::BusEvent::PlansChanged) => cache.clear(),
-            Ok(crate::alerts::BusEvent::Alert(_)) => {}
+            Ok(
+                crate::alerts::BusEvent::Alert(_) | crate::alerts::BusEvent::MembershipChanged(..),
+            ) => {}
             Err(RecvError::Lagged(_)) => cache.clear(),
             Err(RecvError::Closed) => return,
         }

@@ -129,6 +129,14 @@ pub struct Settings {
         default_value = "80"
     )]
     pub near_limit_pct: Decimal,
+    /// Guest surcharge of booking quotes, in percent of the subtotal (seed 002: 10).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_GUEST_SURCHARGE_PCT",
+        default_value = "10"
+    )]
+    pub guest_surcharge_pct: Decimal,
     /// Largest accepted request body, in bytes.
     #[arg(long, global = true, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -511,6 +519,12 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         if self.near_limit_pct <= Decimal::ZERO || self.near_limit_pct > Decimal::ONE_HUNDRED {
             return Err("near-limit-pct must be in (0, 100]".into());
+        }
+        if self.guest_surcharge_pct < Decimal::ZERO
+            || self.guest_surcharge_pct > Decimal::ONE_HUNDRED
+            || self.guest_surcharge_pct.scale() > 4
+        {
+            return Err("guest-surcharge-pct must be in [0, 100], with at most 4 places".into());
         }
         if self.max_batch == 0 || self.max_page_size == 0 || self.max_record_batch == 0 {
             return Err("max-batch, max-page-size and max-record-batch must be at least 1".into());

@@ -63,12 +63,16 @@ impl StripeApi {
         answer(req.send().await).await
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, AppError> {
-        let req = self
+    /// GET `path`, on a connected account when `account` is given.
+    pub async fn get(&self, path: &str, account: Option<&str>) -> Result<Value, AppError> {
+        let mut req = self
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(self.key()?.expose_secret())
             .header("Stripe-Version", API_VERSION);
+        if let Some(a) = account {
+            req = req.header("Stripe-Account", a);
+        }
         answer(req.send().await).await
     }
 }

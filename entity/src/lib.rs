@@ -1,8 +1,14 @@
 //! SeaORM entities: the tables as the store sees them. They are not the API: the GraphQL layer has its
 //! own types. Decimal columns are `i64` scaled by 10^4 (`migration::DECIMAL_SCALE`); the store converts.
 
+pub mod booking;
 pub mod connect_account;
+pub mod customer;
 pub mod enums;
+pub mod membership;
+pub mod membership_change;
+pub mod membership_plan;
+pub mod membership_usage;
 pub mod metric;
 pub mod organization;
 pub mod organization_usage;

@@ -26,6 +26,9 @@ pub struct Model {
     pub sent_period: Option<Date>,
     /// What happened to it, oldest first, as a JSON array of strings.
     pub history: String,
+    /// A membership's overage (one charge per completed booking), billed on the connected account.
+    pub membership_id: Option<Uuid>,
+    pub booking_id: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -18,6 +18,12 @@ pub struct Model {
     pub reason: Option<String>,
     pub actor: Option<String>,
     pub reverses_event_id: Option<Uuid>,
+    /// A membership's event (seed 002): the membership and its cycle; None for the organization's own.
+    pub membership_id: Option<Uuid>,
+    pub cycle: Option<i32>,
+    /// A service past the membership's allowance, and what it costs (scaled by 10^4).
+    pub overage: bool,
+    pub charge: i64,
     pub occurred_at: DateTimeUtc,
     pub recorded_at: DateTimeUtc,
 }

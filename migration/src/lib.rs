@@ -16,6 +16,7 @@ mod m20261129_000006_plan_stripe_price;
 mod m20261129_000007_stripe_events;
 mod m20261129_000008_connect_accounts;
 mod m20261129_000009_overage_charges;
+mod m20261129_000010_memberships;
 
 /// Row-level security on a tenant table, as m20261123_000003 set it on the first ones (Postgres;
 /// SQLite has no roles): a row is visible and writable when the transaction set the platform role
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_stripe_events::Migration),
             Box::new(m20261129_000008_connect_accounts::Migration),
             Box::new(m20261129_000009_overage_charges::Migration),
+            Box::new(m20261129_000010_memberships::Migration),
         ]
     }
 }

@@ -18,6 +18,12 @@ pub enum Action {
     ManageSubscription,
     /// grantCredit, adjustUsage, resetUsage, createOrganization, upsertPlan, organizations.
     Platform,
+    /// Read the organization's membership plans, customers, memberships and bookings.
+    ReadMemberships,
+    /// Manage them: plans, customers, memberships, corrections, linking bookings.
+    ManageMemberships,
+    /// createBooking and updateBookingStatus.
+    Book,
 }
 
 pub fn role_allows(viewer: &Viewer, action: Action) -> bool {
@@ -28,10 +34,13 @@ pub fn role_allows(viewer: &Viewer, action: Action) -> bool {
         return false;
     };
     match action {
-        Action::Read => true,
+        // A customer reads only its own records, through the memberships' own checks.
+        Action::Read | Action::ReadMemberships => role != Role::Customer,
         Action::Record => matches!(role, Role::Owner | Role::Admin | Role::Service),
         Action::ManageSubscription => matches!(role, Role::Owner | Role::Admin),
         Action::Platform => false,
+        Action::ManageMemberships => matches!(role, Role::Owner | Role::Admin),
+        Action::Book => matches!(role, Role::Owner | Role::Admin | Role::Service),
     }
 }
 
@@ -61,6 +70,9 @@ pub async fn authorize<C: ConnectionTrait>(
             Action::Record => "recording usage needs the OWNER, ADMIN or SERVICE role",
             Action::ManageSubscription => "changing the subscription needs the OWNER or ADMIN role",
             Action::Platform => "this needs a platform-team member",
+            Action::ReadMemberships => "your role may not read the organization's memberships",
+            Action::ManageMemberships => "managing memberships needs the OWNER or ADMIN role",
+            Action::Book => "bookings are created and moved by the OWNER, ADMIN or SERVICE role",
         }));
     }
     Ok(found)
@@ -95,5 +107,13 @@ mod tests {
         assert!(!role_allows(&v(Role::Service), Action::ManageSubscription));
         assert!(role_allows(&v(Role::Owner), Action::ManageSubscription));
         assert!(!role_allows(&v(Role::Owner), Action::Platform));
+        // A customer reads nothing of its organization; SERVICE books but does not manage.
+        assert!(!role_allows(&v(Role::Customer), Action::Read));
+        assert!(!role_allows(&v(Role::Customer), Action::ReadMemberships));
+        assert!(!role_allows(&v(Role::Customer), Action::Book));
+        assert!(role_allows(&v(Role::Service), Action::Book));
+        assert!(!role_allows(&v(Role::Service), Action::ManageMemberships));
+        assert!(role_allows(&v(Role::Viewer), Action::ReadMemberships));
+        assert!(role_allows(&v(Role::Admin), Action::ManageMemberships));
     }
 }

@@ -223,7 +223,7 @@ pub async fn refresh(
     engine.db.release().await;
     let fresh = engine
         .stripe
-        .get(&format!("/v1/accounts/{}", acct.stripe_account_id))
+        .get(&format!("/v1/accounts/{}", acct.stripe_account_id), None)
         .await?;
     if let Some(row) = from_stripe(oid, &fresh) {
         store_account(engine, row).await?;

@@ -5,6 +5,7 @@ pub mod access;
 pub mod cache;
 pub mod connect;
 pub mod limits;
+pub mod memberships;
 pub mod money;
 pub mod orgs;
 pub mod overage;

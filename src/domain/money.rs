@@ -108,7 +108,7 @@ pub fn application_fee(amount: Decimal, pct: Decimal, currency: Currency) -> App
 
 /// The application fee percent of an organization's current plan (0 without a plan).
 /// Read through the handle the caller already uses (a request never holds two connections).
-async fn fee_pct<C: sea_orm::ConnectionTrait>(
+pub(crate) async fn fee_pct<C: sea_orm::ConnectionTrait>(
     db: &C,
     plan_id: Option<uuid::Uuid>,
 ) -> AppResult<Decimal> {
@@ -204,7 +204,33 @@ pub async fn record_payment_in(
     )?;
     let reference = optional_text("reference", input.reference.as_deref(), 255)?;
     let currency = Currency::parse(&input.currency)?;
-    let quote = application_fee(input.amount, fee_pct(&**txn, org.plan_id).await?, currency)?;
+    let mut quote = application_fee(input.amount, fee_pct(&**txn, org.plan_id).await?, currency)?;
+    // The payment of a booking (its reference): what the booking was priced at, and the platform
+    // keeps the booking's fee and the guest surcharge (seed 002's fee structure).
+    if let Some(r) = &reference
+        && let Some(b) = store::memberships::booking_by_reference(
+            &**txn,
+            viewer.scope(),
+            OrganizationId(org.id),
+            r,
+            false,
+        )
+        .await?
+    {
+        let total = Amount::from_scaled(b.total).to_decimal();
+        if total != quote.amount || b.currency != quote.currency.as_str() {
+            return Err(AppError::bad_input(format!(
+                "booking {} costs {} {}: the payment must be that amount",
+                crate::error::quote(r),
+                quote.currency.display(total),
+                b.currency
+            )));
+        }
+        let kept = Amount::from_scaled(b.platform_fee + b.guest_surcharge).to_decimal();
+        quote.application_fee_pct = Amount::from_scaled(b.platform_fee_pct).to_decimal();
+        quote.application_fee = kept;
+        quote.net_amount = quote.amount - kept;
+    }
     let occurred_at = input.occurred_at.unwrap_or_else(Utc::now);
     let scope = viewer.scope();
     let amount = Amount::parse("amount", quote.amount)?.scaled();

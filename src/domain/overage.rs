@@ -76,7 +76,7 @@ async fn owed(
 }
 
 /// A charge's history with one more line.
-fn with_note(history: &str, note: String) -> String {
+pub(crate) fn with_note(history: &str, note: String) -> String {
     let mut lines: Vec<String> = serde_json::from_str(history).unwrap_or_default();
     lines.push(format!(
         "{}: {note}",
@@ -193,6 +193,8 @@ pub async fn bill(
             sent_at: None,
             sent_period: None,
             history: with_note("[]", format!("billed: {units} units")),
+            membership_id: None,
+            booking_id: None,
             created_at: now,
             updated_at: now,
         };
@@ -217,23 +219,75 @@ pub async fn send_pending(engine: &Engine, sender: uuid::Uuid) -> AppResult<usiz
     Ok(n)
 }
 
+/// Where a charge is billed: the organization's own Stripe customer (the platform bills it), or,
+/// for a membership's overage, the customer of the membership's Stripe subscription on the
+/// organization's connected account (the organization bills its customer).
+async fn billed_to(
+    engine: &Engine,
+    charge: &overage_charge::Model,
+) -> AppResult<Result<(String, Option<String>, Option<String>), Refusal>> {
+    let org = OrganizationId(charge.organization_id);
+    let Some(membership) = charge.membership_id else {
+        let found = store::orgs::find(&engine.db, Scope::Platform, org).await?;
+        return Ok(found
+            .and_then(|o| o.stripe_customer_id)
+            .map(|c| (c, None, None))
+            .ok_or_else(|| Refusal::Final("the organization has no Stripe customer".to_owned())));
+    };
+    let found = store::memberships::memberships_by_ids(&engine.db, Scope::Platform, &[membership])
+        .await?
+        .into_iter()
+        .next();
+    let Some(subscription) = found.and_then(|m| m.stripe_subscription_id) else {
+        return Ok(Err(Refusal::Final(
+            "the membership has no Stripe subscription".to_owned(),
+        )));
+    };
+    let account = store::connect::by_org(&engine.db, Scope::Platform, org)
+        .await?
+        .map(|a| a.stripe_account_id);
+    let path = format!("/v1/subscriptions/{}", urlencoding_segment(&subscription));
+    Ok(match engine.stripe.get(&path, account.as_deref()).await {
+        Ok(sub) => {
+            let customer = sub
+                .get("customer")
+                .and_then(|c| c.as_str().or_else(|| c.get("id").and_then(|i| i.as_str())))
+                .map(str::to_owned);
+            match customer {
+                Some(c) => Ok((c, account, Some(subscription))),
+                None => Err(Refusal::Final(
+                    "Stripe named no customer for the membership's subscription".to_owned(),
+                )),
+            }
+        }
+        Err(AppError::BadInput(m)) => Err(Refusal::Final(m)),
+        Err(AppError::Internal(e)) => Err(Refusal::Retry(format!("{e:#}"))),
+        Err(other) => Err(Refusal::Final(other.client_message())),
+    })
+}
+
+/// A path segment as Stripe ids are written (letters, digits, `_`); anything else is escaped.
+fn urlencoding_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 async fn send_one(engine: &Engine, charge: overage_charge::Model) -> AppResult<()> {
-    let org = store::orgs::find(
-        &engine.db,
-        Scope::Platform,
-        OrganizationId(charge.organization_id),
-    )
-    .await?;
-    let customer = org.as_ref().and_then(|o| o.stripe_customer_id.clone());
-    let result = match &customer {
-        None => Err(Refusal::Final(
-            "the organization has no Stripe customer".to_owned(),
-        )),
-        Some(customer) => {
+    let target = billed_to(engine, &charge).await?;
+    let result = match target {
+        Err(refusal) => Err(refusal),
+        Ok((customer, account, subscription)) => {
             let currency = Currency::parse(&charge.currency)?;
             let minor = Amount::from_scaled(charge.amount).to_decimal()
                 * Decimal::from(10_i64.pow(currency.minor_units()));
-            let form = vec![
+            let mut form = vec![
                 ("customer", customer.clone()),
                 ("amount", minor.trunc().to_string()),
                 ("currency", charge.currency.clone()),
@@ -259,13 +313,23 @@ async fn send_one(engine: &Engine, charge: overage_charge::Model) -> AppResult<(
                 ),
                 ("metadata[metric]", charge.metric_code.clone()),
             ];
+            if let Some(sub) = subscription {
+                // On the membership's subscription's next invoice.
+                form.push(("subscription", sub));
+            }
+            if let Some(m) = charge.membership_id {
+                form.push(("metadata[membership_id]", m.to_string()));
+            }
+            if let Some(b) = charge.booking_id {
+                form.push(("metadata[booking_id]", b.to_string()));
+            }
             match engine
                 .stripe
                 .post(
                     "/v1/invoiceitems",
                     &form,
                     Some(&idempotency_key(charge.id)),
-                    None,
+                    account.as_deref(),
                 )
                 .await
             {

@@ -235,6 +235,11 @@ impl Engine {
             }
         }
 
+        // The organization's memberships: their counters per cycle against the ledger and holds.
+        if only.is_none() {
+            super::memberships::recompute_in(&*txn, org, repair, &mut report).await?;
+        }
+
         let rules = plan_rules(&txn, current_org.plan_id).await?;
         if check_flags {
             let counters = store::ledger::counters(&txn, scope, &[org], now).await?;
@@ -315,6 +320,10 @@ mod tests {
             reason: None,
             actor: None,
             reverses_event_id: None,
+            membership_id: None,
+            cycle: None,
+            overage: false,
+            charge: 0,
             occurred_at: Utc::now(),
             recorded_at: Utc::now(),
         }

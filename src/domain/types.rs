@@ -264,6 +264,8 @@ pub enum Role {
     Member,
     Viewer,
     Service,
+    /// One of the organization's own customers (memberships): its Customer's externalId is `sub`.
+    Customer,
 }
 
 impl Role {
@@ -274,6 +276,7 @@ impl Role {
             "MEMBER" => Some(Role::Member),
             "VIEWER" => Some(Role::Viewer),
             "SERVICE" => Some(Role::Service),
+            "CUSTOMER" => Some(Role::Customer),
             _ => None,
         }
     }
@@ -285,6 +288,7 @@ impl Role {
             Role::Member => "MEMBER",
             Role::Viewer => "VIEWER",
             Role::Service => "SERVICE",
+            Role::Customer => "CUSTOMER",
         }
     }
 }
@@ -299,6 +303,11 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// A CUSTOMER token: it reads only its own customer's data (memberships, bookings).
+    pub fn is_customer(&self) -> bool {
+        !self.platform && self.role == Some(Role::Customer)
+    }
+
     /// The data this caller may see. Every store function over tenant data takes it.
     pub fn scope(&self) -> Scope {
         if self.platform {

@@ -32,6 +32,10 @@ pub struct Engine {
     pub cache: Arc<super::cache::StateCache>,
     /// Stripe's API, for the calls the money side makes (Connect).
     pub stripe: crate::stripe_api::StripeApi,
+    /// The time memberships' cycles run on (a test moves it).
+    pub clock: crate::clock::Clock,
+    /// The guest surcharge of booking quotes, in percent.
+    pub guest_surcharge_pct: Decimal,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -195,6 +199,8 @@ impl Engine {
                 settings.entitlement_cache_ttl,
             )),
             stripe: crate::stripe_api::StripeApi::from_settings(settings),
+            clock: crate::clock::Clock::default(),
+            guest_surcharge_pct: settings.guest_surcharge_pct,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod completion;
 pub mod documents;
 pub mod limits;
 pub mod loaders;
+pub mod memberships;
 pub mod money;
 pub mod mutation;
 pub mod query;
@@ -39,11 +40,19 @@ pub type TollgateSchema = Schema<Query, Mutation, subscription::Subscription>;
 
 /// The query root: the core API and each capability's part, merged into one `Query` type.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct Query(query::CoreQuery, money::MoneyQuery);
+pub struct Query(
+    query::CoreQuery,
+    money::MoneyQuery,
+    memberships::MembershipsQuery,
+);
 
 /// The mutation root, merged like `Query`.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct Mutation(mutation::CoreMutation, money::MoneyMutation);
+pub struct Mutation(
+    mutation::CoreMutation,
+    money::MoneyMutation,
+    memberships::MembershipsMutation,
+);
 
 /// Fields of the root types that only the platform team sees (DESIGN.md). For anyone else they are
 /// absent from introspection and rejected as unknown fields before execution.
@@ -326,6 +335,42 @@ pub fn build_schema_with(
     schema
 }
 
+/// The customer wall: a CUSTOMER token reaches only the memberships part of the API (its own
+/// records, which the domain checks id by id) and its organization's id, name and slug; everything
+/// else of its organization (usage, alerts, plans, money) answers FORBIDDEN, wherever the field sits.
+fn customer_may_resolve(parent: &str, field: &str) -> bool {
+    if field.starts_with("__") {
+        return true;
+    }
+    match parent {
+        // `organization` stays: another organization's id is NOT_FOUND (as a missing one), its
+        // own FORBIDDEN, as the resolver answers.
+        "Query" => matches!(
+            field,
+            "viewer" | "organization" | "customer" | "membership" | "booking" | "quoteBooking"
+        ),
+        "Mutation" => matches!(
+            field,
+            "upsertMembershipPlan"
+                | "createCustomer"
+                | "subscribeCustomer"
+                | "pauseMembership"
+                | "resumeMembership"
+                | "cancelMembership"
+                | "grantMembershipCredit"
+                | "adjustMembershipUsage"
+                | "resetMembershipUsage"
+                | "createBooking"
+                | "updateBookingStatus"
+                | "linkBooking"
+                | "unlinkBooking"
+        ),
+        "Subscription" => field == "membershipUpdated",
+        "Organization" => matches!(field, "id" | "name" | "slug"),
+        _ => true,
+    }
+}
+
 /// Longest error message sent (longer ones are cut: they quote the client's input).
 const MESSAGE_MAX: usize = 400;
 
@@ -455,6 +500,34 @@ struct TenantGateExt {
 
 #[async_trait::async_trait]
 impl Extension for TenantGateExt {
+    /// The customer wall (`customer_may_resolve`), checked at every field.
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: async_graphql::extensions::ResolveInfo<'_>,
+        next: async_graphql::extensions::NextResolve<'_>,
+    ) -> ServerResult<Option<async_graphql::Value>> {
+        let customer = ctx
+            .data_opt::<RequestCtx>()
+            .and_then(|r| r.viewer.as_ref())
+            .is_some_and(Viewer::is_customer);
+        if customer && !customer_may_resolve(info.parent_type, info.name) {
+            let mut e = ServerError::new(
+                if info.parent_type == "Organization" {
+                    "a customer reads only its organization's id, name and slug"
+                } else {
+                    "a customer reads only its own customer record, memberships and bookings"
+                },
+                None,
+            );
+            e.extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "FORBIDDEN");
+            return Err(e);
+        }
+        next.run(ctx, info).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,

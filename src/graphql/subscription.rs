@@ -173,7 +173,11 @@ impl Subscription {
                                 }
                                 return Some((Ok(UsageAlert(a)), (rx, last)));
                             }
-                            Ok(BusEvent::UsageChanged(_) | BusEvent::PlansChanged) => continue,
+                            Ok(
+                                BusEvent::UsageChanged(_)
+                                | BusEvent::PlansChanged
+                                | BusEvent::MembershipChanged(..),
+                            ) => continue,
                             Err(RecvError::Lagged(missed)) => {
                                 return Some((
                                     Err(lagged(missed, last.map(|(_, at)| at))),
@@ -244,9 +248,55 @@ impl Subscription {
                             };
                             return Some((item, (rx, engine, viewer)));
                         }
-                        Ok(BusEvent::Alert(_) | BusEvent::PlansChanged) => continue,
+                        Ok(
+                            BusEvent::Alert(_)
+                            | BusEvent::PlansChanged
+                            | BusEvent::MembershipChanged(..),
+                        ) => continue,
                         Err(RecvError::Closed) => return None,
                     }
+                }
+            },
+        ))
+    }
+
+    /// The membership afresh whenever its usage or status changes (bookings held, completed or cancelled, corrections, pause, resume, cancel). A CUSTOMER may follow its own memberships.
+    async fn membership_updated(
+        &self,
+        ctx: &Context<'_>,
+        membership_id: ID,
+    ) -> Result<impl Stream<Item = Result<super::memberships::Membership>>> {
+        let rc = request_ctx(ctx)?;
+        let (m, viewer) = super::memberships::watched_membership(ctx, &membership_id).await?;
+        if let Some(n) = ctx.data_opt::<Arc<StreamNotes>>() {
+            n.set_latest_wins();
+        }
+        let engine = rc.engine.clone();
+        engine.db.release().await;
+        let (org, id) = (OrganizationId(m.organization_id), m.id);
+        let rx = engine.bus.subscribe(Some(org));
+        Ok(futures_util::stream::unfold(
+            (rx, engine, viewer),
+            move |(mut rx, engine, viewer)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(BusEvent::MembershipChanged(_, changed)) if changed == id => {}
+                        Err(RecvError::Lagged(_)) => {}
+                        Ok(_) => continue,
+                        Err(RecvError::Closed) => return None,
+                    }
+                    // Coalesce a burst, then read the latest state once.
+                    tokio::time::sleep(COALESCE).await;
+                    while rx.try_recv().is_ok() {}
+                    let db = engine.db.scoped(viewer.scope());
+                    let read = super::memberships::reload_membership(&db, viewer.scope(), id).await;
+                    db.release().await;
+                    let item = match read {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => Err(crate::error::AppError::not_found("membership").into()),
+                        Err(e) => Err(e),
+                    };
+                    return Some((item, (rx, engine, viewer)));
                 }
             },
         ))

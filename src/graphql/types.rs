@@ -26,6 +26,7 @@ pub enum Role {
     Member,
     Viewer,
     Service,
+    Customer,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -135,6 +136,10 @@ impl Viewer {
     }
     async fn is_platform_team(&self) -> bool {
         self.0.platform
+    }
+    /// The Customer of a CUSTOMER token (its organization's customer whose externalId is the token's sub).
+    async fn customer(&self, ctx: &Context<'_>) -> Result<Option<super::memberships::Customer>> {
+        super::memberships::viewer_customer(ctx).await
     }
 }
 
@@ -329,6 +334,35 @@ impl Organization {
         super::money::overage_charges(ctx, OrganizationId(self.0.id), first, after, status).await
     }
     /// Stripe Connect: the organization's connected account, through which its customers pay it.
+    async fn membership_plans(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(false)")] include_inactive: Option<bool>,
+    ) -> Result<Vec<super::memberships::MembershipPlan>> {
+        super::memberships::membership_plans(
+            ctx,
+            OrganizationId(self.0.id),
+            include_inactive.unwrap_or(false),
+        )
+        .await
+    }
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        search: Option<String>,
+    ) -> Result<
+        Connection<
+            String,
+            super::memberships::Customer,
+            super::memberships::CustomerTotal,
+            EmptyFields,
+        >,
+    > {
+        super::memberships::customers(ctx, OrganizationId(self.0.id), first, after, search).await
+    }
     async fn connect_account(&self, ctx: &Context<'_>) -> Result<super::money::ConnectAccount> {
         super::money::connect_account(ctx, OrganizationId(self.0.id)).await
     }

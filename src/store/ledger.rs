@@ -335,6 +335,10 @@ pub async fn insert_event<C: ConnectionTrait>(
         reason: e.reason,
         actor: e.actor,
         reverses_event_id: e.reverses_event_id,
+        membership_id: None,
+        cycle: None,
+        overage: false,
+        charge: 0,
         occurred_at: e.occurred_at,
         recorded_at: Utc::now(),
     };
@@ -384,6 +388,7 @@ pub async fn unreversed_by_reference<C: ConnectionTrait>(
         return Ok(vec![]);
     }
     let sql = "SELECT e.* FROM usage_events e WHERE e.organization_id = $1 AND e.reference = $2 AND e.kind = 'USAGE' \
+               AND e.membership_id IS NULL \
                AND NOT EXISTS (SELECT 1 FROM usage_events r WHERE r.organization_id = e.organization_id \
                                AND r.reverses_event_id = e.id) ORDER BY e.id";
     usage_event::Entity::find()
@@ -409,7 +414,9 @@ pub async fn events_page<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(vec![]);
     }
-    let mut q = usage_event::Entity::find().filter(usage_event::Column::OrganizationId.eq(org.0));
+    let mut q = usage_event::Entity::find()
+        .filter(usage_event::Column::OrganizationId.eq(org.0))
+        .filter(usage_event::Column::MembershipId.is_null());
     if let Some(m) = metric {
         q = q.filter(usage_event::Column::MetricCode.eq(m));
     }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod connect;
 pub mod db;
 pub mod ledger;
+pub mod memberships;
 pub mod orgs;
 pub mod overage;
 pub mod payments;
@@ -143,6 +144,21 @@ pub async fn execute<C: ConnectionTrait>(
 /// The organization ids a scope lets a query touch, intersected with the ids asked for.
 pub fn scoped_ids(scope: Scope, ids: &[OrganizationId]) -> Vec<OrganizationId> {
     ids.iter().copied().filter(|id| scope.allows(*id)).collect()
+}
+
+/// A case-insensitive substring match of `col` against `search`, LIKE's own characters taken
+/// literally (both engines).
+pub fn contains_ci(
+    col: impl sea_orm::sea_query::IntoColumnRef,
+    search: &str,
+) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+    let escaped = search
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(format!("%{escaped}%")).escape('\\'))
 }
 
 /// `$n, $n+1, ...` placeholders for a list bound from position `start`.

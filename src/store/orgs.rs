@@ -3,10 +3,8 @@
 use chrono::{DateTime, Utc};
 use entity::{enums::OrganizationStatus, organization};
 use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait, Func},
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -55,22 +53,10 @@ fn filter_condition(scope: Scope, f: &OrgFilter) -> Condition {
         cond = cond.add(organization::Column::Status.eq(status));
     }
     if let Some(search) = f.search.as_deref().filter(|s| !s.is_empty()) {
-        let escaped = search
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        let pattern = format!("%{escaped}%");
         cond = cond.add(
             Condition::any()
-                .add(
-                    Expr::expr(Func::lower(Expr::col(organization::Column::Name)))
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\')),
-                )
-                .add(
-                    Expr::col(organization::Column::Slug)
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
-                ),
+                .add(super::contains_ci(organization::Column::Name, search))
+                .add(super::contains_ci(organization::Column::Slug, search)),
         );
     }
     cond

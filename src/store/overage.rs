@@ -28,6 +28,10 @@ pub async fn insert_once<C: ConnectionTrait>(
                 overage_charge::Column::PeriodStart,
                 overage_charge::Column::MetricCode,
             ])
+            // The organizations' charges; a membership's are one per booking (their own index).
+            .target_and_where(sea_orm::sea_query::ExprTrait::is_null(
+                sea_orm::sea_query::Expr::col(overage_charge::Column::BookingId),
+            ))
             .do_nothing()
             .to_owned(),
         )
@@ -42,8 +46,9 @@ pub async fn for_period<C: ConnectionTrait>(
     scope: Scope,
     period: NaiveDate,
 ) -> Result<Vec<overage_charge::Model>, DbErr> {
-    let mut q =
-        overage_charge::Entity::find().filter(overage_charge::Column::PeriodStart.eq(period));
+    let mut q = overage_charge::Entity::find()
+        .filter(overage_charge::Column::PeriodStart.eq(period))
+        .filter(overage_charge::Column::BookingId.is_null());
     if let Scope::Tenant(org) = scope {
         q = q.filter(overage_charge::Column::OrganizationId.eq(org.0));
     }
@@ -65,8 +70,9 @@ pub async fn page<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(vec![]);
     }
-    let mut q =
-        overage_charge::Entity::find().filter(overage_charge::Column::OrganizationId.eq(org.0));
+    let mut q = overage_charge::Entity::find()
+        .filter(overage_charge::Column::OrganizationId.eq(org.0))
+        .filter(overage_charge::Column::BookingId.is_null());
     if let Some(s) = status {
         q = q.filter(overage_charge::Column::Status.eq(s));
     }
@@ -172,7 +178,7 @@ pub async fn sent_per_period<C: ConnectionTrait>(
     let rows = query_all(
         db,
         "SELECT sent_period, currency, CAST(SUM(amount) AS BIGINT) AS total FROM overage_charges \
-         WHERE status = 'SENT' AND sent_period >= $1 AND sent_period <= $2 GROUP BY sent_period, currency",
+         WHERE status = 'SENT' AND booking_id IS NULL AND sent_period >= $1 AND sent_period <= $2 GROUP BY sent_period, currency",
         vec![from.into(), to.into()],
     )
     .await?;
@@ -198,6 +204,7 @@ pub async fn find<C: ConnectionTrait>(
         .filter(overage_charge::Column::OrganizationId.eq(org.0))
         .filter(overage_charge::Column::PeriodStart.eq(period))
         .filter(overage_charge::Column::MetricCode.eq(metric))
+        .filter(overage_charge::Column::BookingId.is_null())
         .one(db)
         .await
 }
@@ -236,4 +243,31 @@ pub async fn note<C: ConnectionTrait>(db: &C, id: Uuid, history: &str) -> Result
     )
     .await
     .map(|_| ())
+}
+
+/// Inserts a membership's overage charge for one booking, unless that booking already has one.
+pub async fn insert_booking_charge<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    row: overage_charge::Model,
+) -> Result<bool, DbErr> {
+    if !scope.allows(OrganizationId(row.organization_id)) || row.booking_id.is_none() {
+        return Ok(false);
+    }
+    let active: overage_charge::ActiveModel = row.into();
+    let n = overage_charge::Entity::insert(active)
+        .on_conflict(
+            OnConflict::columns([
+                overage_charge::Column::OrganizationId,
+                overage_charge::Column::BookingId,
+            ])
+            .target_and_where(sea_orm::sea_query::ExprTrait::is_not_null(
+                sea_orm::sea_query::Expr::col(overage_charge::Column::BookingId),
+            ))
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(n == 1)
 }

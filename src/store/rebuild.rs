@@ -38,6 +38,7 @@ pub async fn periods_of<C: ConnectionTrait>(
         db,
         "SELECT period_start FROM usage_counters WHERE organization_id = $1 AND period_start <= $2 \
          UNION SELECT DISTINCT period_start FROM usage_events WHERE organization_id = $1 AND period_start <= $2 \
+           AND membership_id IS NULL \
          ORDER BY period_start",
         vec![org.0.into(), until_value(until).into()],
     )
@@ -85,7 +86,7 @@ pub async fn counter_sums<C: ConnectionTrait>(
            CAST(COALESCE(SUM(CASE WHEN e.kind <> 'CREDIT' THEN e.quantity ELSE 0 END), 0) AS BIGINT) AS used, \
            CAST(COALESCE(SUM(CASE WHEN e.kind = 'CREDIT' THEN e.quantity ELSE 0 END), 0) AS BIGINT) AS credits \
          FROM usage_events e JOIN metrics m ON m.code = e.metric_code \
-         WHERE e.organization_id = $1 AND e.period_start <= $2 AND m.kind = 'COUNTER' \
+         WHERE e.organization_id = $1 AND e.period_start <= $2 AND m.kind = 'COUNTER' AND e.membership_id IS NULL \
          GROUP BY e.period_start, e.metric_code",
         vec![org.0.into(), until_value(until).into()],
     )
@@ -116,7 +117,8 @@ pub async fn gauge_events<C: ConnectionTrait>(
         .from_raw_sql(stmt(
             db.get_database_backend(),
             "SELECT e.* FROM usage_events e JOIN metrics m ON m.code = e.metric_code \
-             WHERE e.organization_id = $1 AND e.period_start <= $2 AND m.kind = 'GAUGE' ORDER BY e.id",
+             WHERE e.organization_id = $1 AND e.period_start <= $2 AND m.kind = 'GAUGE' \
+             AND e.membership_id IS NULL ORDER BY e.id",
             vec![org.0.into(), until_value(until).into()],
         ))
         .all(db)

@@ -12,6 +12,7 @@ mod hardening;
 mod http;
 mod jwks;
 mod localstripe;
+mod memberships;
 mod money;
 mod production;
 mod replicas;

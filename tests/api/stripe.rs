@@ -469,6 +469,21 @@ pub async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
             "details_submitted": true, "requirements": { "currently_due": [], "disabled_reason": null } }),
         )
     }
+    /// A subscription on the platform's or a connected account: its customer is `cus_member_1`.
+    async fn subscription(
+        State(s): S,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> axum::Json<Value> {
+        record(
+            &s,
+            "GET",
+            &format!("/v1/subscriptions/{id}"),
+            &headers,
+            &HashMap::new(),
+        );
+        axum::Json(json!({ "id": id, "object": "subscription", "customer": "cus_member_1" }))
+    }
     async fn invoice_items(
         State(s): S,
         headers: HeaderMap,
@@ -518,6 +533,7 @@ pub async fn fake_stripe() -> (String, std::sync::Arc<FakeStripe>) {
         .route("/v1/accounts", post(accounts))
         .route("/v1/accounts/{id}", get(account))
         .route("/v1/account_links", post(links))
+        .route("/v1/subscriptions/{id}", get(subscription))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
