@@ -182,12 +182,21 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
         "account.updated" => account_updated(&txn, &event).await?,
         "payment_intent.succeeded" => payment_succeeded(engine, &txn, &event).await?,
         kind if kind.starts_with("invoice.") => invoice(&txn, &event).await?,
+        // On a connected account: an organization's customer's subscription (a membership).
+        _ if event.account.is_some() => membership_subscription(engine, &txn, &event).await?,
         _ => subscription(engine, &txn, &event).await?,
     };
     match effect {
-        Some(Effect { org, alerts }) => {
+        Some(Effect {
+            org,
+            alerts,
+            membership,
+        }) => {
             outcome(Outcome::Applied, Some(org)).await?;
-            engine.commit_and_publish(txn, org, &alerts).await?;
+            match membership {
+                Some(m) => super::memberships::commit_and_publish(engine, txn, &[(org, m)]).await?,
+                None => engine.commit_and_publish(txn, org, &alerts).await?,
+            }
             Ok(Outcome::Applied)
         }
         None => {
@@ -202,6 +211,8 @@ pub async fn apply(engine: &Engine, event: Event) -> AppResult<Outcome> {
 struct Effect {
     org: OrganizationId,
     alerts: Vec<entity::usage_alert::Model>,
+    /// A membership that changed (a connected account's subscription event).
+    membership: Option<uuid::Uuid>,
 }
 
 /// The organization a Stripe customer (or `metadata.organization_id`) belongs to.
@@ -347,7 +358,11 @@ async fn subscription(
     } else {
         Vec::new()
     };
-    Ok(Some(Effect { org: oid, alerts }))
+    Ok(Some(Effect {
+        org: oid,
+        alerts,
+        membership: None,
+    }))
 }
 
 async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<Option<Effect>> {
@@ -384,6 +399,63 @@ async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
     Ok(Some(Effect {
         org: oid,
         alerts: Vec::new(),
+        membership: None,
+    }))
+}
+
+/// A subscription event on a connected account: the membership billed by that subscription
+/// follows it. past_due or unpaid makes an ACTIVE membership PAST_DUE (no benefits), active or
+/// trialing makes a PAST_DUE one ACTIVE again, canceled (or deleted) cancels it (its holds given
+/// back); each change audited with the event id as its reason. Anything else changes nothing.
+async fn membership_subscription(
+    engine: &Engine,
+    txn: &crate::store::db::WriteTxn,
+    event: &Event,
+) -> AppResult<Option<Effect>> {
+    use super::memberships::MembershipStatus as M;
+    use super::memberships::admin::{StatusAction, change_status_in};
+    let (Some(account), Some(sub)) = (event.account.as_deref(), event.object_id()) else {
+        return Ok(None);
+    };
+    let Some(known) = store::connect::by_stripe_account(&**txn, Scope::Platform, account).await?
+    else {
+        return Ok(None);
+    };
+    let org = OrganizationId(known.organization_id);
+    let Some(m) =
+        store::memberships::membership_by_subscription(&**txn, Scope::Platform, org, sub).await?
+    else {
+        return Ok(None);
+    };
+    let stripe_status = event
+        .object
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let deleted = event.kind == "customer.subscription.deleted";
+    let action = match (M::parse(&m.status), stripe_status) {
+        (M::Cancelled, _) => None,
+        (_, _) if deleted => Some(StatusAction::Cancel),
+        (_, "canceled" | "incomplete_expired") => Some(StatusAction::Cancel),
+        (M::Active, "past_due" | "unpaid") => Some(StatusAction::PastDue),
+        (M::PastDue, "active" | "trialing") => Some(StatusAction::Reinstate),
+        _ => None,
+    };
+    let Some(action) = action else {
+        return Ok(None);
+    };
+    let stripe = super::Viewer {
+        sub: "stripe".to_owned(),
+        org_id: None,
+        role: None,
+        platform: true,
+    };
+    let reason = Some(format!("Stripe event {}", event.id));
+    let changed = change_status_in(engine, &**txn, &stripe, m.id, action, reason).await?;
+    Ok(Some(Effect {
+        org,
+        alerts: Vec::new(),
+        membership: Some(changed.id),
     }))
 }
 
@@ -407,6 +479,7 @@ async fn account_updated(
     Ok(Some(Effect {
         org,
         alerts: Vec::new(),
+        membership: None,
     }))
 }
 
@@ -471,7 +544,11 @@ async fn payment_succeeded(
             super::money::Recorded::New(_, alerts) => alerts,
             super::money::Recorded::Existing(_) => Vec::new(),
         };
-    Ok(Some(Effect { org, alerts }))
+    Ok(Some(Effect {
+        org,
+        alerts,
+        membership: None,
+    }))
 }
 
 async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<Option<Effect>> {
@@ -572,6 +649,7 @@ async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
     Ok(Some(Effect {
         org: OrganizationId(payment.organization_id),
         alerts: Vec::new(),
+        membership: None,
     }))
 }
 

@@ -397,7 +397,7 @@ pub struct MembershipChange(pub entity::membership_change::Model);
 
 #[Object]
 impl MembershipChange {
-    /// SUBSCRIBE, PAUSE, RESUME or CANCEL.
+    /// SUBSCRIBE, PAUSE, RESUME, CANCEL, or (from its Stripe subscription) PAST_DUE and REINSTATE.
     async fn action(&self) -> &str {
         &self.0.action
     }

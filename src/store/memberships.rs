@@ -276,6 +276,24 @@ pub async fn memberships_of<C: ConnectionTrait>(
         .await
 }
 
+/// The membership an organization bills through a Stripe subscription (the newest, if several).
+pub async fn membership_by_subscription<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    subscription: &str,
+) -> Result<Option<membership::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    membership::Entity::find()
+        .filter(membership::Column::OrganizationId.eq(org.0))
+        .filter(membership::Column::StripeSubscriptionId.eq(subscription))
+        .order_by_desc(membership::Column::Id)
+        .one(db)
+        .await
+}
+
 /// Locks a membership for the rest of the transaction (a row lock on Postgres; SQLite writers are
 /// serialized) and answers it. Every change to a membership's status, usage or holds takes it
 /// first, so two bookings never take the last service twice.

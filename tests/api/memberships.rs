@@ -2836,3 +2836,133 @@ async fn booking_payments_and_audit(app: TestApp) {
 }
 
 both_engines!(payments_and_audit, super::booking_payments_and_audit);
+
+/// A membership follows its Stripe subscription on the organization's connected account: a failed
+/// payment (past_due) makes it PAST_DUE (no benefits: quotes are NONE), paid again ACTIVE, and a
+/// cancelled subscription cancels it and gives back its holds; each change audited with the event;
+/// a replayed event changes nothing, and the organization's own plan never moves.
+async fn memberships_follow_stripe(engine: Engine) {
+    let (url, _fake) = crate::stripe::fake_stripe().await;
+    let Some(app) = crate::helpers::spawn_app(
+        engine,
+        &[
+            "--stripe-secret-key",
+            "sk_test_123",
+            "--stripe-api-base",
+            &url,
+            "--stripe-webhook-secret",
+            crate::stripe::SECRET,
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let t = tenant(&app, "gym", "10").await;
+    app.ok(
+        &t.admin,
+        "mutation { createConnectAccount(input: {email: \"owner@gym.test\", country: \"us\"}) { stripeAccountId } }",
+        json!({}),
+    )
+    .await;
+    membership_plan(&app, &t, "five", 5, json!({})).await;
+    let c = customer(&app, &t, "member_9").await;
+    let m = subscribe(
+        &app,
+        &t,
+        &c,
+        "five",
+        json!({ "stripeSubscriptionId": "sub_m9" }),
+    )
+    .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    book(&app, &t.service, &c, "gym:1", "30.00").await;
+    let on_account = |id: &str, status: &str, kind: &str, created: i64| {
+        let mut e: Value = serde_json::from_str(&crate::stripe::event(
+            id,
+            kind,
+            created,
+            json!({ "id": "sub_m9", "object": "subscription", "customer": "cus_m9", "status": status,
+                "metadata": { "organization_id": t.id } }),
+        ))
+        .unwrap();
+        e["account"] = json!("acct_1");
+        e.to_string()
+    };
+    let t0 = chrono::Utc::now().timestamp() - 100;
+    let (s, body) = crate::stripe::deliver(
+        &app,
+        &on_account("evt_m1", "past_due", "customer.subscription.updated", t0),
+    )
+    .await;
+    assert_eq!((s, &body["outcome"]), (200, &json!("applied")), "{body}");
+    assert_eq!(membership(&app, &t.admin, &id).await["status"], "PAST_DUE");
+    let q = app
+        .ok(
+            &t.service,
+            "query($c: ID!) { quoteBooking(input: {customerId: $c, servicePrice: \"30.00\"}) { coverage } }",
+            json!({ "c": c }),
+        )
+        .await;
+    assert_eq!(
+        q["quoteBooking"]["coverage"], "NONE",
+        "no benefits while past due"
+    );
+    let (_, body) = crate::stripe::deliver(
+        &app,
+        &on_account("evt_m1", "past_due", "customer.subscription.updated", t0),
+    )
+    .await;
+    assert_eq!(body["outcome"], "replay");
+    crate::stripe::deliver(
+        &app,
+        &on_account("evt_m2", "active", "customer.subscription.updated", t0 + 1),
+    )
+    .await;
+    assert_eq!(membership(&app, &t.admin, &id).await["status"], "ACTIVE");
+    crate::stripe::deliver(
+        &app,
+        &on_account(
+            "evt_m3",
+            "canceled",
+            "customer.subscription.deleted",
+            t0 + 2,
+        ),
+    )
+    .await;
+    let after = membership(&app, &t.admin, &id).await;
+    assert_eq!(after["status"], "CANCELLED", "{after}");
+    assert_counts(
+        &after["usage"],
+        "0",
+        "0",
+        "5",
+        "the open booking's hold is given back",
+    );
+    let data = app
+        .ok(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { changes { action actor reason } } organization { plan { code } status } }",
+            json!({ "m": id }),
+        )
+        .await;
+    let actions: Vec<&str> = data["membership"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["SUBSCRIBE", "PAST_DUE", "REINSTATE", "CANCEL"]);
+    assert_eq!(
+        data["membership"]["changes"][3]["reason"],
+        "Stripe event evt_m3"
+    );
+    assert_eq!(data["membership"]["changes"][3]["actor"], "stripe");
+    assert_eq!(
+        data["organization"]["plan"]["code"], "fee-10",
+        "the organization's plan stays"
+    );
+    assert_eq!(data["organization"]["status"], "ACTIVE");
+}
+
+crate::per_engine!(follow_stripe, super::memberships_follow_stripe);

@@ -35,7 +35,7 @@ async fn deliver_signed(app: &TestApp, body: &str, signature: Option<&str>) -> (
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn deliver(app: &TestApp, body: &str) -> (u16, Value) {
+pub async fn deliver(app: &TestApp, body: &str) -> (u16, Value) {
     let now = chrono::Utc::now().timestamp();
     let sig = Webhook::generate_test_header(body, SECRET, Some(now));
     deliver_signed(app, body, Some(&sig)).await

@@ -263,6 +263,10 @@ pub enum StatusAction {
     Pause,
     Resume,
     Cancel,
+    /// Its Stripe subscription's payment failed (PAST_DUE: no benefits until it is paid).
+    PastDue,
+    /// Paid again: ACTIVE.
+    Reinstate,
 }
 
 /// pauseMembership, resumeMembership, cancelMembership: OWNER/ADMIN or the customer itself.
@@ -275,13 +279,29 @@ pub async fn change_status(
 ) -> AppResult<membership::Model> {
     let found = membership_for(&engine.db, viewer, id, Action::ManageMemberships, true).await?;
     let reason = optional_text("reason", reason, 1000)?;
-    let scope = viewer.scope();
-    let org = OrganizationId(found.organization_id);
     let txn = engine.db.begin_write().await?;
-    let mut m = store::memberships::lock_membership(&*txn, scope, found.id)
+    let m = change_status_in(engine, &*txn, viewer, found.id, action, reason).await?;
+    commit_and_publish(engine, txn, &[(OrganizationId(m.organization_id), m.id)]).await?;
+    Ok(m)
+}
+
+/// A membership's change of status inside the caller's transaction (the API's, or a Stripe
+/// webhook's): locked, checked against the current status (CONFLICT when it makes no sense),
+/// audited. Cancelling gives back every open booking's hold.
+pub(crate) async fn change_status_in<C: sea_orm::ConnectionTrait>(
+    engine: &Engine,
+    db: &C,
+    viewer: &Viewer,
+    id: Uuid,
+    action: StatusAction,
+    reason: Option<String>,
+) -> AppResult<membership::Model> {
+    let scope = viewer.scope();
+    let mut m = store::memberships::lock_membership(db, scope, id)
         .await?
         .ok_or_else(|| AppError::not_found("membership"))?;
-    let plan = plan_of(&*txn, &m).await?;
+    let org = OrganizationId(m.organization_id);
+    let plan = plan_of(db, &m).await?;
     let at = now(engine);
     let from = MembershipStatus::parse(&m.status);
     let refuse = |what: &str| {
@@ -317,34 +337,45 @@ pub async fn change_status(
             m.cancelled_at = Some(at);
             (MembershipStatus::Cancelled, "CANCEL")
         }
+        StatusAction::PastDue => {
+            if from != MembershipStatus::Active {
+                return refuse("past due");
+            }
+            (MembershipStatus::PastDue, "PAST_DUE")
+        }
+        StatusAction::Reinstate => {
+            if from != MembershipStatus::PastDue {
+                return refuse("reinstated");
+            }
+            (MembershipStatus::Active, "REINSTATE")
+        }
     };
     m.pauses = cycles::write_pauses(&pauses);
     m.status = to.as_str().to_owned();
     m.updated_at = at;
-    store::memberships::save_membership(&*txn, scope, &m).await?;
+    store::memberships::save_membership(db, scope, &m).await?;
     if action == StatusAction::Cancel {
         // Benefits end at once: every open booking's hold is given back.
-        for mut b in store::memberships::holding_bookings(&*txn, scope, org, m.id).await? {
+        for mut b in store::memberships::holding_bookings(db, scope, org, m.id).await? {
             let key = CycleKey {
                 org,
                 membership: m.id,
                 cycle: b.cycle.unwrap_or(0),
             };
-            store::memberships::change_usage(&*txn, scope, key, UsageChange::Release).await?;
+            store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
             b.holds_service = false;
             b.updated_at = at;
-            store::memberships::save_booking(&*txn, scope, &b).await?;
+            store::memberships::save_booking(db, scope, &b).await?;
         }
     }
     // The current cycle's counters carry its (possibly pushed) end.
-    open_cycle(&*txn, scope, &m, &plan, at).await?;
+    open_cycle(db, scope, &m, &plan, at).await?;
     store::memberships::insert_change(
-        &*txn,
+        db,
         scope,
         change_row(&m, name, Some(from.as_str()), viewer, reason, at),
     )
     .await?;
-    commit_and_publish(engine, txn, &[(org, m.id)]).await?;
     Ok(m)
 }
 
