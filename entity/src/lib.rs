@@ -8,6 +8,7 @@ pub mod enums;
 pub mod membership;
 pub mod membership_change;
 pub mod membership_plan;
+pub mod membership_plan_history;
 pub mod membership_usage;
 pub mod metric;
 pub mod organization;

@@ -122,6 +122,20 @@ enum MembershipChanges {
 }
 
 #[derive(DeriveIden)]
+enum MembershipPlanHistory {
+    Table,
+    Id,
+    OrganizationId,
+    PlanId,
+    Code,
+    Actor,
+    Reason,
+    Before,
+    After,
+    At,
+}
+
+#[derive(DeriveIden)]
 enum UsageEvents {
     Table,
     OrganizationId,
@@ -145,8 +159,9 @@ enum Organizations {
     Id,
 }
 
-const TENANT_TABLES: [&str; 6] = [
+const TENANT_TABLES: [&str; 7] = [
     "membership_plans",
+    "membership_plan_history",
     "customers",
     "memberships",
     "membership_usage",
@@ -235,6 +250,42 @@ impl MigrationTrait for Migration {
                     .col(MembershipPlans::OrganizationId)
                     .col(MembershipPlans::Code)
                     .unique()
+                    .to_owned(),
+            )
+            .await?;
+
+        // The audit of membership plans' prices and allowances: who changed what, why, before and after.
+        manager
+            .create_table(
+                Table::create()
+                    .table(MembershipPlanHistory::Table)
+                    .col(uuid(MembershipPlanHistory::Id).primary_key())
+                    .col(uuid(MembershipPlanHistory::OrganizationId))
+                    .col(uuid(MembershipPlanHistory::PlanId))
+                    .col(text(MembershipPlanHistory::Code, 64))
+                    .col(opt_text(MembershipPlanHistory::Actor, 255))
+                    .col(opt_text(MembershipPlanHistory::Reason, 1000))
+                    .col(ColumnDef::new(MembershipPlanHistory::Before).text().null())
+                    .col(
+                        ColumnDef::new(MembershipPlanHistory::After)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(ts(MembershipPlanHistory::At))
+                    .foreign_key(&mut tenant_fk(
+                        MembershipPlanHistory::Table,
+                        MembershipPlanHistory::OrganizationId,
+                    ))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_membership_plan_history")
+                    .table(MembershipPlanHistory::Table)
+                    .col(MembershipPlanHistory::OrganizationId)
+                    .col(MembershipPlanHistory::PlanId)
                     .to_owned(),
             )
             .await?;
@@ -526,6 +577,7 @@ impl MigrationTrait for Migration {
             "membership_usage",
             "memberships",
             "customers",
+            "membership_plan_history",
             "membership_plans",
         ] {
             manager

@@ -143,6 +143,56 @@ impl MembershipPlan {
     async fn active(&self) -> bool {
         self.0.active
     }
+    /// The audit of its changes (OWNER/ADMIN/VIEWER/MEMBER, not customers): who changed the price or allowance, why, the definition before and after, oldest first.
+    async fn history(&self, ctx: &Context<'_>) -> Result<Vec<MembershipPlanChange>> {
+        let rc = request_ctx(ctx)?;
+        let viewer = rc.viewer()?;
+        let id = self.0.organization_id.to_string();
+        dm::org_for(
+            &rc.engine.db,
+            viewer,
+            Some(&id),
+            Action::ReadMemberships,
+            false,
+        )
+        .await?;
+        let rows = store::memberships::plan_history(
+            &rc.engine.db,
+            rc.scope(),
+            OrganizationId(self.0.organization_id),
+            self.0.id,
+        )
+        .await
+        .map_err(AppError::from)?;
+        Ok(rows.into_iter().map(MembershipPlanChange).collect())
+    }
+}
+
+/// One audited change of a membership plan.
+pub struct MembershipPlanChange(pub entity::membership_plan_history::Model);
+
+#[Object]
+impl MembershipPlanChange {
+    async fn actor(&self) -> Option<&str> {
+        self.0.actor.as_deref()
+    }
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+    /// The definition before (null when the plan was created), as JSON.
+    async fn before(&self) -> Option<async_graphql::Json<serde_json::Value>> {
+        self.0
+            .before
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .map(async_graphql::Json)
+    }
+    async fn after(&self) -> async_graphql::Json<serde_json::Value> {
+        async_graphql::Json(serde_json::from_str(&self.0.after).unwrap_or_default())
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
 }
 
 pub struct Customer(pub customer::Model);
@@ -756,6 +806,8 @@ pub struct UpsertMembershipPlanInput {
     allow_overage: Option<bool>,
     overage_rate: Option<Dec>,
     active: Option<bool>,
+    /// Why, for the plan's audit (default "plan created" or "plan updated").
+    reason: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -976,6 +1028,7 @@ impl MembershipsMutation {
                 allow_overage: input.allow_overage,
                 overage_rate: input.overage_rate.map(|d| d.0),
                 active: input.active,
+                reason: input.reason,
             },
         )
         .await?;

@@ -523,6 +523,19 @@ impl Extension for TenantGateExt {
             e.extensions
                 .get_or_insert_with(Default::default)
                 .set("code", "FORBIDDEN");
+            let mut path: Vec<async_graphql::PathSegment> = std::iter::once(info.path_node)
+                .chain(info.path_node.parents())
+                .map(|n| match n.segment {
+                    async_graphql::QueryPathSegment::Name(name) => {
+                        async_graphql::PathSegment::Field(name.to_owned())
+                    }
+                    async_graphql::QueryPathSegment::Index(i) => {
+                        async_graphql::PathSegment::Index(i)
+                    }
+                })
+                .collect();
+            path.reverse();
+            e.path = path;
             return Err(e);
         }
         next.run(ctx, info).await

@@ -807,3 +807,37 @@ pub async fn changes_of<C: ConnectionTrait>(
         .all(db)
         .await
 }
+
+pub async fn insert_plan_history<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    row: entity::membership_plan_history::Model,
+) -> Result<(), DbErr> {
+    if !scope.allows(OrganizationId(row.organization_id)) {
+        return Ok(());
+    }
+    let active: entity::membership_plan_history::ActiveModel = row.into();
+    entity::membership_plan_history::Entity::insert(active)
+        .exec_without_returning(db)
+        .await
+        .map(|_| ())
+}
+
+/// A membership plan's audit, oldest first.
+pub async fn plan_history<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    plan: Uuid,
+) -> Result<Vec<entity::membership_plan_history::Model>, DbErr> {
+    use entity::membership_plan_history as h;
+    if !scope.allows(org) {
+        return Ok(vec![]);
+    }
+    h::Entity::find()
+        .filter(h::Column::OrganizationId.eq(org.0))
+        .filter(h::Column::PlanId.eq(plan))
+        .order_by_asc(h::Column::Id)
+        .all(db)
+        .await
+}

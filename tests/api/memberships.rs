@@ -2783,8 +2783,31 @@ async fn booking_payments_and_audit(app: TestApp) {
         (&json!("160.00"), &json!("25.00"))
     );
 
-    // The audit of a membership's status.
+    // The audit of a membership plan: created, then its allowance changed with a reason; the
+    // same definition again writes nothing; a customer may not read it.
     membership_plan(&app, &t, "five", 5, json!({})).await;
+    membership_plan(&app, &t, "five", 6, json!({ "reason": "summer offer" })).await;
+    membership_plan(&app, &t, "five", 6, json!({ "reason": "no change" })).await;
+    const HISTORY: &str =
+        "{ organization { membershipPlans { code history { actor reason before after } } } }";
+    let data = app.ok(&t.admin, HISTORY, json!({})).await;
+    let h = &data["organization"]["membershipPlans"][0]["history"];
+    assert_eq!(h.as_array().map(Vec::len), Some(2), "{h}");
+    assert_eq!(h[0]["reason"], "plan created");
+    assert!(h[0]["before"].is_null());
+    assert_eq!(h[1]["reason"], "summer offer");
+    assert_eq!(h[1]["before"]["servicesPerCycle"], 5);
+    assert_eq!(h[1]["after"]["servicesPerCycle"], 6);
+    assert_eq!(h[1]["after"]["price"], "49");
+    assert!(
+        h[1]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("user-admin")),
+        "{h}"
+    );
+    membership_plan(&app, &t, "five", 5, json!({})).await;
+
+    // The audit of a membership's status.
     let c = customer(&app, &t, "audited").await;
     let m = subscribe(&app, &t, &c, "five", json!({})).await;
     let id = m["id"].as_str().unwrap();
@@ -2833,6 +2856,15 @@ async fn booking_payments_and_audit(app: TestApp) {
         ]
     );
     assert_eq!(data["membership"]["changes"][2]["actor"], "audited");
+    // A customer reads its membership's plan, not the plan's audit.
+    let body = app
+        .gql(
+            &me,
+            "query($m: ID!) { membership(id: $m) { plan { code history { reason } } } }",
+            json!({ "m": id }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("FORBIDDEN"), "{body}");
 }
 
 both_engines!(payments_and_audit, super::booking_payments_and_audit);

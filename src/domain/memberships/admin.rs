@@ -35,6 +35,23 @@ pub struct PlanInput {
     pub allow_overage: Option<bool>,
     pub overage_rate: Option<Decimal>,
     pub active: Option<bool>,
+    pub reason: Option<String>,
+}
+
+/// A plan's definition as its audit rows keep it (amounts in major units, exact).
+fn definition(p: &membership_plan::Model) -> serde_json::Value {
+    let d = |v: i64| Amount::from_scaled(v).to_decimal().normalize().to_string();
+    serde_json::json!({
+        "name": p.name,
+        "price": d(p.price),
+        "currency": p.currency,
+        "interval": p.interval,
+        "servicesPerCycle": p.services_per_cycle,
+        "discountPct": d(p.discount_pct),
+        "allowOverage": p.allow_overage,
+        "overageRate": p.overage_rate.map(d),
+        "active": p.active,
+    })
 }
 
 fn percent(field: &str, d: Decimal) -> AppResult<i64> {
@@ -47,7 +64,9 @@ fn percent(field: &str, d: Decimal) -> AppResult<i64> {
 }
 
 /// upsertMembershipPlan: OWNER/ADMIN, by code; a plan's later changes apply to cycles that begin
-/// after them (a cycle keeps the allowance it started with).
+/// after them (a cycle keeps the allowance it started with). Each change is audited (actor,
+/// reason, the definition before and after) in the same transaction; an unchanged definition
+/// writes nothing.
 pub async fn upsert_plan(
     engine: &Engine,
     viewer: &Viewer,
@@ -100,10 +119,45 @@ pub async fn upsert_plan(
         created_at: now,
         updated_at: now,
     };
+    let reason = optional_text("reason", input.reason.as_deref(), 1000)?;
+    let scope = viewer.scope();
+    let org_id = OrganizationId(org.id);
     let txn = engine.db.begin_write().await?;
-    let stored = store::memberships::upsert_plan(&*txn, viewer.scope(), row)
+    let before = store::memberships::plan_by_code(&*txn, scope, org_id, &row.code).await?;
+    if let Some(b) = &before
+        && definition(b) == definition(&row)
+    {
+        txn.rollback().await?;
+        return Ok(b.clone());
+    }
+    let stored = store::memberships::upsert_plan(&*txn, scope, row)
         .await?
         .ok_or_else(|| AppError::not_found("organization"))?;
+    store::memberships::insert_plan_history(
+        &*txn,
+        scope,
+        entity::membership_plan_history::Model {
+            id: Uuid::now_v7(),
+            organization_id: org.id,
+            plan_id: stored.id,
+            code: stored.code.clone(),
+            actor: Some(viewer.sub.clone()),
+            reason: reason.or_else(|| {
+                Some(
+                    if before.is_some() {
+                        "plan updated"
+                    } else {
+                        "plan created"
+                    }
+                    .to_owned(),
+                )
+            }),
+            before: before.as_ref().map(|b| definition(b).to_string()),
+            after: definition(&stored).to_string(),
+            at: Utc::now(),
+        },
+    )
+    .await?;
     txn.commit().await?;
     Ok(stored)
 }
