@@ -334,7 +334,8 @@ pub async fn session_from_token(
 ) -> Result<(Viewer, i64), AppError> {
     let claims = keys.verify(token).await?;
     let exp = claims.exp;
-    if claims.sub.trim().is_empty() {
+    // A NUL cannot be stored or compared by Postgres: such a subject is nobody.
+    if claims.sub.trim().is_empty() || claims.sub.contains('\0') {
         return Err(AppError::Unauthenticated(
             "token lacks a required claim".into(),
         ));

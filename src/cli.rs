@@ -147,7 +147,7 @@ fn token(settings: Settings, args: TokenArgs) -> anyhow::Result<()> {
     }
     let role = match args.role.as_deref() {
         Some(r) => Some(Role::parse(r).ok_or_else(|| {
-            anyhow::anyhow!("unknown role {r:?}: OWNER, ADMIN, MEMBER, VIEWER or SERVICE")
+            anyhow::anyhow!("unknown role {r:?}: OWNER, ADMIN, MEMBER, VIEWER, SERVICE or CUSTOMER")
         })?),
         None => None,
     };

@@ -74,7 +74,7 @@ pub struct TokenArgs {
     /// The organization id (`org_id` claim); optional for platform-team members.
     #[arg(long)]
     pub org: Option<String>,
-    /// OWNER, ADMIN, MEMBER, VIEWER or SERVICE.
+    /// OWNER, ADMIN, MEMBER, VIEWER, SERVICE or CUSTOMER.
     #[arg(long)]
     pub role: Option<String>,
     /// Lifetime, such as 30m, 1h, 7d.

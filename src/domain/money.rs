@@ -217,6 +217,28 @@ pub async fn record_payment_in(
         )
         .await?
     {
+        if b.coverage == "OVERAGE"
+            && let Some(mid) = b.membership_id
+            && store::memberships::memberships_by_ids(&**txn, viewer.scope(), &[mid])
+                .await?
+                .iter()
+                .any(|m| m.stripe_subscription_id.is_some())
+        {
+            return Err(AppError::bad_input(format!(
+                "booking {} is overage of a membership billed by its Stripe subscription: it is paid on that subscription's invoice, not at booking",
+                crate::error::quote(r)
+            )));
+        }
+        if let Some(paid) =
+            store::payments::by_reference(&**txn, viewer.scope(), OrganizationId(org.id), r).await?
+            && paid.stripe_payment_intent_id != intent
+        {
+            return Err(AppError::conflict(format!(
+                "booking {} was already paid (payment {})",
+                crate::error::quote(r),
+                crate::error::quote(&paid.stripe_payment_intent_id)
+            )));
+        }
         let total = Amount::from_scaled(b.total).to_decimal();
         if total != quote.amount || b.currency != quote.currency.as_str() {
             return Err(AppError::bad_input(format!(

@@ -344,7 +344,7 @@ impl Membership {
             .map(MembershipUsage)
             .ok_or_else(|| AppError::not_found("membership").into())
     }
-    /// One summary per cycle overlapping [from, to], oldest first (default: from the start to now; at most the latest 120 cycles).
+    /// One summary per cycle overlapping [from, to], oldest first (default: the last 12 cycles up to `to`, default now; at most 120 cycles).
     #[graphql(complexity = "super::page_complexity(Some(12), child_complexity)")]
     async fn usage_history(
         &self,
@@ -360,11 +360,15 @@ impl Membership {
             .map(|t| bounded_instant("to", t))
             .transpose()?
             .unwrap_or(now);
-        let from = from.unwrap_or(self.0.started_at);
-        if from > to {
-            return Err(AppError::bad_input("from must not be after to").into());
-        }
-        let cycles = dm::schedule(&self.0, &plan, now).cycles_between(from, to, 120)?;
+        let schedule = dm::schedule(&self.0, &plan, now);
+        let cycles = match from {
+            // Without from: the last 12 cycles up to `to`.
+            None => schedule.last_cycles(to, 12)?,
+            Some(from) if from > to => {
+                return Err(AppError::bad_input("from must not be after to").into());
+            }
+            Some(from) => schedule.cycles_between(from, to, 120)?,
+        };
         let views = dm::usage_of(&rc.engine.db, rc.scope(), &self.0, &plan, &cycles).await?;
         Ok(views.into_iter().map(MembershipUsage).collect())
     }
@@ -804,7 +808,8 @@ pub struct UpsertMembershipPlanInput {
     services_per_cycle: i32,
     discount_pct: Option<Dec>,
     allow_overage: Option<bool>,
-    overage_rate: Option<Dec>,
+    /// Left out: kept (an update); null: no rate (overage at the discounted price).
+    overage_rate: async_graphql::MaybeUndefined<Dec>,
     active: Option<bool>,
     /// Why, for the plan's audit (default "plan created" or "plan updated").
     reason: Option<String>,
@@ -1026,7 +1031,11 @@ impl MembershipsMutation {
                 services_per_cycle: input.services_per_cycle,
                 discount_pct: input.discount_pct.map(|d| d.0),
                 allow_overage: input.allow_overage,
-                overage_rate: input.overage_rate.map(|d| d.0),
+                overage_rate: match input.overage_rate {
+                    async_graphql::MaybeUndefined::Undefined => None,
+                    async_graphql::MaybeUndefined::Null => Some(None),
+                    async_graphql::MaybeUndefined::Value(d) => Some(Some(d.0)),
+                },
                 active: input.active,
                 reason: input.reason,
             },

@@ -335,6 +335,42 @@ pub fn build_schema_with(
     schema
 }
 
+/// Whether a document's text holds a NUL, raw or escaped in a string (`\u0000`, `\u{0}`).
+fn has_nul_text(query: &str) -> bool {
+    if query.contains('\0') {
+        return true;
+    }
+    let b = query.as_bytes();
+    b.windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == b"\\u")
+        .any(|(i, _)| {
+            let rest = &b[i + 2..];
+            match rest.first() {
+                Some(b'{') => {
+                    let digits: Vec<u8> = rest[1..]
+                        .iter()
+                        .copied()
+                        .take_while(|c| *c != b'}')
+                        .collect();
+                    !digits.is_empty() && digits.iter().all(|c| *c == b'0')
+                }
+                _ => rest.len() >= 4 && rest[..4].iter().all(|c| *c == b'0'),
+            }
+        })
+}
+
+/// Whether a value holds a string with a NUL character anywhere.
+fn has_nul(v: &async_graphql::Value) -> bool {
+    match v {
+        async_graphql::Value::String(s) => s.contains('\0'),
+        async_graphql::Value::Enum(e) => e.contains('\0'),
+        async_graphql::Value::List(l) => l.iter().any(has_nul),
+        async_graphql::Value::Object(o) => o.iter().any(|(k, x)| k.contains('\0') || has_nul(x)),
+        _ => false,
+    }
+}
+
 /// The customer wall: a CUSTOMER token reaches only the memberships part of the API (its own
 /// records, which the domain checks id by id) and its organization's id, name and slug; everything
 /// else of its organization (usage, alerts, plans, money) answers FORBIDDEN, wherever the field sits.
@@ -560,6 +596,13 @@ impl Extension for TenantGateExt {
             e
         };
         self.limits.check_text(query).map_err(too_large)?;
+        // No text reaches the database with a NUL in it (Postgres refuses it): one rule for every
+        // argument, literal or variable.
+        if has_nul_text(query) || variables.iter().any(|(_, v)| has_nul(v)) {
+            return Err(too_large(
+                "text must not contain NUL (\\u0000) characters".to_owned(),
+            ));
+        }
         if self.documents.parsed(query).is_none()
             && let Ok(doc) = async_graphql::parser::parse_query(query)
         {
@@ -774,6 +817,15 @@ fn collect_roots<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nul_is_found_raw_or_escaped() {
+        assert!(super::has_nul_text("{ a(x: \"\0\") }"));
+        assert!(super::has_nul_text(r#"{ a(x: "p\u0000x") }"#));
+        assert!(super::has_nul_text(r#"{ a(x: "\u{00}") }"#));
+        assert!(!super::has_nul_text(r#"{ a(x: "\u0041 \u{41}") }"#));
+        assert!(!super::has_nul_text("{ a }"));
+    }
+
     use futures_util::StreamExt;
 
     #[tokio::test]

@@ -113,6 +113,24 @@ pub async fn plans_by_ids<C: ConnectionTrait>(
     .await
 }
 
+/// Whether any membership (whatever its status) is of this plan.
+pub async fn plan_in_use<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    plan: Uuid,
+) -> Result<bool, DbErr> {
+    if !scope.allows(org) {
+        return Ok(false);
+    }
+    Ok(membership::Entity::find()
+        .filter(membership::Column::OrganizationId.eq(org.0))
+        .filter(membership::Column::PlanId.eq(plan))
+        .one(db)
+        .await?
+        .is_some())
+}
+
 // ---- customers ----
 
 /// Inserts a customer unless its externalId is taken in the organization (then false).
@@ -610,8 +628,8 @@ pub async fn bookings_page<C: ConnectionTrait>(
         .await
 }
 
-/// The bookings of a membership that hold a service.
-pub async fn holding_bookings<C: ConnectionTrait>(
+/// The open bookings of a membership (neither COMPLETED nor CANCELLED), holding a service or not.
+pub async fn open_bookings<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
     org: OrganizationId,
@@ -623,7 +641,7 @@ pub async fn holding_bookings<C: ConnectionTrait>(
     booking::Entity::find()
         .filter(booking::Column::OrganizationId.eq(org.0))
         .filter(booking::Column::MembershipId.eq(membership))
-        .filter(booking::Column::HoldsService.eq(true))
+        .filter(booking::Column::Status.is_not_in(["COMPLETED", "CANCELLED"]))
         .order_by_asc(booking::Column::Id)
         .all(db)
         .await

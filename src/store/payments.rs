@@ -240,3 +240,21 @@ pub async fn platform_revenue<C: ConnectionTrait>(
         })
         .collect()
 }
+
+/// A payment of an organization carrying `reference` (the first, if several).
+pub async fn by_reference<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    reference: &str,
+) -> Result<Option<payment::Model>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    payment::Entity::find()
+        .filter(payment::Column::OrganizationId.eq(org.0))
+        .filter(payment::Column::Reference.eq(reference))
+        .order_by_asc(payment::Column::Id)
+        .one(db)
+        .await
+}

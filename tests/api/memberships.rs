@@ -2998,3 +2998,190 @@ async fn memberships_follow_stripe(engine: Engine) {
 }
 
 crate::per_engine!(follow_stripe, super::memberships_follow_stripe);
+
+/// What an outside probe found, kept fixed: cancelling a membership prices its open bookings in
+/// full (completing one later uses nothing and bills nothing); text with a NUL is refused up
+/// front on both engines; a plan update keeps what it does not name and may not change the
+/// interval or currency under existing memberships; usageHistory over more than 120 cycles is
+/// refused, not cut; the overage of a Stripe-billed membership is not paid at booking; a booking is
+/// paid once.
+async fn probe_findings(app: TestApp) {
+    let t = tenant(&app, "probed", "10").await;
+    membership_plan(
+        &app,
+        &t,
+        "one",
+        1,
+        json!({ "allowOverage": true, "overageRate": "25.00", "currency": "eur" }),
+    )
+    .await;
+    let c = customer(&app, &t, "p1").await;
+    let m = subscribe(
+        &app,
+        &t,
+        &c,
+        "one",
+        json!({ "stripeSubscriptionId": "sub_p1" }),
+    )
+    .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let b1 = app
+        .ok(
+            &t.service,
+            CREATE_BOOKING,
+            json!({ "i": { "reference": "p:1", "customerId": c, "servicePrice": "80.00" } }),
+        )
+        .await;
+    assert_eq!(b1["createBooking"]["quote"]["coverage"], "INCLUDED");
+    let b2 = app
+        .ok(
+            &t.service,
+            CREATE_BOOKING,
+            json!({ "i": { "reference": "p:2", "customerId": c, "servicePrice": "80.00" } }),
+        )
+        .await;
+    assert_eq!(b2["createBooking"]["quote"]["coverage"], "OVERAGE");
+    // The overage of a Stripe-billed membership is paid on the subscription's invoice.
+    const PAY: &str =
+        "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { applicationFee } }";
+    let body = app
+        .gql(
+            &t.service,
+            PAY,
+            json!({ "i": { "stripePaymentIntentId": "pi_p2", "amount": "25.00", "currency": "eur", "reference": "p:2" } }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+
+    // A plan update keeps the currency and rate it does not name; the interval cannot change.
+    let plan = membership_plan(
+        &app,
+        &t,
+        "one",
+        2,
+        json!({ "currency": null, "overageRate": "30.00", "allowOverage": true }),
+    )
+    .await;
+    assert_eq!(
+        (plan["currency"].as_str(), plan["overageRate"].as_str()),
+        (Some("eur"), Some("30.00")),
+        "{plan}"
+    );
+    let kept = app
+        .ok(
+            &t.admin,
+            UPSERT_PLAN,
+            json!({ "i": { "code": "one", "name": "Plan one", "price": "49.00", "interval": "MONTH", "servicesPerCycle": 2 } }),
+        )
+        .await;
+    let kept = &kept["upsertMembershipPlan"];
+    assert_eq!(
+        (
+            kept["currency"].as_str(),
+            kept["overageRate"].as_str(),
+            kept["allowOverage"].as_bool()
+        ),
+        (Some("eur"), Some("30.00"), Some(true)),
+        "{kept}"
+    );
+    let body = app
+        .gql(
+            &t.admin,
+            UPSERT_PLAN,
+            json!({ "i": { "code": "one", "name": "Plan one", "price": "49.00", "interval": "WEEK", "servicesPerCycle": 2 } }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("CONFLICT"), "{body}");
+
+    // Cancelling: both open bookings are priced in full and hold nothing; completing one later
+    // uses nothing.
+    app.ok(&t.admin, CANCEL, json!({ "i": { "membershipId": id } }))
+        .await;
+    let data = app
+        .ok(&t.admin, "{ a: booking(reference: \"p:1\") { holdsService membership { id } quote { coverage total } } }", json!({}))
+        .await;
+    assert_eq!(data["a"]["quote"]["coverage"], "NONE", "{data}");
+    assert_eq!(data["a"]["quote"]["total"], "80.00");
+    assert_eq!(data["a"]["holdsService"], false);
+    assert!(data["a"]["membership"].is_null());
+    move_to(&app, &t.service, "p:1", "COMPLETED").await;
+    move_to(&app, &t.service, "p:2", "COMPLETED").await;
+    let u = usage(&app, &t.admin, &id).await;
+    assert_eq!(
+        (qty(&u["used"]), qty(&u["held"]), qty(&u["overageCount"])),
+        ("0".to_owned(), "0".to_owned(), "0".to_owned()),
+        "{u}"
+    );
+    // Paid once: a second payment for the same booking is a CONFLICT.
+    app.ok(
+        &t.service,
+        PAY,
+        json!({ "i": { "stripePaymentIntentId": "pi_a", "amount": "80.00", "currency": "eur", "reference": "p:1" } }),
+    )
+    .await;
+    let body = app
+        .gql(
+            &t.service,
+            PAY,
+            json!({ "i": { "stripePaymentIntentId": "pi_b", "amount": "80.00", "currency": "eur", "reference": "p:1" } }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("CONFLICT"), "{body}");
+
+    // NUL in any text: BAD_USER_INPUT before anything runs, as a literal or a variable.
+    let body = app
+        .gql(
+            &t.service,
+            "{ booking(reference: \"p\\u0000x\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    let body = app
+        .gql(
+            &t.admin,
+            CREATE_BOOKING,
+            json!({ "i": { "reference": "x\u{0}y", "servicePrice": "1.00" } }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+
+    // usageHistory: more than 120 cycles is refused; without `from`, the last 12.
+    let w = customer(&app, &t, "weekly").await;
+    membership_plan(&app, &t, "wk", 1, json!({ "interval": "WEEK" })).await;
+    let wm = subscribe(
+        &app,
+        &t,
+        &w,
+        "wk",
+        json!({ "startsAt": "1970-01-01T00:00:00Z" }),
+    )
+    .await;
+    const HIST: &str = "query($m: ID!, $f: DateTime) { membership(id: $m) { usageHistory(from: $f) { cycleStart } } }";
+    let body = app
+        .gql(
+            &t.admin,
+            HIST,
+            json!({ "m": wm["id"], "f": "1970-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    let data = app.ok(&t.admin, HIST, json!({ "m": wm["id"] })).await;
+    assert_eq!(
+        data["membership"]["usageHistory"].as_array().map(Vec::len),
+        Some(12)
+    );
+    let body = app
+        .gql(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { usage(at: \"9999-12-31T23:59:59Z\") { cycleStart cycleEnd } } }",
+            json!({ "m": wm["id"] }),
+        )
+        .await;
+    let start = body["data"]["membership"]["usage"]["cycleStart"]
+        .as_str()
+        .unwrap_or("");
+    assert!(start.starts_with("9999-12"), "{body}");
+}
+
+both_engines!(probed, super::probe_findings);

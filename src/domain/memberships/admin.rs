@@ -33,7 +33,8 @@ pub struct PlanInput {
     pub services_per_cycle: i32,
     pub discount_pct: Option<Decimal>,
     pub allow_overage: Option<bool>,
-    pub overage_rate: Option<Decimal>,
+    /// None: keep (an update) or none (a new plan); Some(None): no rate.
+    pub overage_rate: Option<Option<Decimal>>,
     pub active: Option<bool>,
     pub reason: Option<String>,
 }
@@ -89,17 +90,33 @@ pub async fn upsert_plan(
         })?
         .into_inner();
     let name = required_text("name", &input.name, 255)?;
-    let currency = Currency::parse(input.currency.as_deref().unwrap_or("usd"))?;
-    let price = super::pricing::check_price("price", input.price, &currency)?;
     if !(0..=100_000).contains(&input.services_per_cycle) {
         return Err(AppError::bad_input(
             "servicesPerCycle must be between 0 and 100000",
         ));
     }
-    let overage_rate = input
-        .overage_rate
-        .map(|r| super::pricing::check_price("overageRate", r, &currency))
-        .transpose()?;
+    let reason = optional_text("reason", input.reason.as_deref(), 1000)?;
+    let scope = viewer.scope();
+    let org_id = OrganizationId(org.id);
+    let txn = engine.db.begin_write().await?;
+    let before = store::memberships::plan_by_code(&*txn, scope, org_id, &code).await?;
+    // An update keeps what it does not name.
+    let currency = Currency::parse(
+        input
+            .currency
+            .as_deref()
+            .or(before.as_ref().map(|b| b.currency.as_str()))
+            .unwrap_or("usd"),
+    )?;
+    let price = super::pricing::check_price("price", input.price, &currency)?;
+    let overage_rate = match input.overage_rate {
+        Some(r) => r
+            .map(|r| super::pricing::check_price("overageRate", r, &currency))
+            .transpose()?
+            .map(|r| Amount::parse("overageRate", r).map(Amount::scaled))
+            .transpose()?,
+        None => before.as_ref().and_then(|b| b.overage_rate),
+    };
     let now = Utc::now();
     let row = membership_plan::Model {
         id: Uuid::now_v7(),
@@ -110,25 +127,37 @@ pub async fn upsert_plan(
         currency: currency.as_str().to_owned(),
         interval: input.interval.as_str().to_owned(),
         services_per_cycle: input.services_per_cycle,
-        discount_pct: percent("discountPct", input.discount_pct.unwrap_or_default())?,
-        allow_overage: input.allow_overage.unwrap_or(false),
-        overage_rate: overage_rate
-            .map(|r| Amount::parse("overageRate", r).map(Amount::scaled))
-            .transpose()?,
-        active: input.active.unwrap_or(true),
+        discount_pct: match input.discount_pct {
+            Some(d) => percent("discountPct", d)?,
+            None => before.as_ref().map(|b| b.discount_pct).unwrap_or(0),
+        },
+        allow_overage: input
+            .allow_overage
+            .or(before.as_ref().map(|b| b.allow_overage))
+            .unwrap_or(false),
+        overage_rate,
+        active: input
+            .active
+            .or(before.as_ref().map(|b| b.active))
+            .unwrap_or(true),
         created_at: now,
         updated_at: now,
     };
-    let reason = optional_text("reason", input.reason.as_deref(), 1000)?;
-    let scope = viewer.scope();
-    let org_id = OrganizationId(org.id);
-    let txn = engine.db.begin_write().await?;
-    let before = store::memberships::plan_by_code(&*txn, scope, org_id, &row.code).await?;
-    if let Some(b) = &before
-        && definition(b) == definition(&row)
-    {
-        txn.rollback().await?;
-        return Ok(b.clone());
+    if let Some(b) = &before {
+        if definition(b) == definition(&row) {
+            txn.rollback().await?;
+            return Ok(b.clone());
+        }
+        // Memberships' cycles and counters are in the plan's interval and currency: changing them
+        // would rewrite their past. A new plan (code) is the way.
+        if (b.interval != row.interval || b.currency != row.currency)
+            && store::memberships::plan_in_use(&*txn, scope, org_id, b.id).await?
+        {
+            txn.rollback().await?;
+            return Err(AppError::conflict(
+                "the plan has memberships: its interval and currency cannot change (create a plan with a new code)",
+            ));
+        }
     }
     let stored = store::memberships::upsert_plan(&*txn, scope, row)
         .await?
@@ -360,7 +389,7 @@ pub(crate) async fn change_status_in<C: sea_orm::ConnectionTrait>(
     let from = MembershipStatus::parse(&m.status);
     let refuse = |what: &str| {
         Err(AppError::conflict(format!(
-            "a {} membership cannot be {what}",
+            "a membership in state {} cannot be {what}",
             from.as_str()
         )))
     };
@@ -409,17 +438,9 @@ pub(crate) async fn change_status_in<C: sea_orm::ConnectionTrait>(
     m.updated_at = at;
     store::memberships::save_membership(db, scope, &m).await?;
     if action == StatusAction::Cancel {
-        // Benefits end at once: every open booking's hold is given back.
-        for mut b in store::memberships::holding_bookings(db, scope, org, m.id).await? {
-            let key = CycleKey {
-                org,
-                membership: m.id,
-                cycle: b.cycle.unwrap_or(0),
-            };
-            store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
-            b.holds_service = false;
-            b.updated_at = at;
-            store::memberships::save_booking(db, scope, &b).await?;
+        // Benefits end at once: every open booking gives its hold back and is priced in full.
+        for b in store::memberships::open_bookings(db, scope, org, m.id).await? {
+            super::bookings::detach(db, engine, viewer, &b).await?;
         }
     }
     // The current cycle's counters carry its (possibly pushed) end.

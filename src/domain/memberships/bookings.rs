@@ -493,7 +493,7 @@ pub async fn update_status(
     if !from.may_become(to) {
         txn.rollback().await?;
         return Err(AppError::conflict(format!(
-            "a {} booking cannot become {}",
+            "a booking in state {} cannot become {}",
             from.as_str(),
             to.as_str()
         )));
@@ -625,7 +625,7 @@ pub async fn link(
         Some(s) => {
             txn.rollback().await?;
             return Err(AppError::conflict(format!(
-                "a {} booking cannot become {}",
+                "a booking in state {} cannot become {}",
                 from.as_str(),
                 s.as_str()
             )));
@@ -719,13 +719,27 @@ pub async fn unlink(
         ));
     }
     store::memberships::lock_membership(&*txn, scope, mid).await?;
-    if b.holds_service {
+    b = detach(&*txn, engine, viewer, &b).await?;
+    commit_and_publish(engine, txn, &[(OrganizationId(org.id), mid)]).await?;
+    Ok(b)
+}
+
+/// A booking taken off its membership (unlinked, or its membership cancelled): its hold given back,
+/// priced in full (NONE) with the fee it was priced with, saved. The membership is locked.
+pub(crate) async fn detach<C: ConnectionTrait>(
+    db: &C,
+    engine: &Engine,
+    viewer: &Viewer,
+    b: &booking::Model,
+) -> AppResult<booking::Model> {
+    let scope = viewer.scope();
+    if let (Some(mid), true) = (b.membership_id, b.holds_service) {
         let key = CycleKey {
-            org: OrganizationId(org.id),
+            org: OrganizationId(b.organization_id),
             membership: mid,
             cycle: b.cycle.unwrap_or(0),
         };
-        store::memberships::change_usage(&*txn, scope, key, UsageChange::Release).await?;
+        store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
     }
     let q = pricing::quote(QuoteInput {
         service_price: Amount::from_scaled(b.service_price).to_decimal(),
@@ -742,7 +756,6 @@ pub async fn unlink(
         plan: None,
         cycle: None,
     };
-    let at = now(engine);
     let mut row = booking_row(
         b.id,
         b.organization_id,
@@ -751,11 +764,9 @@ pub async fn unlink(
         BookingStatus::parse(&b.status),
         b.guest,
         &priced,
-        at,
+        now(engine),
     )?;
     row.created_at = b.created_at;
-    b = row;
-    store::memberships::save_booking(&*txn, scope, &b).await?;
-    commit_and_publish(engine, txn, &[(OrganizationId(org.id), mid)]).await?;
-    Ok(b)
+    store::memberships::save_booking(db, scope, &row).await?;
+    Ok(row)
 }

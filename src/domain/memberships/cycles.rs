@@ -65,8 +65,9 @@ pub struct Schedule {
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 
-/// Most cycles a schedule is walked through (a weekly membership over 190 years).
-const MAX_CYCLES: i64 = 10_000;
+/// Most cycles a schedule is walked through: a weekly membership from 1970 to 9999 (the dates this
+/// server handles) has about 420,000.
+const MAX_CYCLES: i64 = 600_000;
 
 impl Schedule {
     /// The boundary ending cycle `k - 1` and starting cycle `k` (boundary 0 is the anchor).
@@ -114,17 +115,30 @@ impl Schedule {
         self.cycle(lo)
     }
 
-    /// Cycles overlapping [from, to], oldest first, at most `limit` (the latest ones).
+    /// Cycles overlapping [from, to], oldest first; more than `limit` is refused (narrow the range).
     pub fn cycles_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: usize,
     ) -> AppResult<Vec<Cycle>> {
-        let first = self.cycle_at(from.max(self.anchor))?.index as i64;
-        let last = self.cycle_at(to)?.index as i64;
-        let first = first.max(last - limit as i64 + 1);
+        let first = i64::from(self.cycle_at(from.max(self.anchor))?.index);
+        let last = i64::from(self.cycle_at(to)?.index);
+        if last - first >= limit as i64 {
+            return Err(AppError::bad_input(format!(
+                "from..to spans {} cycles: at most {limit} at a time",
+                last - first + 1
+            )));
+        }
         (first..=last).map(|k| self.cycle(k)).collect()
+    }
+
+    /// The `n` cycles up to the one containing `to`, oldest first (fewer near the start).
+    pub fn last_cycles(&self, to: DateTime<Utc>, n: i64) -> AppResult<Vec<Cycle>> {
+        let last = i64::from(self.cycle_at(to)?.index);
+        ((last - n + 1).max(0)..=last)
+            .map(|k| self.cycle(k))
+            .collect()
     }
 }
 
@@ -219,5 +233,25 @@ mod tests {
             .unwrap();
         assert_eq!(h.len(), 3);
         assert_eq!(h[2].index, 2);
+        assert!(
+            y.cycles_between(t("2020-01-01T00:00:00Z"), t("2031-01-01T00:00:00Z"), 2)
+                .is_err()
+        );
+        // Weekly from 1970, read at the far end of the dates handled: exact, not capped.
+        let far = Schedule {
+            interval: Interval::Week,
+            ..monthly("1970-01-01T00:00:00Z")
+        };
+        let c = far.cycle_at(t("9999-12-31T23:59:59Z")).unwrap();
+        assert!(
+            c.start <= t("9999-12-31T23:59:59Z") && t("9999-12-31T23:59:59Z") < c.end,
+            "{c:?}"
+        );
+        assert_eq!(
+            far.last_cycles(t("1970-01-20T00:00:00Z"), 12)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }
