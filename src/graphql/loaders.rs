@@ -129,3 +129,116 @@ impl Loader<UsageKey> for Loaders {
         Ok(out)
     }
 }
+
+/// A membership plan by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MembershipPlanKey(pub Uuid);
+
+impl Loader<MembershipPlanKey> for Loaders {
+    type Value = entity::membership_plan::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[MembershipPlanKey],
+    ) -> Result<HashMap<MembershipPlanKey, Self::Value>, Self::Error> {
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let rows = store::memberships::plans_by_ids(&self.engine.db, self.scope, &ids)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (MembershipPlanKey(p.id), p))
+            .collect())
+    }
+}
+
+/// A customer's memberships, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomerMembershipsKey(pub Uuid);
+
+impl Loader<CustomerMembershipsKey> for Loaders {
+    type Value = Arc<Vec<entity::membership::Model>>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[CustomerMembershipsKey],
+    ) -> Result<HashMap<CustomerMembershipsKey, Self::Value>, Self::Error> {
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let rows = store::memberships::memberships_of_customers(&self.engine.db, self.scope, &ids)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        let mut out: HashMap<CustomerMembershipsKey, Vec<entity::membership::Model>> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for m in rows {
+            if let Some(list) = out.get_mut(&CustomerMembershipsKey(m.customer_id)) {
+                list.push(m);
+            }
+        }
+        Ok(out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// A membership's counters in one cycle (absent: never touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CycleUsageKey(pub Uuid, pub i32);
+
+impl Loader<CycleUsageKey> for Loaders {
+    type Value = entity::membership_usage::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[CycleUsageKey],
+    ) -> Result<HashMap<CycleUsageKey, Self::Value>, Self::Error> {
+        let pairs: Vec<(Uuid, i32)> = keys.iter().map(|k| (k.0, k.1)).collect();
+        let rows = store::memberships::usage_rows(&self.engine.db, self.scope, &pairs)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (CycleUsageKey(r.membership_id, r.cycle), r))
+            .collect())
+    }
+}
+
+/// A membership by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MembershipKey(pub Uuid);
+
+impl Loader<MembershipKey> for Loaders {
+    type Value = entity::membership::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[MembershipKey],
+    ) -> Result<HashMap<MembershipKey, Self::Value>, Self::Error> {
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let rows = store::memberships::memberships_by_ids(&self.engine.db, self.scope, &ids)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(rows.into_iter().map(|m| (MembershipKey(m.id), m)).collect())
+    }
+}
+
+/// A customer by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomerKey(pub Uuid);
+
+impl Loader<CustomerKey> for Loaders {
+    type Value = entity::customer::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[CustomerKey],
+    ) -> Result<HashMap<CustomerKey, Self::Value>, Self::Error> {
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let rows = store::memberships::customers_by_ids(&self.engine.db, self.scope, &ids)
+            .await
+            .map_err(|e| gql(e.into()))?;
+        Ok(rows.into_iter().map(|c| (CustomerKey(c.id), c)).collect())
+    }
+}

@@ -9,6 +9,9 @@ use chrono::{DateTime, Utc};
 use entity::{booking, customer, membership, membership_plan, usage_event};
 use rust_decimal::Decimal;
 
+use super::loaders::{
+    CustomerKey, CustomerMembershipsKey, CycleUsageKey, MembershipKey, MembershipPlanKey,
+};
 use super::scalars::Dec;
 use super::types::{Organization, UsageEventKind, load_org};
 use super::{connection_args, cursor_decode, cursor_encode, request_ctx};
@@ -29,6 +32,47 @@ fn money_in(currency: &str, scaled: i64) -> Dec {
         Ok(c) => Dec(c.display(d)),
         Err(_) => Dec::money(d),
     }
+}
+
+fn loader<'a>(
+    ctx: &'a Context<'_>,
+) -> Result<
+    &'a async_graphql::dataloader::DataLoader<
+        super::Loaders,
+        async_graphql::dataloader::HashMapCache,
+    >,
+> {
+    Ok(request_ctx(ctx)?.loaders.as_ref())
+}
+
+async fn load_membership(ctx: &Context<'_>, id: uuid::Uuid) -> Result<Option<Membership>> {
+    Ok(loader(ctx)?
+        .load_one(MembershipKey(id))
+        .await?
+        .map(Membership))
+}
+
+async fn load_customer(ctx: &Context<'_>, id: uuid::Uuid) -> Result<Option<Customer>> {
+    Ok(loader(ctx)?.load_one(CustomerKey(id)).await?.map(Customer))
+}
+
+/// The usage of cycles of one membership, through the request's loader.
+async fn usage_views(
+    ctx: &Context<'_>,
+    m: &membership::Model,
+    plan: &membership_plan::Model,
+    cycles: &[dm::cycles::Cycle],
+) -> Result<Vec<UsageView>> {
+    let keys: Vec<CycleUsageKey> = cycles
+        .iter()
+        .map(|c| CycleUsageKey(m.id, c.index))
+        .collect();
+    let rows = loader(ctx)?.load_many(keys.iter().copied()).await?;
+    Ok(cycles
+        .iter()
+        .zip(&keys)
+        .map(|(c, k)| UsageView::from_row(*c, rows.get(k), plan))
+        .collect())
 }
 
 fn qty(scaled: i64) -> Dec {
@@ -216,36 +260,27 @@ impl Customer {
         self.0.email.as_deref()
     }
     async fn memberships(&self, ctx: &Context<'_>) -> Result<Vec<Membership>> {
-        let rc = request_ctx(ctx)?;
-        let rows = store::memberships::memberships_of(
-            &rc.engine.db,
-            rc.scope(),
-            OrganizationId(self.0.organization_id),
-            self.0.id,
-        )
-        .await
-        .map_err(AppError::from)?;
-        Ok(rows.into_iter().map(Membership).collect())
+        let rows = loader(ctx)?
+            .load_one(CustomerMembershipsKey(self.0.id))
+            .await?
+            .unwrap_or_default();
+        Ok(rows.iter().cloned().map(Membership).collect())
     }
     /// The ACTIVE or PAUSED membership, if any (a customer holds at most one at a time in an organization).
     async fn active_membership(&self, ctx: &Context<'_>) -> Result<Option<Membership>> {
-        let rc = request_ctx(ctx)?;
-        let rows = store::memberships::memberships_of(
-            &rc.engine.db,
-            rc.scope(),
-            OrganizationId(self.0.organization_id),
-            self.0.id,
-        )
-        .await
-        .map_err(AppError::from)?;
+        let rows = loader(ctx)?
+            .load_one(CustomerMembershipsKey(self.0.id))
+            .await?
+            .unwrap_or_default();
         Ok(rows
-            .into_iter()
+            .iter()
             .find(|m| {
                 matches!(
                     dm::MembershipStatus::parse(&m.status),
                     dm::MembershipStatus::Active | dm::MembershipStatus::Paused
                 )
             })
+            .cloned()
             .map(Membership))
     }
     async fn created_at(&self) -> DateTime<Utc> {
@@ -257,8 +292,12 @@ pub struct Membership(pub membership::Model);
 
 impl Membership {
     async fn plan_model(&self, ctx: &Context<'_>) -> Result<membership_plan::Model> {
-        let rc = request_ctx(ctx)?;
-        Ok(dm::plan_of(&rc.engine.db, &self.0).await?)
+        loader(ctx)?
+            .load_one(MembershipPlanKey(self.0.plan_id))
+            .await?
+            .ok_or_else(|| {
+                AppError::internal(anyhow::anyhow!("membership {} has no plan", self.0.id)).into()
+            })
     }
 
     async fn current(&self, ctx: &Context<'_>) -> Result<dm::cycles::Cycle> {
@@ -275,13 +314,8 @@ impl Membership {
         ID(self.0.id.to_string())
     }
     async fn customer(&self, ctx: &Context<'_>) -> Result<Customer> {
-        let rc = request_ctx(ctx)?;
-        store::memberships::customers_by_ids(&rc.engine.db, rc.scope(), &[self.0.customer_id])
-            .await
-            .map_err(AppError::from)?
-            .into_iter()
-            .next()
-            .map(Customer)
+        load_customer(ctx, self.0.customer_id)
+            .await?
             .ok_or_else(|| AppError::not_found("customer").into())
     }
     async fn plan(&self, ctx: &Context<'_>) -> Result<MembershipPlan> {
@@ -338,7 +372,7 @@ impl Membership {
             None => now,
         };
         let cycle = dm::schedule(&self.0, &plan, now).cycle_at(at)?;
-        let view = dm::usage_of(&rc.engine.db, rc.scope(), &self.0, &plan, &[cycle]).await?;
+        let view = usage_views(ctx, &self.0, &plan, &[cycle]).await?;
         view.into_iter()
             .next()
             .map(MembershipUsage)
@@ -369,7 +403,7 @@ impl Membership {
             }
             Some(from) => schedule.cycles_between(from, to, 120)?,
         };
-        let views = dm::usage_of(&rc.engine.db, rc.scope(), &self.0, &plan, &cycles).await?;
+        let views = usage_views(ctx, &self.0, &plan, &cycles).await?;
         Ok(views.into_iter().map(MembershipUsage).collect())
     }
     /// The seed's subscription_usage_records: the ledger, newest first.
@@ -602,15 +636,7 @@ impl BookingQuote {
         let Some(id) = self.membership_id else {
             return Ok(None);
         };
-        let rc = request_ctx(ctx)?;
-        Ok(
-            store::memberships::memberships_by_ids(&rc.engine.db, rc.scope(), &[id])
-                .await
-                .map_err(AppError::from)?
-                .into_iter()
-                .next()
-                .map(Membership),
-        )
+        load_membership(ctx, id).await
     }
 }
 
@@ -666,29 +692,13 @@ impl MembershipBooking {
         let Some(id) = self.0.customer_id else {
             return Ok(None);
         };
-        let rc = request_ctx(ctx)?;
-        Ok(
-            store::memberships::customers_by_ids(&rc.engine.db, rc.scope(), &[id])
-                .await
-                .map_err(AppError::from)?
-                .into_iter()
-                .next()
-                .map(Customer),
-        )
+        load_customer(ctx, id).await
     }
     async fn membership(&self, ctx: &Context<'_>) -> Result<Option<Membership>> {
         let Some(id) = self.0.membership_id else {
             return Ok(None);
         };
-        let rc = request_ctx(ctx)?;
-        Ok(
-            store::memberships::memberships_by_ids(&rc.engine.db, rc.scope(), &[id])
-                .await
-                .map_err(AppError::from)?
-                .into_iter()
-                .next()
-                .map(Membership),
-        )
+        load_membership(ctx, id).await
     }
     async fn status(&self) -> BookingStatus {
         dm::BookingStatus::parse(&self.0.status).into()
@@ -773,6 +783,14 @@ pub async fn customers(
     let total = store::memberships::customers_count(db, rc.scope(), org, search)
         .await
         .map_err(AppError::from)?;
+    let rows: Vec<customer::Model> = rows.into_iter().take(limit + 1).collect();
+    let look = ctx.look_ahead();
+    let wants = |f: &str| {
+        look.field("nodes").field(f).exists() || look.field("edges").field("node").field(f).exists()
+    };
+    if wants("memberships") || wants("activeMembership") {
+        prime(ctx, &rows[..rows.len().min(limit)]).await?;
+    }
     let mut conn = Connection::with_additional_fields(
         after.is_some(),
         rows.len() > limit,
@@ -786,6 +804,65 @@ pub async fn customers(
             .map(|c| Edge::new(cursor_encode(&c.id), Customer(c))),
     );
     Ok(conn)
+}
+
+/// Loads a page of customers' memberships, their plans and their current cycles' counters in
+/// three statements, into the request's loaders, so the page's fields find them there whatever
+/// the batching window does.
+async fn prime(ctx: &Context<'_>, customers: &[customer::Model]) -> Result<()> {
+    let rc = request_ctx(ctx)?;
+    let (db, scope) = (&rc.engine.db, rc.scope());
+    let loaders = loader(ctx)?;
+    let ids: Vec<uuid::Uuid> = customers.iter().map(|c| c.id).collect();
+    let memberships = store::memberships::memberships_of_customers(db, scope, &ids)
+        .await
+        .map_err(AppError::from)?;
+    let mut plan_ids: Vec<uuid::Uuid> = memberships.iter().map(|m| m.plan_id).collect();
+    plan_ids.sort();
+    plan_ids.dedup();
+    let plans = store::memberships::plans_by_ids(db, scope, &plan_ids)
+        .await
+        .map_err(AppError::from)?;
+    let now = dm::now(&rc.engine);
+    let mut current = Vec::new();
+    for m in &memberships {
+        if let Some(p) = plans.iter().find(|p| p.id == m.plan_id) {
+            current.push((m.id, dm::schedule(m, p, now).cycle_at(now)?.index));
+        }
+    }
+    let rows = store::memberships::usage_rows(db, scope, &current)
+        .await
+        .map_err(AppError::from)?;
+    let mut by_customer: std::collections::HashMap<uuid::Uuid, Vec<membership::Model>> =
+        ids.iter().map(|id| (*id, Vec::new())).collect();
+    for m in &memberships {
+        if let Some(list) = by_customer.get_mut(&m.customer_id) {
+            list.push(m.clone());
+        }
+    }
+    loaders
+        .feed_many(
+            by_customer
+                .into_iter()
+                .map(|(c, list)| (CustomerMembershipsKey(c), std::sync::Arc::new(list))),
+        )
+        .await;
+    loaders
+        .feed_many(memberships.into_iter().map(|m| (MembershipKey(m.id), m)))
+        .await;
+    loaders
+        .feed_many(plans.into_iter().map(|p| (MembershipPlanKey(p.id), p)))
+        .await;
+    loaders
+        .feed_many(customers.iter().map(|c| (CustomerKey(c.id), c.clone())))
+        .await;
+    loaders
+        .feed_many(
+            rows.into_iter()
+                .map(|r| (CycleUsageKey(r.membership_id, r.cycle), r)),
+        )
+        .await;
+    Ok(())
 }
 
 /// Viewer.customer: the Customer of a CUSTOMER token.

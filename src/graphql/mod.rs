@@ -110,6 +110,11 @@ impl RequestCtx {
         loaders.clear::<uuid::Uuid>();
         loaders.clear::<OrganizationId>();
         loaders.clear::<loaders::UsageKey>();
+        loaders.clear::<loaders::MembershipPlanKey>();
+        loaders.clear::<loaders::CustomerMembershipsKey>();
+        loaders.clear::<loaders::CycleUsageKey>();
+        loaders.clear::<loaders::MembershipKey>();
+        loaders.clear::<loaders::CustomerKey>();
     }
 
     pub fn viewer(&self) -> Result<&Viewer, AppError> {

@@ -276,6 +276,25 @@ pub async fn memberships_by_ids<C: ConnectionTrait>(
     .await
 }
 
+/// The memberships of several customers, newest first.
+pub async fn memberships_of_customers<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    customers: &[Uuid],
+) -> Result<Vec<membership::Model>, DbErr> {
+    if customers.is_empty() {
+        return Ok(vec![]);
+    }
+    scoped(
+        membership::Entity::find().filter(membership::Column::CustomerId.is_in(customers.to_vec())),
+        scope,
+        membership::Column::OrganizationId,
+    )
+    .order_by_desc(membership::Column::Id)
+    .all(db)
+    .await
+}
+
 /// A customer's memberships, newest first.
 pub async fn memberships_of<C: ConnectionTrait>(
     db: &C,

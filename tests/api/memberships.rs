@@ -3185,3 +3185,45 @@ async fn probe_findings(app: TestApp) {
 }
 
 both_engines!(probed, super::probe_findings);
+
+/// A page of customers with their memberships, plans, current usage and history costs about the
+/// same number of statements for 5 customers as for 40 (DataLoaders batch each level).
+async fn a_page_of_customers_costs_constant_statements(app: TestApp) {
+    let t = tenant(&app, "many", "10").await;
+    membership_plan(&app, &t, "five", 5, json!({})).await;
+    for i in 0..40 {
+        let c = customer(&app, &t, &format!("c{i:02}")).await;
+        subscribe(&app, &t, &c, "five", json!({})).await;
+        if i % 4 == 0 {
+            book(&app, &t.service, &c, &format!("many:{i}"), "10.00").await;
+        }
+    }
+    let query = "query($n: Int) { organization { customers(first: $n) { totalCount nodes { name \
+                 activeMembership { status nextResetAt plan { code servicesPerCycle } customer { name } \
+                 usage { used held remaining } usageHistory { used } } memberships { id } } } } }";
+    let mut costs = Vec::new();
+    for n in [5, 40] {
+        let before = app.state.statements.get();
+        let data = app.ok(&t.admin, query, json!({ "n": n })).await;
+        costs.push(app.state.statements.get() - before);
+        let nodes = data["organization"]["customers"]["nodes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(nodes.len(), n as usize);
+        assert!(
+            nodes
+                .iter()
+                .all(|c| c["activeMembership"]["status"] == "ACTIVE")
+        );
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "statements for 5 vs 40 customers: {costs:?}"
+    );
+    assert!(costs[1] <= 15, "a page costs {} statements", costs[1]);
+}
+
+both_engines!(
+    customer_pages,
+    super::a_page_of_customers_costs_constant_statements
+);
