@@ -75,6 +75,16 @@ async fn usage_views(
         .collect())
 }
 
+/// An actor's id as the caller may see it: a customer sees its own and Stripe's, not the staff's
+/// or the backend's user ids.
+fn visible_actor<'a>(ctx: &Context<'_>, actor: Option<&'a str>) -> Option<&'a str> {
+    let viewer = request_ctx(ctx).ok().and_then(|rc| rc.viewer.as_ref());
+    match viewer {
+        Some(v) if v.is_customer() => actor.filter(|a| *a == v.sub || *a == "stripe"),
+        _ => actor,
+    }
+}
+
 fn qty(scaled: i64) -> Dec {
     Dec::qty(Amount::from_scaled(scaled).to_decimal())
 }
@@ -217,8 +227,9 @@ pub struct MembershipPlanChange(pub entity::membership_plan_history::Model);
 
 #[Object]
 impl MembershipPlanChange {
-    async fn actor(&self) -> Option<&str> {
-        self.0.actor.as_deref()
+    /// Who made it (to a customer: only itself or Stripe).
+    async fn actor(&self, ctx: &Context<'_>) -> Option<&str> {
+        visible_actor(ctx, self.0.actor.as_deref())
     }
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
@@ -498,8 +509,9 @@ impl MembershipChange {
     async fn to_status(&self) -> MembershipStatus {
         dm::MembershipStatus::parse(&self.0.to_status).into()
     }
-    async fn actor(&self) -> Option<&str> {
-        self.0.actor.as_deref()
+    /// Who made it (to a customer: only itself or Stripe).
+    async fn actor(&self, ctx: &Context<'_>) -> Option<&str> {
+        visible_actor(ctx, self.0.actor.as_deref())
     }
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
@@ -594,8 +606,9 @@ impl MembershipUsageEvent {
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
     }
-    async fn actor(&self) -> Option<&str> {
-        self.0.actor.as_deref()
+    /// Who made it (to a customer: only itself or Stripe).
+    async fn actor(&self, ctx: &Context<'_>) -> Option<&str> {
+        visible_actor(ctx, self.0.actor.as_deref())
     }
     async fn occurred_at(&self) -> DateTime<Utc> {
         self.0.occurred_at

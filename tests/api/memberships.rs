@@ -2856,6 +2856,11 @@ async fn booking_payments_and_audit(app: TestApp) {
         ]
     );
     assert_eq!(data["membership"]["changes"][2]["actor"], "audited");
+    // The staff's user ids are not shown to the customer.
+    assert!(
+        data["membership"]["changes"][1]["actor"].is_null(),
+        "{data}"
+    );
     // A customer reads its membership's plan, not the plan's audit.
     let body = app
         .gql(
