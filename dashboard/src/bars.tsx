@@ -33,7 +33,7 @@ export function UsageBar({ m, nearPct }: { m: MetricBarFragment; nearPct: number
         <span class="bar__name">{m.metric.name}</span>
         <span class="bar__nums">
           <span class="bar__used">{decimal(m.used)}</span>
-          {' / '}
+          <span class="bar__of">/ </span>
           <span class="bar__allowance">{decimal(m.allowance)}</span>
           <span class="bar__pct">{pct(m.utilizationPct)}</span>
         </span>

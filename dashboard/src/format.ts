@@ -23,7 +23,9 @@ export const NEAR_LIMIT_PCT = 80;
 
 export type BarState = 'ok' | 'near' | 'exceeded' | 'overage' | 'unlimited';
 
-export function barState(m: MetricBarFragment, nearPct = NEAR_LIMIT_PCT): BarState {
+type Stated = Pick<MetricBarFragment, 'allowance' | 'enforcement' | 'overageQuantity' | 'exceeded' | 'utilizationPct'>;
+
+export function barState(m: Stated, nearPct = NEAR_LIMIT_PCT): BarState {
   if (m.allowance == null) return 'unlimited';
   if (m.enforcement === 'OVERAGE' && m.overageQuantity !== '0' && Number(m.overageQuantity) > 0) {
     return 'overage';

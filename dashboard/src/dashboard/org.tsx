@@ -164,7 +164,10 @@ export function OrgView({ endpoint, token, client, id, epoch }: Props) {
 
       <div class="grid">
         <Section id="usage" title="Usage this period">
-          {usage.hasExceededLimits ? <Notice tone="error">Some limits are exceeded this period.</Notice> : null}
+          {/* Always one line, so the bars never move when it changes. */}
+          <p class={usage.hasExceededLimits ? 'summary summary--exceeded' : 'summary'} data-testid="summary">
+            {usage.hasExceededLimits ? 'Some limits are exceeded this period.' : 'Every metric is within its limit.'}
+          </p>
           <UsageBars metrics={usage.metrics} nearPct={nearPct} />
         </Section>
 

@@ -136,8 +136,14 @@ export function HistoryChart({ name, unit, points }: { name: string; unit: strin
               {p.allowance != null ? (
                 <line x1={i * step} x2={(i + 1) * step} y1={y(Number(p.allowance))} y2={y(Number(p.allowance))} class="chart__limit" />
               ) : null}
-              {i % 3 === points.length % 3 || i === points.length - 1 ? (
-                <text x={i * step + step / 2} y={H + 12} class="chart__label" text-anchor="middle">
+              {/* Every third period from the latest; the latest ends at the right edge. */}
+              {(points.length - 1 - i) % 3 === 0 ? (
+                <text
+                  x={i === points.length - 1 ? W : i * step + step / 2}
+                  y={H + 12}
+                  class="chart__label"
+                  text-anchor={i === points.length - 1 ? 'end' : 'middle'}
+                >
                   {monthLabel(p.periodStart)}
                 </text>
               ) : null}

@@ -150,6 +150,11 @@ export function PlatformView({ endpoint, token, client, epoch }: Props) {
             />
             %
           </label>
+          {data.usageSummaries.totalCount > rows.length ? (
+            <p class="muted">
+              The first {rows.length} of {data.usageSummaries.totalCount} by slug; raise the threshold to narrow them.
+            </p>
+          ) : null}
           {rows.length ? (
             <div class="table-wrap" tabIndex={0}>
               <table data-testid="near-table">
