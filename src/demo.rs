@@ -12,6 +12,14 @@ use crate::store;
 /// The platform-team member `serve --demo` adds, so that it can print a link to the platform view.
 pub const PLATFORM_SUB: &str = "tollgate-demo";
 
+/// A demo organization: name, slug, plan, and its recordings (metric, quantity).
+type DemoOrg = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId)>> {
     let viewer = Viewer {
         sub: PLATFORM_SUB.into(),
@@ -19,7 +27,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId
         role: None,
         platform: true,
     };
-    let plans: [(&str, &str, &str, &[(&str, &str)]); 2] = [
+    let plans: [DemoOrg; 2] = [
         (
             "Acme Venues",
             "acme-venues",
