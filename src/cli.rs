@@ -78,6 +78,24 @@ async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
                 "playground with this token: http://{}/#token={t}",
                 state.settings.bind
             );
+            println!(
+                "dashboard of this organization: http://{}/dashboard#token={t}",
+                state.settings.bind
+            );
+        }
+        // The platform team's view needs a member: the demo's own (a token for it can only be
+        // minted with the server's key, which can mint any member's token anyway).
+        if let Ok(t) = state.keys.mint(
+            crate::demo::PLATFORM_SUB,
+            None,
+            None,
+            std::time::Duration::from_secs(86400),
+        ) {
+            println!(
+                "platform dashboard ({} of the platform team, 24h): http://{}/dashboard#token={t}",
+                crate::demo::PLATFORM_SUB,
+                state.settings.bind
+            );
         }
     }
     let app = Application::build(state).await?;

@@ -9,30 +9,42 @@ use crate::domain::{OrganizationId, Scope, Viewer, orgs};
 use crate::error::AppError;
 use crate::store;
 
+/// The platform-team member `serve --demo` adds, so that it can print a link to the platform view.
+pub const PLATFORM_SUB: &str = "tollgate-demo";
+
+/// A demo organization: name, slug, plan, and its recordings (metric, quantity).
+type DemoOrg = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId)>> {
     let viewer = Viewer {
-        sub: "tollgate-demo".into(),
+        sub: PLATFORM_SUB.into(),
         org_id: None,
         role: None,
         platform: true,
     };
-    let plans = [
+    let plans: [DemoOrg; 2] = [
         (
             "Acme Venues",
             "acme-venues",
             "basic",
-            [
+            &[
                 ("venues", "1"),
                 ("staff", "2"),
                 ("bookings", "46"),
                 ("revenue", "4500.00"),
+                ("bookings", "38"),
             ],
         ),
         (
             "Globex Games",
             "globex-games",
             "growth",
-            [
+            &[
                 ("venues", "3"),
                 ("staff", "12"),
                 ("bookings", "870"),
@@ -40,6 +52,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId
             ],
         ),
     ];
+    store::team::add(&engine.db, PLATFORM_SUB, Some("serve --demo")).await?;
     let mut out = Vec::new();
     for (name, slug, plan, usage) in plans {
         let filter = store::orgs::OrgFilter {
@@ -66,7 +79,14 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId
             .map_err(describe)?,
         };
         let period = crate::domain::Period::current().start;
-        for (metric, qty) in usage {
+        // A metric's second recording has a key of its own (older demo databases hold the first).
+        let mut seen = std::collections::HashSet::new();
+        for &(metric, qty) in usage {
+            let key = if seen.insert(metric) {
+                format!("demo:{period}:{metric}")
+            } else {
+                format!("demo:{period}:{metric}:2")
+            };
             engine
                 .record(
                     &viewer,
@@ -74,7 +94,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<Vec<(String, OrganizationId
                         organization_id: Some(org.id.to_string()),
                         metric: metric.into(),
                         quantity: Decimal::from_str(qty)?,
-                        idempotency_key: Some(format!("demo:{period}:{metric}")),
+                        idempotency_key: Some(key),
                         reference: None,
                         occurred_at: None,
                     },

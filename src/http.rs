@@ -541,14 +541,20 @@ async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts)
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     // Browsers send their page's Origin on the upgrade; with allowed origins set, a page from
-    // elsewhere is refused (clients that are not browsers send none).
+    // elsewhere is refused (clients that are not browsers send none). This server's own pages (the
+    // dashboard) are always let in: their origin names the host the request is addressed to.
     let allowed = &state.settings.cors_origins;
     if !allowed.is_empty() && !allowed.iter().any(|o| o.trim() == "*") {
         let origin = parts
             .headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok());
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
         if let Some(origin) = origin
+            && !same_origin(origin, host)
             && !allowed
                 .iter()
                 .any(|o| o.trim().eq_ignore_ascii_case(origin))
@@ -602,6 +608,15 @@ async fn websocket(state: Arc<AppState>, parts: &mut axum::http::request::Parts)
         .write_buffer_size(0)
         .max_message_size(state.settings.max_body_bytes)
         .on_upgrade(move |socket| ws::serve(socket, state, protocol, slot, header_token))
+}
+
+/// Whether a page's `Origin` is this server's own, as addressed by the request's `Host`. The scheme
+/// is not compared: behind a TLS-terminating proxy the page is https and the request plain.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((authority, host), (Some(a), Some(h)) if !h.is_empty() && a.eq_ignore_ascii_case(h))
 }
 
 /// GET /: GraphiQL, its assets served by this server.
@@ -893,6 +908,25 @@ mod tests {
         for malformed in ["", "t=abc,v1=00", "v1=00", "t=1", "garbage"] {
             assert!(!signed_by(payload, malformed, "whsec_a"), "{malformed}");
         }
+    }
+
+    #[test]
+    fn own_pages_are_same_origin() {
+        assert!(same_origin("http://127.0.0.1:8000", Some("127.0.0.1:8000")));
+        assert!(same_origin(
+            "https://Usage.Example.com",
+            Some("usage.example.com")
+        ));
+        assert!(!same_origin(
+            "https://evil.example",
+            Some("usage.example.com")
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:8001",
+            Some("127.0.0.1:8000")
+        ));
+        assert!(!same_origin("null", Some("null")));
+        assert!(!same_origin("http://a", None));
     }
 
     #[test]

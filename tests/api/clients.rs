@@ -13,7 +13,7 @@ use tollgate::domain::Role;
 use crate::both_engines;
 use crate::helpers::TestApp;
 
-fn required() -> bool {
+pub(crate) fn required() -> bool {
     std::env::var("TOLLGATE_TEST_REQUIRE_CLIENTS").is_ok_and(|v| v == "1")
 }
 
@@ -34,7 +34,10 @@ async fn node_ready() -> Result<PathBuf, String> {
             if !node.is_ok_and(|o| o.status.success()) {
                 return Err("node is not installed".to_owned());
             }
-            if dir.join("node_modules/.package-lock.json").exists() {
+            // Installed, and not older than the lock (a package added since is installed now).
+            let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let installed = modified(dir.join("node_modules/.package-lock.json"));
+            if installed.is_some() && installed >= modified(dir.join("package-lock.json")) {
                 return Ok(());
             }
             let out = tokio::process::Command::new("npm")
@@ -59,7 +62,7 @@ async fn node_ready() -> Result<PathBuf, String> {
 
 /// Runs a Node script; answers (exit code, stdout, stderr), or None when Node is unavailable and not
 /// required.
-async fn node(script: &str, args: &[&str]) -> Option<(i32, String, String)> {
+pub(crate) async fn node(script: &str, args: &[&str]) -> Option<(i32, String, String)> {
     let dir = match node_ready().await {
         Ok(d) => d,
         Err(why) if !required() => {

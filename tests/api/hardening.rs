@@ -740,9 +740,12 @@ async fn cors_allows_the_configured_origins(app: TestApp) {
             .is_none()
     );
     // The WebSocket upgrade checks Origin against the same list.
+    // This server's own pages (the dashboard) are always let in.
+    let own = format!("http://{}", app.addr);
     for (origin, allowed) in [
         ("https://evil.example", false),
         ("https://app.example.com", true),
+        (own.as_str(), true),
     ] {
         let mut req = format!("ws://{}/graphql", app.addr)
             .into_client_request()

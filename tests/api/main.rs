@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod clients;
 mod contract;
+mod dashboard;
 mod decimals;
 mod engine;
 mod fuzz;
