@@ -58,7 +58,7 @@ export type Status = 'connecting' | 'live' | 'offline';
 export function live(
   endpoint: string,
   token: string,
-  onStatus: (s: Status, reconnected: boolean) => void,
+  onStatus: (s: Status, reconnected: boolean, refused?: boolean) => void,
 ): Client {
   let connections = 0;
   return createClient({
@@ -67,16 +67,30 @@ export function live(
     lazy: true,
     keepAlive: 10_000,
     retryAttempts: Infinity,
-    shouldRetry: () => true,
+    // The server refusing the connection is final: retrying with the same token cannot help, so
+    // the subscriptions hear it instead.
+    shouldRetry: (e) => !isRefusal(e),
     on: {
       connecting: () => onStatus('connecting', false),
       connected: () => {
         connections += 1;
         onStatus('live', connections > 1);
       },
-      closed: () => onStatus('offline', false),
+      // `refused`: the server closed it on purpose, not the network.
+      closed: (e) => onStatus('offline', false, isRefusal(e)),
     },
   });
+}
+
+/** A WebSocket close, as graphql-ws hands it over. */
+export function isCloseEvent(e: unknown): e is { code: number; reason: string } {
+  return typeof e === 'object' && e !== null && 'code' in e && typeof (e as { code: unknown }).code === 'number';
+}
+
+/** A close that retrying cannot change: a bad request (4400), no or a refused token (4401, 4403),
+ * an unacceptable subprotocol (4406). A timeout (4408) or a dropped socket is retried. */
+export function isRefusal(e: unknown): boolean {
+  return isCloseEvent(e) && [4400, 4401, 4403, 4406].includes(e.code);
 }
 
 /** Subscribes; answers the function that stops it. */
@@ -95,8 +109,11 @@ export function subscribe<T, V extends object>(
         if (r.errors?.length) error(r.errors as unknown as GraphQLError[]);
       },
       error: (e) => {
-        // A refused subscription arrives as the list of its errors; a closed socket retries.
+        // A refused subscription arrives as the list of its errors; a refused connection as the
+        // socket's close (its reason says why); a socket that merely dropped retries.
         if (Array.isArray(e)) error(e as GraphQLError[]);
+        else if (isCloseEvent(e))
+          error([{ message: e.reason || `the server closed the connection (${e.code})` } as GraphQLError]);
       },
       complete: () => {},
     },

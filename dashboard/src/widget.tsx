@@ -47,6 +47,8 @@ class TollgateUsage extends HTMLElement {
   private name = '';
   private error: string | null = null;
   private scheduled = false;
+  /** The unknown metric codes last reported (each set once). */
+  private reportedUnknown = '';
 
   constructor() {
     super();
@@ -87,7 +89,10 @@ class TollgateUsage extends HTMLElement {
   }
 
   private fail(errors: GraphQLError[] | string) {
-    this.error = typeof errors === 'string' ? errors : (errors[0]?.message ?? 'unknown error');
+    const message = typeof errors === 'string' ? errors : (errors[0]?.message ?? 'unknown error');
+    // Both subscriptions may fail for one reason: the page hears it once.
+    if (message === this.error) return;
+    this.error = message;
     this.dispatchEvent(new CustomEvent('tollgate-error', { detail: this.error, bubbles: true, composed: true }));
     this.draw();
   }
@@ -102,7 +107,19 @@ class TollgateUsage extends HTMLElement {
       return;
     }
     const endpoint = this.getAttribute('endpoint') || DEFAULT_ENDPOINT;
+    let url: URL;
+    try {
+      url = new URL(endpoint, location.href);
+    } catch {
+      this.fail(`the endpoint ${JSON.stringify(endpoint)} is not a URL`);
+      return;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      this.fail(`the endpoint must be an http(s) URL, not ${JSON.stringify(endpoint)}`);
+      return;
+    }
     const id = this.getAttribute('organization') || null;
+    let reached = false;
     const load = () =>
       // The current summary over the socket, then every change.
       this.stops.push(
@@ -119,7 +136,11 @@ class TollgateUsage extends HTMLElement {
           (e) => this.fail(e),
         ),
       );
-    const client = live(endpoint, token, (_s, reconnected) => {
+    const client = live(url.toString(), token, (status, reconnected, refused) => {
+      if (status === 'live') reached = true;
+      // Never reached (it keeps trying): say so once, until it connects. A refusal says why itself.
+      if (status === 'offline' && !refused && !reached && !this.summary)
+        this.fail(`cannot reach ${url.toString()}`);
       if (reconnected) load();
     });
     this.client = client;
@@ -148,6 +169,19 @@ class TollgateUsage extends HTMLElement {
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean);
+    const unknown = this.summary
+      ? only.filter((code) => !this.summary?.metrics.some((m) => m.metric.code === code))
+      : [];
+    if (unknown.length && !this.error && unknown.join(',') !== this.reportedUnknown) {
+      this.reportedUnknown = unknown.join(',');
+      this.dispatchEvent(
+        new CustomEvent('tollgate-error', {
+          detail: `unknown metrics: ${unknown.join(', ')}`,
+          bubbles: true,
+          composed: true,
+        }),
+      );
+    }
     const near = Number(this.getAttribute('near-pct'));
     const nearPct = Number.isFinite(near) && near > 0 ? near : NEAR_LIMIT_PCT;
     render(
@@ -159,6 +193,7 @@ class TollgateUsage extends HTMLElement {
         <div>
           {this.name ? <p class="title">{this.name}</p> : null}
           <UsageBars metrics={this.summary.metrics} nearPct={nearPct} only={only} />
+          {unknown.length ? <p class="empty">Unknown metrics: {unknown.join(', ')}</p> : null}
         </div>
       ) : (
         <p class="empty">Loading usage…</p>

@@ -217,6 +217,12 @@ pub async fn record_payment_in(
         )
         .await?
     {
+        if b.status == "CANCELLED" {
+            return Err(AppError::conflict(format!(
+                "booking {} was cancelled: it is not paid",
+                crate::error::quote(r)
+            )));
+        }
         if b.coverage == "OVERAGE"
             && let Some(mid) = b.membership_id
             && store::memberships::memberships_by_ids(&**txn, viewer.scope(), &[mid])

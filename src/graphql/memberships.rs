@@ -379,6 +379,9 @@ impl Membership {
         let plan = self.plan_model(ctx).await?;
         let now = dm::now(&rc.engine);
         let at = match at {
+            Some(a) if a < self.0.started_at => {
+                return Err(AppError::bad_input("at is before the membership started").into());
+            }
             Some(a) => bounded_instant("at", a)?,
             None => now,
         };

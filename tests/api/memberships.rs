@@ -3179,7 +3179,7 @@ async fn probe_findings(app: TestApp) {
     let body = app
         .gql(
             &t.admin,
-            "query($m: ID!) { membership(id: $m) { usage(at: \"9999-12-31T23:59:59Z\") { cycleStart cycleEnd } } }",
+            "query($m: ID!) { membership(id: $m) { usage(at: \"9999-12-20T00:00:00Z\") { cycleStart cycleEnd } } }",
             json!({ "m": wm["id"] }),
         )
         .await;
@@ -3187,6 +3187,15 @@ async fn probe_findings(app: TestApp) {
         .as_str()
         .unwrap_or("");
     assert!(start.starts_with("9999-12"), "{body}");
+    // A cycle that would end past 9999-12-31 is not answered (its end would not be a date).
+    let body = app
+        .gql(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { usage(at: \"9999-12-31T23:59:59Z\") { cycleEnd } } }",
+            json!({ "m": wm["id"] }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
 }
 
 both_engines!(probed, super::probe_findings);
@@ -3232,3 +3241,95 @@ both_engines!(
     customer_pages,
     super::a_page_of_customers_costs_constant_statements
 );
+
+/// A second outside probe, kept fixed: a cancelled booking is not paid; a booking already paid
+/// keeps the price it was paid at when its membership is cancelled (only its hold is given back);
+/// no cycle is answered before a membership's start, nor a cycle ending past 9999.
+async fn second_probe_findings(app: TestApp) {
+    let t = tenant(&app, "probed-again", "10").await;
+    membership_plan(
+        &app,
+        &t,
+        "one",
+        1,
+        json!({ "allowOverage": true, "overageRate": "25.00" }),
+    )
+    .await;
+    let c = customer(&app, &t, "q1").await;
+    let m = subscribe(
+        &app,
+        &t,
+        &c,
+        "one",
+        json!({ "startsAt": "2026-01-31T10:00:00Z" }),
+    )
+    .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    book(&app, &t.service, &c, "q:1", "80.00").await;
+    let over = book(&app, &t.service, &c, "q:2", "80.00").await;
+    assert_eq!(over["quote"]["coverage"], "OVERAGE");
+    const PAY: &str = "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { amount } }";
+    app.ok(
+        &t.service,
+        PAY,
+        json!({ "i": { "stripePaymentIntentId": "pi_q2", "amount": "25.00", "currency": "usd", "reference": "q:2" } }),
+    )
+    .await;
+    app.ok(&t.admin, CANCEL, json!({ "i": { "membershipId": id } }))
+        .await;
+    let data = app
+        .ok(&t.admin, "{ paid: booking(reference: \"q:2\") { holdsService quote { coverage total } } unpaid: booking(reference: \"q:1\") { quote { coverage total } } }", json!({}))
+        .await;
+    assert_eq!(data["paid"]["quote"]["coverage"], "OVERAGE", "{data}");
+    assert_eq!(data["paid"]["quote"]["total"], "25.00");
+    assert_eq!(data["paid"]["holdsService"], false);
+    assert_eq!(data["unpaid"]["quote"]["total"], "80.00");
+    let u = usage(&app, &t.admin, &id).await;
+    assert_eq!(qty(&u["held"]), "0", "{u}");
+
+    // A cancelled booking is not paid.
+    app.ok(
+        &t.service,
+        CREATE_BOOKING,
+        json!({ "i": { "reference": "q:3", "servicePrice": "30.00", "guest": true } }),
+    )
+    .await;
+    move_to(&app, &t.service, "q:3", "CANCELLED").await;
+    let body = app
+        .gql(
+            &t.service,
+            PAY,
+            json!({ "i": { "stripePaymentIntentId": "pi_q3", "amount": "33.00", "currency": "usd", "reference": "q:3" } }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("CONFLICT"), "{body}");
+
+    // Before the start: no cycle.
+    let data = app
+        .ok(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { usageHistory(from: \"2020-01-01T00:00:00Z\", to: \"2021-01-01T00:00:00Z\") { cycleStart } } }",
+            json!({ "m": id }),
+        )
+        .await;
+    assert_eq!(data["membership"]["usageHistory"], json!([]));
+    let body = app
+        .gql(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { usage(at: \"2025-01-01T00:00:00Z\") { used } } }",
+            json!({ "m": id }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    // After the cycle its cancellation ended: none either.
+    let data = app
+        .ok(
+            &t.admin,
+            "query($m: ID!) { membership(id: $m) { usageHistory(from: \"2030-01-01T00:00:00Z\", to: \"2030-03-01T00:00:00Z\") { cycleStart } } }",
+            json!({ "m": id }),
+        )
+        .await;
+    assert_eq!(data["membership"]["usageHistory"], json!([]));
+}
+
+both_engines!(probed_again, super::second_probe_findings);

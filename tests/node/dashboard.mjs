@@ -372,6 +372,31 @@ async function widget() {
     ok(`widget live: ${took} ms after the mutation answered`);
     await widget.screenshot({ path: path.join(shots, 'widget.png') });
     await done();
+
+    // Refusals reach the host page, once each, instead of a "Loading" that never ends: a token
+    // the server refuses, an endpoint that is not http(s), an unknown metric.
+    const refused = await newPage({ width: 800, height: 600 });
+    await refused.page.goto(`${host}/`, { waitUntil: 'load' });
+    const events = await refused.page.evaluate(async (src) => {
+      const seen = [];
+      document.body.innerHTML = '';
+      const s = document.createElement('script');
+      s.src = src;
+      await new Promise((r) => { s.onload = r; document.head.append(s); });
+      for (const attrs of [{ token: 'nope' }, { token: 'x', endpoint: 'javascript:alert(1)' }]) {
+        const el = document.createElement('tollgate-usage');
+        el.addEventListener('tollgate-error', (e) => seen.push([attrs.token, e.detail]));
+        for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+        document.body.append(el);
+      }
+      await new Promise((r) => setTimeout(r, 3000));
+      return seen;
+    }, `${base}/dashboard/tollgate-usage.js`);
+    check(events.length === 2, `the host page heard ${JSON.stringify(events)}`);
+    check(/token/i.test(events.find((e) => e[0] === 'nope')?.[1] ?? ''), `a refused token: ${JSON.stringify(events)}`);
+    check(/http/.test(events.find((e) => e[0] === 'x')?.[1] ?? ''), `a javascript: endpoint: ${JSON.stringify(events)}`);
+    ok(`widget refusals reach the host page once each: ${JSON.stringify(events.map((e) => e[1]))}`);
+    await refused.done();
   } finally {
     server.close();
   }

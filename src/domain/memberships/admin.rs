@@ -439,8 +439,24 @@ pub(crate) async fn change_status_in<C: sea_orm::ConnectionTrait>(
     store::memberships::save_membership(db, scope, &m).await?;
     if action == StatusAction::Cancel {
         // Benefits end at once: every open booking gives its hold back and is priced in full.
-        for b in store::memberships::open_bookings(db, scope, org, m.id).await? {
-            super::bookings::detach(db, engine, viewer, &b).await?;
+        // A booking already paid keeps the price it was paid at (only its hold is given back).
+        for mut b in store::memberships::open_bookings(db, scope, org, m.id).await? {
+            let paid = store::payments::by_reference(db, scope, org, &b.reference)
+                .await?
+                .is_some();
+            if !paid {
+                super::bookings::detach(db, engine, viewer, &b).await?;
+            } else if b.holds_service {
+                let key = CycleKey {
+                    org,
+                    membership: m.id,
+                    cycle: b.cycle.unwrap_or(0),
+                };
+                store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
+                b.holds_service = false;
+                b.updated_at = at;
+                store::memberships::save_booking(db, scope, &b).await?;
+            }
         }
     }
     // The current cycle's counters carry its (possibly pushed) end.

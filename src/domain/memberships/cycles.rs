@@ -90,10 +90,13 @@ impl Schedule {
 
     pub fn cycle(&self, k: i64) -> AppResult<Cycle> {
         let too_far = || AppError::bad_input("that cycle is past the dates this server handles");
+        let end = self.boundary(k + 1).ok_or_else(too_far)?;
+        // Its end must be a date this server handles (up to 9999-12-31), as every instant it answers.
+        crate::domain::bounded_instant("cycleEnd", end).map_err(|_| too_far())?;
         Ok(Cycle {
             index: i32::try_from(k).map_err(|_| too_far())?,
             start: self.boundary(k).ok_or_else(too_far)?,
-            end: self.boundary(k + 1).ok_or_else(too_far)?,
+            end,
         })
     }
 
@@ -122,8 +125,16 @@ impl Schedule {
         to: DateTime<Utc>,
         limit: usize,
     ) -> AppResult<Vec<Cycle>> {
+        // Nothing before the start, nor after the cycle a cancellation ended.
+        if to < self.anchor {
+            return Ok(vec![]);
+        }
+        let last_cycle = self.cycle_at(to)?;
+        if self.cancelled_at.is_some() && from >= last_cycle.end {
+            return Ok(vec![]);
+        }
         let first = i64::from(self.cycle_at(from.max(self.anchor))?.index);
-        let last = i64::from(self.cycle_at(to)?.index);
+        let last = i64::from(last_cycle.index);
         if last - first >= limit as i64 {
             return Err(AppError::bad_input(format!(
                 "from..to spans {} cycles: at most {limit} at a time",
@@ -242,10 +253,18 @@ mod tests {
             interval: Interval::Week,
             ..monthly("1970-01-01T00:00:00Z")
         };
-        let c = far.cycle_at(t("9999-12-31T23:59:59Z")).unwrap();
+        let c = far.cycle_at(t("9999-12-20T00:00:00Z")).unwrap();
         assert!(
-            c.start <= t("9999-12-31T23:59:59Z") && t("9999-12-31T23:59:59Z") < c.end,
+            c.start <= t("9999-12-20T00:00:00Z") && t("9999-12-20T00:00:00Z") < c.end,
             "{c:?}"
+        );
+        // A cycle ending past 9999 is not answered.
+        assert!(far.cycle_at(t("9999-12-31T23:59:59Z")).is_err());
+        // A range before the start has no cycle.
+        assert!(
+            far.cycles_between(t("1960-01-01T00:00:00Z"), t("1965-01-01T00:00:00Z"), 120)
+                .unwrap()
+                .is_empty()
         );
         assert_eq!(
             far.last_cycles(t("1970-01-20T00:00:00Z"), 12)
