@@ -3,7 +3,8 @@
 //! counters per membership and cycle (`membership_usage`). The ledger stays one: a membership's events
 //! are `usage_events` rows that carry the membership and its cycle (new columns), with an overage flag
 //! and charge. Overage charges of memberships go through the same outbox (`overage_charges`, one per
-//! booking). Every new table is a tenant table: row-level security on Postgres.
+//! booking). Every new table is a tenant table: row-level security on Postgres. Indexes serve the
+//! lookups the feature adds: a membership by its Stripe subscription, a payment by its reference.
 
 use sea_orm_migration::prelude::*;
 
@@ -369,6 +370,17 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // The membership a connected account's subscription event names.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_memberships_subscription")
+                    .table(Memberships::Table)
+                    .col(Memberships::OrganizationId)
+                    .col(Memberships::StripeSubscriptionId)
+                    .to_owned(),
+            )
+            .await?;
         // A customer holds at most one ACTIVE or PAUSED membership in an organization; the database
         // says so too, so two concurrent subscribeCustomer calls cannot both win.
         manager
@@ -531,6 +543,18 @@ impl MigrationTrait for Migration {
                     .col(UsageEvents::OrganizationId)
                     .col(UsageEvents::MembershipId)
                     .col(UsageEvents::Id)
+                    .to_owned(),
+            )
+            .await?;
+
+        // A booking's payment is found by its reference (paid once; kept on cancellation).
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_payments_reference")
+                    .table(Alias::new("payments"))
+                    .col(Alias::new("organization_id"))
+                    .col(Alias::new("reference"))
                     .to_owned(),
             )
             .await?;

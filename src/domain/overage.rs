@@ -24,14 +24,46 @@ pub fn idempotency_key(charge: uuid::Uuid) -> String {
     format!("tollgate-overage-{charge}")
 }
 
-/// What an organization owes for a metric's overage in a period, from its counters now.
-struct Owed {
-    org: OrganizationId,
-    metric: String,
-    quantity: i64,
-    unit_price: i64,
-    amount: i64,
-    currency: String,
+/// What an organization owes for a metric's overage in a period (from its counters now), or a
+/// membership for one service past its allowance. Amounts scaled.
+pub(crate) struct Owed {
+    pub org: OrganizationId,
+    pub metric: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl Owed {
+    /// A new PENDING charge of it, for the outbox, its history starting with `note`.
+    pub(crate) fn charge(&self, period_start: NaiveDate, note: String) -> overage_charge::Model {
+        let now = Utc::now();
+        overage_charge::Model {
+            id: uuid::Uuid::now_v7(),
+            organization_id: self.org.0,
+            metric_code: self.metric.clone(),
+            period_start,
+            quantity: self.quantity,
+            unit_price: self.unit_price,
+            amount: self.amount,
+            currency: self.currency.clone(),
+            status: "PENDING".to_owned(),
+            stripe_id: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: now,
+            claimed_by: None,
+            claimed_until: None,
+            sent_at: None,
+            sent_period: None,
+            history: with_note("[]", note),
+            membership_id: None,
+            booking_id: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 /// The overage owed in `period` by each of `orgs`, per metric (zero where nothing is owed).
@@ -157,7 +189,6 @@ pub async fn bill(
         all.extend(owed(engine, orgs, period).await?);
     }
     engine.db.release().await;
-    let now = Utc::now();
     let txn = engine.db.begin_write().await?;
     let existing = store::overage::for_period(&*txn, Scope::Platform, period.start).await?;
     for charge in &existing {
@@ -174,30 +205,7 @@ pub async fn bill(
             continue;
         }
         let units = Amount::from_scaled(o.quantity).to_decimal().normalize();
-        let row = overage_charge::Model {
-            id: uuid::Uuid::now_v7(),
-            organization_id: o.org.0,
-            metric_code: o.metric.clone(),
-            period_start: period.start,
-            quantity: o.quantity,
-            unit_price: o.unit_price,
-            amount: o.amount,
-            currency: o.currency.clone(),
-            status: "PENDING".to_owned(),
-            stripe_id: None,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: now,
-            claimed_by: None,
-            claimed_until: None,
-            sent_at: None,
-            sent_period: None,
-            history: with_note("[]", format!("billed: {units} units")),
-            membership_id: None,
-            booking_id: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let row = o.charge(period.start, format!("billed: {units} units"));
         store::overage::insert_once(&*txn, Scope::Platform, row).await?;
     }
     let charges = store::overage::for_period(&*txn, Scope::Platform, period.start).await?;

@@ -215,6 +215,17 @@ struct Effect {
     membership: Option<uuid::Uuid>,
 }
 
+impl Effect {
+    /// A change of an organization, with the alerts it raised.
+    fn org(org: OrganizationId, alerts: Vec<entity::usage_alert::Model>) -> Option<Self> {
+        Some(Effect {
+            org,
+            alerts,
+            membership: None,
+        })
+    }
+}
+
 /// The organization a Stripe customer (or `metadata.organization_id`) belongs to.
 async fn org_of(
     txn: &crate::store::db::WriteTxn,
@@ -358,11 +369,7 @@ async fn subscription(
     } else {
         Vec::new()
     };
-    Ok(Some(Effect {
-        org: oid,
-        alerts,
-        membership: None,
-    }))
+    Ok(Effect::org(oid, alerts))
 }
 
 async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<Option<Effect>> {
@@ -396,11 +403,7 @@ async fn invoice(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
         store::stripe::set_amount_paid(&**txn, &event.id, scaled, &currency.to_ascii_lowercase())
             .await?;
     }
-    Ok(Some(Effect {
-        org: oid,
-        alerts: Vec::new(),
-        membership: None,
-    }))
+    Ok(Effect::org(oid, Vec::new()))
 }
 
 /// A subscription event on a connected account: the membership billed by that subscription
@@ -476,11 +479,7 @@ async fn account_updated(
         return Ok(None);
     };
     store::connect::upsert(&**txn, Scope::Platform, &row).await?;
-    Ok(Some(Effect {
-        org,
-        alerts: Vec::new(),
-        membership: None,
-    }))
+    Ok(Effect::org(org, Vec::new()))
 }
 
 /// payment_intent.succeeded on a connected account: the payment, recorded as recordPayment would
@@ -544,11 +543,7 @@ async fn payment_succeeded(
             super::money::Recorded::New(_, alerts) => alerts,
             super::money::Recorded::Existing(_) => Vec::new(),
         };
-    Ok(Some(Effect {
-        org,
-        alerts,
-        membership: None,
-    }))
+    Ok(Effect::org(org, alerts))
 }
 
 async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<Option<Effect>> {
@@ -646,11 +641,10 @@ async fn refunds(txn: &crate::store::db::WriteTxn, event: &Event) -> AppResult<O
         }
     }
     store::payments::set_refunded(&**txn, Scope::Platform, &payment).await?;
-    Ok(Some(Effect {
-        org: OrganizationId(payment.organization_id),
-        alerts: Vec::new(),
-        membership: None,
-    }))
+    Ok(Effect::org(
+        OrganizationId(payment.organization_id),
+        Vec::new(),
+    ))
 }
 
 #[cfg(test)]

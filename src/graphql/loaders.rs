@@ -242,3 +242,38 @@ impl Loader<CustomerKey> for Loaders {
         Ok(rows.into_iter().map(|c| (CustomerKey(c.id), c)).collect())
     }
 }
+
+/// A booking by its organization and reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BookingRefKey(pub Uuid, pub String);
+
+impl Loader<BookingRefKey> for Loaders {
+    type Value = entity::booking::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[BookingRefKey],
+    ) -> Result<HashMap<BookingRefKey, Self::Value>, Self::Error> {
+        let mut by_org: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for k in keys {
+            by_org.entry(k.0).or_default().push(k.1.clone());
+        }
+        let mut out = HashMap::new();
+        for (org, references) in by_org {
+            let rows = store::memberships::bookings_by_references(
+                &self.engine.db,
+                self.scope,
+                OrganizationId(org),
+                &references,
+            )
+            .await
+            .map_err(|e| gql(e.into()))?;
+            out.extend(
+                rows.into_iter()
+                    .map(|b| (BookingRefKey(b.organization_id, b.reference.clone()), b)),
+            );
+        }
+        Ok(out)
+    }
+}

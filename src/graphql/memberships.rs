@@ -3,18 +3,19 @@
 //! `domain::memberships` called, answers shaped. Every read of a record goes through the domain's
 //! access checks (a CUSTOMER sees only its own; another's answers as a missing one).
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::{booking, customer, membership, membership_plan, usage_event};
 use rust_decimal::Decimal;
 
 use super::loaders::{
-    CustomerKey, CustomerMembershipsKey, CycleUsageKey, MembershipKey, MembershipPlanKey,
+    BookingRefKey, CustomerKey, CustomerMembershipsKey, CycleUsageKey, MembershipKey,
+    MembershipPlanKey,
 };
 use super::scalars::Dec;
 use super::types::{Organization, UsageEventKind, load_org};
-use super::{connection_args, cursor_decode, cursor_encode, request_ctx};
+use super::{connection_args, cursor_decode, cursor_encode, page_of, request_ctx};
 use crate::domain::access::Action;
 use crate::domain::memberships::admin::{self, CorrectionKind, StatusAction};
 use crate::domain::memberships::bookings::{self as dbook, PriceRequest, Priced};
@@ -90,6 +91,7 @@ fn qty(scaled: i64) -> Dec {
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::memberships::MembershipStatus")]
 pub enum MembershipStatus {
     Active,
     Paused,
@@ -97,32 +99,12 @@ pub enum MembershipStatus {
     PastDue,
 }
 
-impl From<dm::MembershipStatus> for MembershipStatus {
-    fn from(s: dm::MembershipStatus) -> Self {
-        match s {
-            dm::MembershipStatus::Active => MembershipStatus::Active,
-            dm::MembershipStatus::Paused => MembershipStatus::Paused,
-            dm::MembershipStatus::Cancelled => MembershipStatus::Cancelled,
-            dm::MembershipStatus::PastDue => MembershipStatus::PastDue,
-        }
-    }
-}
-
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::memberships::cycles::Interval")]
 pub enum BillingInterval {
     Week,
     Month,
     Year,
-}
-
-impl From<BillingInterval> for Interval {
-    fn from(i: BillingInterval) -> Self {
-        match i {
-            BillingInterval::Week => Interval::Week,
-            BillingInterval::Month => Interval::Month,
-            BillingInterval::Year => Interval::Year,
-        }
-    }
 }
 
 /// The seed's booking state machine; a booking moves forward only, and may be CANCELLED from any state before COMPLETED.
@@ -173,11 +155,9 @@ impl MembershipPlan {
         &self.0.currency
     }
     async fn interval(&self) -> BillingInterval {
-        match Interval::parse(&self.0.interval) {
-            Some(Interval::Week) => BillingInterval::Week,
-            Some(Interval::Year) => BillingInterval::Year,
-            _ => BillingInterval::Month,
-        }
+        Interval::parse(&self.0.interval)
+            .unwrap_or(Interval::Month)
+            .into()
     }
     /// Services included in each cycle.
     async fn services_per_cycle(&self) -> i32 {
@@ -200,16 +180,8 @@ impl MembershipPlan {
     /// The audit of its changes (OWNER/ADMIN/VIEWER/MEMBER, not customers): who changed the price or allowance, why, the definition before and after, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<MembershipPlanChange>> {
         let rc = request_ctx(ctx)?;
-        let viewer = rc.viewer()?;
-        let id = self.0.organization_id.to_string();
-        dm::org_for(
-            &rc.engine.db,
-            viewer,
-            Some(&id),
-            Action::ReadMemberships,
-            false,
-        )
-        .await?;
+        // The plan was read in the viewer's scope: only the role is left to check.
+        dm::require(rc.viewer()?, Action::ReadMemberships)?;
         let rows = store::memberships::plan_history(
             &rc.engine.db,
             rc.scope(),
@@ -450,13 +422,14 @@ impl Membership {
         )
         .await
         .map_err(AppError::from)?;
-        let mut conn = Connection::new(after.is_some(), rows.len() > limit);
-        conn.edges.extend(
-            rows.into_iter()
-                .take(limit)
-                .map(|e| Edge::new(cursor_encode(&e.id), MembershipUsageEvent(e))),
-        );
-        Ok(conn)
+        Ok(page_of(
+            rows,
+            limit,
+            after.is_some(),
+            EmptyFields,
+            |e| cursor_encode(&e.id),
+            MembershipUsageEvent,
+        ))
     }
     #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn bookings(
@@ -484,13 +457,14 @@ impl Membership {
         )
         .await
         .map_err(AppError::from)?;
-        let mut conn = Connection::new(after.is_some(), rows.len() > limit);
-        conn.edges.extend(
-            rows.into_iter()
-                .take(limit)
-                .map(|b| Edge::new(cursor_encode(&b.id), MembershipBooking(b))),
-        );
-        Ok(conn)
+        Ok(page_of(
+            rows,
+            limit,
+            after.is_some(),
+            EmptyFields,
+            |b| cursor_encode(&b.id),
+            MembershipBooking,
+        ))
     }
 }
 
@@ -594,17 +568,8 @@ impl MembershipUsageEvent {
         let Some(reference) = &self.0.reference else {
             return Ok(None);
         };
-        let rc = request_ctx(ctx)?;
-        Ok(store::memberships::booking_by_reference(
-            &rc.engine.db,
-            rc.scope(),
-            OrganizationId(self.0.organization_id),
-            reference,
-            false,
-        )
-        .await
-        .map_err(AppError::from)?
-        .map(MembershipBooking))
+        let key = BookingRefKey(self.0.organization_id, reference.clone());
+        Ok(loader(ctx)?.load_one(key).await?.map(MembershipBooking))
     }
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
@@ -748,16 +713,8 @@ pub async fn membership_plans(
     include_inactive: bool,
 ) -> Result<Vec<MembershipPlan>> {
     let rc = request_ctx(ctx)?;
-    let viewer = rc.viewer()?;
-    let id = org.0.to_string();
-    dm::org_for(
-        &rc.engine.db,
-        viewer,
-        Some(&id),
-        Action::ReadMemberships,
-        false,
-    )
-    .await?;
+    // The organization is in hand (in the viewer's scope): only the role is left to check.
+    dm::require(rc.viewer()?, Action::ReadMemberships)?;
     let rows = store::memberships::plans_of(&rc.engine.db, rc.scope(), org, include_inactive)
         .await
         .map_err(AppError::from)?;
@@ -772,16 +729,8 @@ pub async fn customers(
     search: Option<String>,
 ) -> Result<Connection<String, Customer, CustomerTotal, EmptyFields>> {
     let rc = request_ctx(ctx)?;
-    let viewer = rc.viewer()?;
-    let id = org.0.to_string();
-    dm::org_for(
-        &rc.engine.db,
-        viewer,
-        Some(&id),
-        Action::ReadMemberships,
-        false,
-    )
-    .await?;
+    // The organization is in hand (in the viewer's scope): only the role is left to check.
+    dm::require(rc.viewer()?, Action::ReadMemberships)?;
     let limit = connection_args(rc, first)?;
     let after_id = after
         .as_deref()
@@ -807,19 +756,17 @@ pub async fn customers(
     if wants("memberships") || wants("activeMembership") {
         prime(ctx, &rows[..rows.len().min(limit)]).await?;
     }
-    let mut conn = Connection::with_additional_fields(
+    let total = CustomerTotal {
+        total_count: i32::try_from(total).unwrap_or(i32::MAX),
+    };
+    Ok(page_of(
+        rows,
+        limit,
         after.is_some(),
-        rows.len() > limit,
-        CustomerTotal {
-            total_count: i32::try_from(total).unwrap_or(i32::MAX),
-        },
-    );
-    conn.edges.extend(
-        rows.into_iter()
-            .take(limit)
-            .map(|c| Edge::new(cursor_encode(&c.id), Customer(c))),
-    );
-    Ok(conn)
+        total,
+        |c| cursor_encode(&c.id),
+        Customer,
+    ))
 }
 
 /// Loads a page of customers' memberships, their plans and their current cycles' counters in

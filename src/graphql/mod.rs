@@ -115,6 +115,7 @@ impl RequestCtx {
         loaders.clear::<loaders::CycleUsageKey>();
         loaders.clear::<loaders::MembershipKey>();
         loaders.clear::<loaders::CustomerKey>();
+        loaders.clear::<loaders::BookingRefKey>();
     }
 
     pub fn viewer(&self) -> Result<&Viewer, AppError> {
@@ -183,6 +184,33 @@ pub fn connection_args(rc: &RequestCtx, first: Option<i32>) -> async_graphql::Re
         }
         Some(n) => Ok(n as usize),
     }
+}
+
+/// A page of `rows`, fetched with one more than `limit` to know whether more follow, as a
+/// connection: each row's cursor from `cursor`, its node from `node`, `extra` its additional fields.
+pub fn page_of<T, N, E>(
+    rows: Vec<T>,
+    limit: usize,
+    after: bool,
+    extra: E,
+    cursor: impl Fn(&T) -> String,
+    node: impl Fn(T) -> N,
+) -> async_graphql::connection::Connection<String, N, E, async_graphql::connection::EmptyFields>
+where
+    N: async_graphql::OutputType,
+    E: async_graphql::ObjectType,
+{
+    let mut conn = async_graphql::connection::Connection::with_additional_fields(
+        after,
+        rows.len() > limit,
+        extra,
+    );
+    conn.edges.extend(
+        rows.into_iter()
+            .take(limit)
+            .map(|r| async_graphql::connection::Edge::new(cursor(&r), node(r))),
+    );
+    conn
 }
 
 pub fn cursor_encode<T: Serialize>(key: &T) -> String {
@@ -523,6 +551,7 @@ impl ExtensionFactory for TenantGate {
             max_page_size: self.max_page_size,
             renamed: std::sync::Mutex::default(),
             request: std::sync::Mutex::default(),
+            customer: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -537,6 +566,8 @@ struct TenantGateExt {
     renamed: std::sync::Mutex<Vec<(String, String)>>,
     /// The request's document text and variables, seen at parsing, for completing its response.
     request: std::sync::Mutex<Option<(String, Variables)>>,
+    /// The caller is a CUSTOMER (the customer wall applies), seen at parsing.
+    customer: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -548,11 +579,9 @@ impl Extension for TenantGateExt {
         info: async_graphql::extensions::ResolveInfo<'_>,
         next: async_graphql::extensions::NextResolve<'_>,
     ) -> ServerResult<Option<async_graphql::Value>> {
-        let customer = ctx
-            .data_opt::<RequestCtx>()
-            .and_then(|r| r.viewer.as_ref())
-            .is_some_and(Viewer::is_customer);
-        if customer && !customer_may_resolve(info.parent_type, info.name) {
+        if self.customer.load(std::sync::atomic::Ordering::Relaxed)
+            && !customer_may_resolve(info.parent_type, info.name)
+        {
             let mut e = ServerError::new(
                 if info.parent_type == "Organization" {
                     "a customer reads only its organization's id, name and slug"
@@ -638,6 +667,11 @@ impl Extension for TenantGateExt {
             *seen = Some((query.to_owned(), variables.clone()));
         }
         let viewer = ctx.data_opt::<RequestCtx>().and_then(|r| r.viewer.as_ref());
+        // Known once per request, so the customer wall costs other callers one load per field.
+        self.customer.store(
+            viewer.is_some_and(Viewer::is_customer),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if !viewer.is_some_and(|v| v.platform)
             && let Some(hidden) = self.hidden.get()
         {

@@ -1,7 +1,7 @@
 //! The money side's API (contract/money.graphql): application-fee quotes, payments and revenue.
 //! Thin: arguments parsed, `domain::money` called, answers shaped.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result};
 use chrono::{DateTime, Utc};
 use entity::payment;
@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::scalars::{Date, Dec};
 use super::types::{Organization, load_org};
-use super::{connection_args, cursor_decode, cursor_encode, request_ctx};
+use super::{connection_args, cursor_decode, cursor_encode, page_of, request_ctx};
 use crate::domain::connect;
 use crate::domain::money::{self, Currency, FeeQuote};
 use crate::domain::{Amount, OrganizationId, Period};
@@ -355,14 +355,14 @@ pub async fn overage_charges(
     )
     .await
     .map_err(AppError::from)?;
-    let has_next = rows.len() > limit;
-    let mut conn = Connection::new(after.is_some(), has_next);
-    conn.edges.extend(
-        rows.into_iter()
-            .take(limit)
-            .map(|c| Edge::new(cursor_encode(&(c.period_start, c.id)), OverageCharge(c))),
-    );
-    Ok(conn)
+    Ok(page_of(
+        rows,
+        limit,
+        after.is_some(),
+        EmptyFields,
+        |c| cursor_encode(&(c.period_start, c.id)),
+        OverageCharge,
+    ))
 }
 
 /// Organization's money fields (called from its object in `types`).
@@ -381,14 +381,14 @@ pub async fn payments(
     let rows = store::payments::page(&rc.engine.db, rc.scope(), org, after_key, limit as u64 + 1)
         .await
         .map_err(AppError::from)?;
-    let has_next = rows.len() > limit;
-    let mut conn = Connection::new(after.is_some(), has_next);
-    conn.edges.extend(
-        rows.into_iter()
-            .take(limit)
-            .map(|p| Edge::new(cursor_encode(&(p.occurred_at, p.id)), Payment(p))),
-    );
-    Ok(conn)
+    Ok(page_of(
+        rows,
+        limit,
+        after.is_some(),
+        EmptyFields,
+        |p| cursor_encode(&(p.occurred_at, p.id)),
+        Payment,
+    ))
 }
 
 pub async fn revenue(

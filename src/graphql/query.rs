@@ -11,7 +11,7 @@ use super::types::{
     EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, PlanChange, TotalCount,
     UsageAlert, UsageSummary, Viewer,
 };
-use super::{connection_args, cursor_decode, cursor_encode, platform_only, request_ctx};
+use super::{connection_args, cursor_decode, cursor_encode, page_of, platform_only, request_ctx};
 use crate::domain::access::{self, Action};
 use crate::domain::{OrganizationId, Period};
 use crate::error::AppError;
@@ -123,17 +123,14 @@ impl CoreQuery {
         let page: Vec<_> = rows.iter().take(limit).cloned().collect();
         prime(ctx, &page, &["nodes", "usage"]).await?;
         prime(ctx, &page, &["edges", "node", "usage"]).await?;
-        let mut conn = Connection::with_additional_fields(
+        Ok(page_of(
+            rows,
+            limit,
             after.is_some(),
-            rows.len() > limit,
             TotalCount { total },
-        );
-        conn.edges.extend(
-            rows.into_iter()
-                .take(limit)
-                .map(|o| Edge::new(cursor_encode(&o.slug), Organization(o))),
-        );
-        Ok(conn)
+            |o| cursor_encode(&o.slug),
+            Organization,
+        ))
     }
 
     /// Platform team only (invisible to tenants): the audit rows of a plan's changes, newest first: who changed it, why, and its definition before and after.
@@ -313,13 +310,13 @@ impl CoreQuery {
         )
         .await
         .map_err(AppError::from)?;
-        let has_next = rows.len() > limit;
-        let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(
-            rows.into_iter()
-                .take(limit)
-                .map(|a| Edge::new(cursor_encode(&a.id), UsageAlert(Arc::new(a)))),
-        );
-        Ok(conn)
+        Ok(page_of(
+            rows,
+            limit,
+            after.is_some(),
+            EmptyFields,
+            |a| cursor_encode(&a.id),
+            |a| UsageAlert(Arc::new(a)),
+        ))
     }
 }

@@ -277,14 +277,14 @@ impl Organization {
         )
         .await
         .map_err(AppError::from)?;
-        let has_next = rows.len() > limit;
-        let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(
-            rows.into_iter()
-                .take(limit)
-                .map(|e| async_graphql::connection::Edge::new(cursor_encode(&e.id), UsageEvent(e))),
-        );
-        Ok(conn)
+        Ok(super::page_of(
+            rows,
+            limit,
+            after.is_some(),
+            EmptyFields,
+            |e| cursor_encode(&e.id),
+            UsageEvent,
+        ))
     }
     /// The seed's subscription_history, newest effective date first, then newest recorded first.
     #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
@@ -309,15 +309,14 @@ impl Organization {
         )
         .await
         .map_err(AppError::from)?;
-        let has_next = rows.len() > limit;
-        let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().take(limit).map(|h| {
-            async_graphql::connection::Edge::new(
-                cursor_encode(&(h.effective_date, h.id)),
-                SubscriptionChange(h),
-            )
-        }));
-        Ok(conn)
+        Ok(super::page_of(
+            rows,
+            limit,
+            after.is_some(),
+            EmptyFields,
+            |h| cursor_encode(&(h.effective_date, h.id)),
+            SubscriptionChange,
+        ))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

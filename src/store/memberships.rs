@@ -339,11 +339,10 @@ pub async fn lock_membership<C: ConnectionTrait>(
     scope: Scope,
     id: Uuid,
 ) -> Result<Option<membership::Model>, DbErr> {
-    let (filter, mut values): (&str, Vec<Value>) = match scope {
+    let (filter, values): (&str, Vec<Value>) = match scope {
         Scope::Platform => ("", vec![id.into()]),
         Scope::Tenant(org) => (" AND organization_id = $2", vec![id.into(), org.0.into()]),
     };
-    values.shrink_to_fit();
     membership::Entity::find()
         .from_raw_sql(stmt(
             db.get_database_backend(),
@@ -599,6 +598,23 @@ pub async fn booking_by_reference<C: ConnectionTrait>(
         .filter(booking::Column::OrganizationId.eq(org.0))
         .filter(booking::Column::Reference.eq(reference))
         .one(db)
+        .await
+}
+
+/// Bookings of an organization by their references.
+pub async fn bookings_by_references<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    references: &[String],
+) -> Result<Vec<booking::Model>, DbErr> {
+    if !scope.allows(org) || references.is_empty() {
+        return Ok(vec![]);
+    }
+    booking::Entity::find()
+        .filter(booking::Column::OrganizationId.eq(org.0))
+        .filter(booking::Column::Reference.is_in(references.to_vec()))
+        .all(db)
         .await
 }
 

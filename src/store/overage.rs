@@ -11,30 +11,33 @@ use uuid::Uuid;
 use super::{execute, query_all};
 use crate::domain::{OrganizationId, Scope};
 
-/// Inserts a charge unless its organization, period and metric already have one.
+/// Inserts a charge unless it exists: an organization's, once per period and metric; a
+/// membership's (with a booking), once per booking. Each has its own partial unique index.
 pub async fn insert_once<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
     row: overage_charge::Model,
 ) -> Result<bool, DbErr> {
+    use overage_charge::Column as C;
+    use sea_orm::sea_query::{Expr, ExprTrait};
     if !scope.allows(OrganizationId(row.organization_id)) {
         return Ok(false);
     }
+    let booking = Expr::col(C::BookingId);
+    let target = if row.booking_id.is_some() {
+        OnConflict::columns([C::OrganizationId, C::BookingId])
+            .target_and_where(booking.is_not_null())
+            .do_nothing()
+            .to_owned()
+    } else {
+        OnConflict::columns([C::OrganizationId, C::PeriodStart, C::MetricCode])
+            .target_and_where(booking.is_null())
+            .do_nothing()
+            .to_owned()
+    };
     let active: overage_charge::ActiveModel = row.into();
     let n = overage_charge::Entity::insert(active)
-        .on_conflict(
-            OnConflict::columns([
-                overage_charge::Column::OrganizationId,
-                overage_charge::Column::PeriodStart,
-                overage_charge::Column::MetricCode,
-            ])
-            // The organizations' charges; a membership's are one per booking (their own index).
-            .target_and_where(sea_orm::sea_query::ExprTrait::is_null(
-                sea_orm::sea_query::Expr::col(overage_charge::Column::BookingId),
-            ))
-            .do_nothing()
-            .to_owned(),
-        )
+        .on_conflict(target)
         .exec_without_returning(db)
         .await?;
     Ok(n == 1)
@@ -243,31 +246,4 @@ pub async fn note<C: ConnectionTrait>(db: &C, id: Uuid, history: &str) -> Result
     )
     .await
     .map(|_| ())
-}
-
-/// Inserts a membership's overage charge for one booking, unless that booking already has one.
-pub async fn insert_booking_charge<C: ConnectionTrait>(
-    db: &C,
-    scope: Scope,
-    row: overage_charge::Model,
-) -> Result<bool, DbErr> {
-    if !scope.allows(OrganizationId(row.organization_id)) || row.booking_id.is_none() {
-        return Ok(false);
-    }
-    let active: overage_charge::ActiveModel = row.into();
-    let n = overage_charge::Entity::insert(active)
-        .on_conflict(
-            OnConflict::columns([
-                overage_charge::Column::OrganizationId,
-                overage_charge::Column::BookingId,
-            ])
-            .target_and_where(sea_orm::sea_query::ExprTrait::is_not_null(
-                sea_orm::sea_query::Expr::col(overage_charge::Column::BookingId),
-            ))
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-    Ok(n == 1)
 }

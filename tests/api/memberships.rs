@@ -132,6 +132,7 @@ const RESET: &str = concat!(
     usage_fields!(),
     " } }"
 );
+const PAY: &str = "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { amount applicationFee netAmount reference } }";
 const UPSERT_PLAN: &str = "mutation($i: UpsertMembershipPlanInput!) { upsertMembershipPlan(input: $i) { \
     id code name price currency interval servicesPerCycle discountPct allowOverage overageRate active } }";
 
@@ -2732,7 +2733,6 @@ async fn booking_payments_and_audit(app: TestApp) {
         )
         .await;
     assert_eq!(guest["createBooking"]["quote"]["total"], "110.00");
-    const PAY: &str = "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { amount applicationFee netAmount reference } }";
     let wrong = app
         .gql(
             &t.service,
@@ -3047,8 +3047,6 @@ async fn probe_findings(app: TestApp) {
         .await;
     assert_eq!(b2["createBooking"]["quote"]["coverage"], "OVERAGE");
     // The overage of a Stripe-billed membership is paid on the subscription's invoice.
-    const PAY: &str =
-        "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { applicationFee } }";
     let body = app
         .gql(
             &t.service,
@@ -3268,7 +3266,6 @@ async fn second_probe_findings(app: TestApp) {
     book(&app, &t.service, &c, "q:1", "80.00").await;
     let over = book(&app, &t.service, &c, "q:2", "80.00").await;
     assert_eq!(over["quote"]["coverage"], "OVERAGE");
-    const PAY: &str = "mutation($i: RecordPaymentInput!) { recordPayment(input: $i) { amount } }";
     app.ok(
         &t.service,
         PAY,

@@ -445,15 +445,9 @@ pub(crate) async fn change_status_in<C: sea_orm::ConnectionTrait>(
                 .await?
                 .is_some();
             if !paid {
-                super::bookings::detach(db, engine, viewer, &b).await?;
+                super::bookings::detach(db, engine, viewer, b).await?;
             } else if b.holds_service {
-                let key = CycleKey {
-                    org,
-                    membership: m.id,
-                    cycle: b.cycle.unwrap_or(0),
-                };
-                store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
-                b.holds_service = false;
+                super::bookings::release(db, viewer, &mut b).await?;
                 b.updated_at = at;
                 store::memberships::save_booking(db, scope, &b).await?;
             }

@@ -241,9 +241,18 @@ fn booking_row(
     })
 }
 
+/// The counters a booking's hold counts in: its membership's, in the cycle it was priced in.
+pub(crate) fn hold_key(b: &booking::Model) -> Option<CycleKey> {
+    Some(CycleKey {
+        org: OrganizationId(b.organization_id),
+        membership: b.membership_id?,
+        cycle: b.cycle?,
+    })
+}
+
 /// Takes the hold a priced booking needs (the membership is locked).
 async fn hold<C: ConnectionTrait>(db: &C, viewer: &Viewer, b: &booking::Model) -> AppResult<()> {
-    let (Some(m), Some(cycle), true) = (b.membership_id, b.cycle, b.holds_service) else {
+    let (Some(key), true) = (hold_key(b), b.holds_service) else {
         return Ok(());
     };
     let change = if Coverage::parse(&b.coverage) == Coverage::Included {
@@ -251,17 +260,25 @@ async fn hold<C: ConnectionTrait>(db: &C, viewer: &Viewer, b: &booking::Model) -
     } else {
         UsageChange::HoldOverage
     };
-    let key = CycleKey {
-        org: OrganizationId(b.organization_id),
-        membership: m,
-        cycle,
-    };
     store::memberships::change_usage(db, viewer.scope(), key, change)
         .await?
         .map(|_| ())
         .ok_or_else(|| {
             AppError::conflict("the membership's last service was just taken: try again")
         })
+}
+
+/// Gives a booking's hold back (the membership is locked); the caller saves the booking.
+pub(crate) async fn release<C: ConnectionTrait>(
+    db: &C,
+    viewer: &Viewer,
+    b: &mut booking::Model,
+) -> AppResult<()> {
+    if let (Some(key), true) = (hold_key(b), b.holds_service) {
+        store::memberships::change_usage(db, viewer.scope(), key, UsageChange::Release).await?;
+    }
+    b.holds_service = false;
+    Ok(())
 }
 
 /// The same booking asked again: the stored one when the details agree, else CONFLICT.
@@ -380,11 +397,8 @@ async fn use_hold<C: ConnectionTrait>(
     let cycle_index = b.cycle.unwrap_or(0);
     let overage = Coverage::parse(&b.coverage) == Coverage::Overage;
     let charge = if overage { b.subtotal } else { 0 };
-    let key = CycleKey {
-        org: OrganizationId(b.organization_id),
-        membership: m.id,
-        cycle: cycle_index,
-    };
+    let key = hold_key(b)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("booking {} held nothing", b.id)))?;
     store::memberships::change_usage(db, scope, key, UsageChange::UseHold { overage, charge })
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("booking {} held nothing", b.id)))?;
@@ -414,42 +428,24 @@ async fn use_hold<C: ConnectionTrait>(
     )
     .await?;
     if overage && charge > 0 && m.stripe_subscription_id.is_some() {
-        let now = Utc::now();
-        store::overage::insert_booking_charge(
-            db,
-            scope,
-            overage_charge::Model {
-                id: Uuid::now_v7(),
-                organization_id: b.organization_id,
-                metric_code: SERVICES.to_owned(),
-                period_start: cycle.start.date_naive(),
-                quantity: ONE,
-                unit_price: charge,
-                amount: charge,
-                currency: b.currency.clone(),
-                status: "PENDING".to_owned(),
-                stripe_id: None,
-                attempts: 0,
-                last_error: None,
-                next_attempt_at: now,
-                claimed_by: None,
-                claimed_until: None,
-                sent_at: None,
-                sent_period: None,
-                history: crate::domain::overage::with_note(
-                    "[]",
-                    format!(
-                        "billed: 1 service over the allowance, booking {}",
-                        b.reference
-                    ),
-                ),
-                membership_id: Some(m.id),
-                booking_id: Some(b.id),
-                created_at: now,
-                updated_at: now,
-            },
-        )
-        .await?;
+        let owed = crate::domain::overage::Owed {
+            org: OrganizationId(b.organization_id),
+            metric: SERVICES.to_owned(),
+            quantity: ONE,
+            unit_price: charge,
+            amount: charge,
+            currency: b.currency.clone(),
+        };
+        let note = format!(
+            "billed: 1 service over the allowance, booking {}",
+            b.reference
+        );
+        let row = overage_charge::Model {
+            membership_id: Some(m.id),
+            booking_id: Some(b.id),
+            ..owed.charge(cycle.start.date_naive(), note)
+        };
+        store::overage::insert_once(db, scope, row).await?;
     }
     Ok(())
 }
@@ -509,15 +505,10 @@ pub async fn update_status(
         if to == BookingStatus::Completed {
             let plan = plan_of(&*txn, &m).await?;
             use_hold(&*txn, viewer, &b, &m, &plan, reason, at).await?;
+            b.holds_service = false;
         } else {
-            let key = CycleKey {
-                org: OrganizationId(org.id),
-                membership: mid,
-                cycle: b.cycle.unwrap_or(0),
-            };
-            store::memberships::change_usage(&*txn, scope, key, UsageChange::Release).await?;
+            release(&*txn, viewer, &mut b).await?;
         }
-        b.holds_service = false;
         changed.push((OrganizationId(org.id), mid));
     }
     b.status = to.as_str().to_owned();
@@ -719,7 +710,7 @@ pub async fn unlink(
         ));
     }
     store::memberships::lock_membership(&*txn, scope, mid).await?;
-    b = detach(&*txn, engine, viewer, &b).await?;
+    b = detach(&*txn, engine, viewer, b).await?;
     commit_and_publish(engine, txn, &[(OrganizationId(org.id), mid)]).await?;
     Ok(b)
 }
@@ -730,17 +721,10 @@ pub(crate) async fn detach<C: ConnectionTrait>(
     db: &C,
     engine: &Engine,
     viewer: &Viewer,
-    b: &booking::Model,
+    mut b: booking::Model,
 ) -> AppResult<booking::Model> {
     let scope = viewer.scope();
-    if let (Some(mid), true) = (b.membership_id, b.holds_service) {
-        let key = CycleKey {
-            org: OrganizationId(b.organization_id),
-            membership: mid,
-            cycle: b.cycle.unwrap_or(0),
-        };
-        store::memberships::change_usage(db, scope, key, UsageChange::Release).await?;
-    }
+    release(db, viewer, &mut b).await?;
     let q = pricing::quote(QuoteInput {
         service_price: Amount::from_scaled(b.service_price).to_decimal(),
         currency: Currency::parse(&b.currency)?,

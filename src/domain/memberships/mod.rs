@@ -230,10 +230,17 @@ async fn check_customer_access<C: ConnectionTrait>(
             ))
         };
     }
-    if !access::role_allows(viewer, action) {
-        return Err(access_refusal(action));
+    require(viewer, action)
+}
+
+/// The role check alone, for a record already loaded in the viewer's scope (an Organization's
+/// fields, a plan's audit): a customer, or a role the access table does not allow, is FORBIDDEN.
+pub fn require(viewer: &Viewer, action: Action) -> AppResult<()> {
+    if access::role_allows(viewer, action) {
+        Ok(())
+    } else {
+        Err(access_refusal(action))
     }
-    Ok(())
 }
 
 fn access_refusal(action: Action) -> AppError {
