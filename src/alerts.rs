@@ -181,6 +181,16 @@ pub fn encode(org: OrganizationId, alerts: &[usage_alert::Model]) -> Vec<String>
     payloads
 }
 
+/// The NOTIFY payload that says an organization's usage changed (a recording's, sent with it).
+pub fn encode_usage(org: OrganizationId) -> String {
+    json!({ "o": org.0, "a": [] }).to_string()
+}
+
+/// The NOTIFY payload of one alert alone (its recording's payload says the usage changed).
+pub fn encode_alert(org: OrganizationId, alert: &usage_alert::Model) -> String {
+    json!({ "o": org.0, "a": [alert_json(alert)], "x": true }).to_string()
+}
+
 /// The NOTIFY payload of an upsertPlan.
 pub fn encode_plans_changed() -> String {
     json!({ "plans": true }).to_string()

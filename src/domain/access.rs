@@ -64,18 +64,24 @@ pub async fn authorize<C: ConnectionTrait>(
     let found = store::orgs::find(db, viewer.scope(), org)
         .await?
         .ok_or_else(|| AppError::not_found("organization"))?;
-    if !role_allows(viewer, action) {
-        return Err(AppError::forbidden(match action {
-            Action::Read => "your role may not read this organization",
-            Action::Record => "recording usage needs the OWNER, ADMIN or SERVICE role",
-            Action::ManageSubscription => "changing the subscription needs the OWNER or ADMIN role",
-            Action::Platform => "this needs a platform-team member",
-            Action::ReadMemberships => "your role may not read the organization's memberships",
-            Action::ManageMemberships => "managing memberships needs the OWNER or ADMIN role",
-            Action::Book => "bookings are created and moved by the OWNER, ADMIN or SERVICE role",
-        }));
-    }
+    require(viewer, action)?;
     Ok(found)
+}
+
+/// Checks that the viewer's role may do `action` (on an organization already found in scope).
+pub fn require(viewer: &Viewer, action: Action) -> AppResult<()> {
+    if role_allows(viewer, action) {
+        return Ok(());
+    }
+    Err(AppError::forbidden(match action {
+        Action::Read => "your role may not read this organization",
+        Action::Record => "recording usage needs the OWNER, ADMIN or SERVICE role",
+        Action::ManageSubscription => "changing the subscription needs the OWNER or ADMIN role",
+        Action::Platform => "this needs a platform-team member",
+        Action::ReadMemberships => "your role may not read the organization's memberships",
+        Action::ManageMemberships => "managing memberships needs the OWNER or ADMIN role",
+        Action::Book => "bookings are created and moved by the OWNER, ADMIN or SERVICE role",
+    }))
 }
 
 pub fn require_platform(viewer: &Viewer) -> AppResult<()> {

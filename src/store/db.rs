@@ -159,6 +159,28 @@ impl Db {
         Ok(WriteTxn { txn, _gate: gate })
     }
 
+    /// The process's base handle behind this one (platform scope, no read transaction).
+    pub fn base(&self) -> Self {
+        Db {
+            pool: self.pool.clone(),
+            scope: Scope::Platform,
+            rls: self.rls,
+            write_gate: self.write_gate.clone(),
+            turn_timeout: self.turn_timeout,
+            read: None,
+        }
+    }
+
+    /// Begins a transaction that writes for several callers (group commit): each sets its own scope
+    /// with its first statement (`store::recording::enter`), so none is set here.
+    pub async fn begin_group(&self) -> Result<WriteTxn, DbErr> {
+        if self.rls {
+            let txn = self.pool.begin().await?;
+            return Ok(WriteTxn { txn, _gate: None });
+        }
+        self.begin_write().await
+    }
+
     async fn route(&self) -> Result<Route, DbErr> {
         if !self.rls {
             return Ok(Route::Pool);

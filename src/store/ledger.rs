@@ -63,9 +63,9 @@ pub async fn period_rows<C: ConnectionTrait>(
         .await
 }
 
-/// Creates the period row if needed and locks it for the rest of the transaction (a row lock on
-/// Postgres; SQLite transactions that write are serialized anyway). Every change to an organization's
-/// usage in a period takes this lock first, so flags and alerts are evaluated on a consistent view.
+/// Takes the organization's writer lock (`recording::lock_org`) and creates the period row if needed.
+/// Every change to an organization's usage takes this lock first, so flags and alerts are evaluated
+/// on a consistent view.
 /// Answers the period's alert epoch, or None when the scope may not touch the organization.
 pub async fn lock_period<C: ConnectionTrait>(
     db: &C,
@@ -76,6 +76,7 @@ pub async fn lock_period<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(None);
     }
+    super::recording::lock_org(db, org).await?;
     let now = Utc::now();
     let row = query_one(
         db,

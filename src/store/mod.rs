@@ -11,6 +11,7 @@ pub mod orgs;
 pub mod overage;
 pub mod payments;
 pub mod rebuild;
+pub mod recording;
 pub mod stripe;
 pub mod team;
 

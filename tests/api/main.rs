@@ -18,6 +18,7 @@ mod money;
 mod production;
 mod replicas;
 mod settings;
+mod speed;
 mod stripe;
 mod tenancy;
 mod usage;

@@ -6,7 +6,7 @@ impl Engine {
     /// After a plan's limits change: re-evaluates the current period of every organization on the
     /// plan that has one (the stored flags follow the new limits, and alerts whose conditions now
     /// hold are raised; not re-armed, as the organizations keep their plan). Organizations are taken
-    /// in id order, so two such transactions cannot lock them in opposite orders.
+    /// in the global lock order, so no two transactions lock them in opposite orders.
     pub(crate) async fn reevaluate_plan(
         &self,
         txn: &DatabaseTransaction,
@@ -14,7 +14,9 @@ impl Engine {
         plan_id: Uuid,
     ) -> AppResult<Vec<(OrganizationId, Vec<usage_alert::Model>)>> {
         let period = Period::current();
-        let orgs = store::ledger::orgs_in_period_on_plan(txn, plan_id, period).await?;
+        let mut orgs = store::ledger::orgs_in_period_on_plan(txn, plan_id, period).await?;
+        // The global lock order (`store::recording::lock_key`): no two writers deadlock.
+        orgs.sort_by_key(|o| store::recording::lock_key(*o));
         let rules = plan_rules(txn, Some(plan_id)).await?;
         let mut out = Vec::with_capacity(orgs.len());
         for org in orgs {
@@ -49,40 +51,115 @@ impl Engine {
         let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
         let exceeded = states.iter().any(|m| m.state.exceeded());
         store::ledger::write_flags(txn, scope, org, period, exceeded, details).await?;
-        let mut new_alerts = Vec::new();
+        let mut alerts = Vec::new();
         for m in states
             .iter()
             .filter(|m| only_metric.is_none_or(|only| only == m.metric))
         {
             for kind in m.state.alert_conditions(self.near_limit_pct) {
-                let alert = usage_alert::Model {
-                    organization_id: org.0,
-                    id: Uuid::now_v7(),
-                    metric_code: m.metric.clone(),
-                    kind,
-                    period_start: period.start,
-                    alert_epoch: epoch,
-                    threshold_pct: Amount::parse(
-                        "threshold",
-                        threshold_for(kind, self.near_limit_pct),
-                    )?
-                    .scaled(),
-                    used: m.state.used.scaled(),
-                    allowance: Amount::parse("allowance", m.state.allowance().unwrap_or_default())?
-                        .scaled(),
-                    utilization_pct: Amount::parse(
-                        "utilization",
-                        m.state.utilization().unwrap_or_default(),
-                    )?
-                    .scaled(),
-                    created_at: Utc::now(),
-                };
-                if let Some(a) = store::ledger::insert_alert(txn, scope, alert).await? {
-                    new_alerts.push(a);
-                }
+                alerts.push(self.alert_model(org, period, epoch, m, kind)?);
             }
         }
-        Ok(new_alerts)
+        Ok(store::recording::insert_alerts(txn, scope, alerts, None, |_| String::new()).await?)
+    }
+
+    /// After a recording moved one metric's counter: the flags change only in that metric's entry
+    /// (written only when it changed); the period's first change evaluates every metric (a GAUGE
+    /// carries its earlier reading) and creates the period row. Then the metric's alerts that hold
+    /// and did not fire yet in the epoch, in one insert.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn evaluate_recorded(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+        view: &store::recording::RecordingView,
+        rules: &HashMap<String, LimitRule>,
+        usage: &MetricUsage,
+        announce: bool,
+    ) -> AppResult<Vec<usage_alert::Model>> {
+        let epoch = match &view.period {
+            Some(row) => {
+                let mut details = row.details.as_object().cloned().unwrap_or_default();
+                let before = details.get(&usage.metric).cloned();
+                let entry = exceeded_details([(usage.metric.as_str(), &usage.state)]);
+                match entry.get(&usage.metric) {
+                    Some(e) => details.insert(usage.metric.clone(), e.clone()),
+                    None => details.remove(&usage.metric),
+                };
+                let exceeded = !details.is_empty();
+                if before.as_ref() != details.get(&usage.metric) || exceeded != row.exceeded {
+                    store::ledger::write_flags(
+                        txn,
+                        scope,
+                        org,
+                        period,
+                        exceeded,
+                        serde_json::Value::Object(details),
+                    )
+                    .await?;
+                }
+                row.epoch
+            }
+            None => {
+                let catalog = self.catalog().await?;
+                let counters = store::ledger::counters(txn, scope, &[org], period).await?;
+                let states = states_from(period, &catalog.kinds, rules, &counters);
+                let details =
+                    exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
+                let exceeded = states.iter().any(|m| m.state.exceeded());
+                store::recording::write_period(txn, scope, org, period, exceeded, details)
+                    .await?
+                    .unwrap_or(0)
+            }
+        };
+        let mut alerts = Vec::new();
+        for kind in usage.state.alert_conditions(self.near_limit_pct) {
+            if !view.fired.contains(&kind) {
+                alerts.push(self.alert_model(org, period, epoch, usage, kind)?);
+            }
+        }
+        if alerts.is_empty() {
+            return Ok(alerts);
+        }
+        let channel = announce.then_some(crate::alerts::CHANNEL);
+        Ok(
+            store::recording::insert_alerts(txn, scope, alerts, channel, |a| {
+                crate::alerts::encode_alert(org, a)
+            })
+            .await?,
+        )
+    }
+
+    /// The alert of `kind` for a metric's state.
+    fn alert_model(
+        &self,
+        org: OrganizationId,
+        period: Period,
+        epoch: i32,
+        m: &MetricUsage,
+        kind: AlertKind,
+    ) -> AppResult<usage_alert::Model> {
+        Ok(usage_alert::Model {
+            organization_id: org.0,
+            id: Uuid::now_v7(),
+            metric_code: m.metric.clone(),
+            kind,
+            period_start: period.start,
+            alert_epoch: epoch,
+            threshold_pct: Amount::parse("threshold", threshold_for(kind, self.near_limit_pct))?
+                .scaled(),
+            used: m.state.used.scaled(),
+            allowance: Amount::parse("allowance", m.state.allowance().unwrap_or_default())?
+                .scaled(),
+            utilization_pct: Amount::parse(
+                "utilization",
+                m.state.utilization().unwrap_or_default(),
+            )?
+            .scaled(),
+            created_at: Utc::now(),
+        })
     }
 
     /// Re-evaluates every metric of the current period after a plan change (alerts re-armed).

@@ -6,6 +6,7 @@
 
 mod corrections;
 mod evaluation;
+mod group;
 mod publish;
 mod reads;
 mod recording;
@@ -45,6 +46,8 @@ pub struct Engine {
     pub clock: crate::clock::Clock,
     /// The guest surcharge of booking quotes, in percent.
     pub guest_surcharge_pct: Decimal,
+    /// The group-commit writers' queue, started on the first recording (`group`).
+    writers: Arc<tokio::sync::OnceCell<group::Queue>>,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -120,7 +123,7 @@ impl RecordOutcome {
 
 /// A recording checked and parsed, ready to run.
 struct ParsedRecord {
-    org: organization::Model,
+    org: OrganizationId,
     metric: MetricCode,
     kind: MetricKind,
     quantity: Amount,
@@ -210,6 +213,7 @@ impl Engine {
             stripe: crate::stripe_api::StripeApi::from_settings(settings),
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
+            writers: Default::default(),
         }
     }
 

@@ -59,6 +59,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Commits a group of recordings. On Postgres their statements already queued the NOTIFYs (the
+    /// usage change with each recording, each new alert with its insert); elsewhere this process's
+    /// bus hears of them after the commit.
+    pub(super) async fn commit_recorded(
+        &self,
+        txn: crate::store::db::WriteTxn,
+        changes: &[(OrganizationId, Vec<usage_alert::Model>)],
+    ) -> AppResult<()> {
+        for a in changes.iter().flat_map(|(_, alerts)| alerts.iter()) {
+            metrics::counter!("tollgate_alerts_total", "kind" => a.kind.to_value()).increment(1);
+        }
+        txn.commit().await?;
+        for (org, alerts) in changes {
+            self.cache.invalidate(*org);
+            if !self.db.is_postgres() {
+                self.publish(*org, alerts);
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes committed alerts and a usage change to this process's subscribers.
     fn publish(&self, org: OrganizationId, alerts: &[usage_alert::Model]) {
         for a in alerts {

@@ -3,14 +3,20 @@
 use super::*;
 
 impl Engine {
-    async fn parse_record(
+    /// Checks a recording without the database: the caller's scope and role (a foreign organization
+    /// answers NOT_FOUND, as a missing one does, before any role check), the metric, the amount, the
+    /// key and the time. The organization's existence is checked by the writer, under its lock.
+    fn parse_record(
         &self,
         viewer: &Viewer,
         kinds: &HashMap<String, MetricKind>,
         input: RecordInput,
     ) -> AppResult<ParsedRecord> {
-        let org_id = access::target_org(viewer, input.organization_id.as_deref())?;
-        let org = access::authorize(&self.db, viewer, org_id, Action::Record).await?;
+        let org = access::target_org(viewer, input.organization_id.as_deref())?;
+        if !viewer.scope().allows(org) {
+            return Err(AppError::not_found("organization"));
+        }
+        access::require(viewer, Action::Record)?;
         let metric = MetricCode::parse(&input.metric)?;
         let kind = *kinds
             .get(metric.as_str())
@@ -42,73 +48,31 @@ impl Engine {
         })
     }
 
-    /// recordUsage: one recording, one transaction.
+    /// recordUsage: one recording, committed by the group writer with whatever else is queued.
     pub async fn record(&self, viewer: &Viewer, input: RecordInput) -> AppResult<RecordOutcome> {
         let catalog = self.catalog().await?;
-        let kinds = &catalog.kinds;
-        let parsed = self.parse_record(viewer, kinds, input).await?;
-        let org = OrganizationId(parsed.org.id);
-        let txn = self.db.begin_write().await?;
-        let outcome = self.record_in(&txn, viewer, &parsed).await?;
-        if outcome.changed() {
-            self.commit_and_publish(txn, org, &outcome.alerts).await?;
-        } else {
-            // A replay or a HARD refusal changed nothing: nothing to keep, nobody to tell.
-            txn.rollback().await?;
-        }
-        count_recording(&outcome);
-        Ok(outcome)
+        let parsed = self.parse_record(viewer, &catalog.kinds, input)?;
+        let mut outcomes = self.submit(viewer, vec![parsed]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("recording lost")))
     }
 
     /// recordUsageBatch: atomic. Every item is checked first (a malformed or unauthorized item fails
-    /// the whole request); then all items are recorded in one transaction, organizations in id
-    /// order (so two batches lock periods in the same order and cannot deadlock), each item
-    /// answering on its own (a HARD refusal is its payload). An error in any item (an idempotency
-    /// key reused for another recording) fails the request and writes nothing.
+    /// the whole request); then all items are recorded in one transaction, each answering on its own
+    /// (a HARD refusal is its payload). An error in any item (an unknown organization, an
+    /// idempotency key reused for another recording) fails the request and writes nothing.
     pub async fn record_batch(
         &self,
         viewer: &Viewer,
         inputs: Vec<RecordInput>,
     ) -> AppResult<Vec<RecordOutcome>> {
         let catalog = self.catalog().await?;
-        let kinds = &catalog.kinds;
-        let mut parsed = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            parsed.push(self.parse_record(viewer, kinds, input).await?);
-        }
-        let mut order: Vec<OrganizationId> =
-            parsed.iter().map(|p| OrganizationId(p.org.id)).collect();
-        order.sort();
-        order.dedup();
-        let mut results: Vec<Option<RecordOutcome>> = parsed.iter().map(|_| None).collect();
-        let txn = self.db.begin_write().await?;
-        let mut changes: Vec<(OrganizationId, Vec<usage_alert::Model>)> = Vec::new();
-        let mut changed = false;
-        for org in order {
-            let mut alerts = Vec::new();
-            for (i, p) in parsed.iter().enumerate().filter(|(_, p)| p.org.id == org.0) {
-                // `?` drops the transaction: nothing of the batch is kept.
-                let outcome = self.record_in(&txn, viewer, p).await?;
-                alerts.extend(outcome.alerts.iter().cloned());
-                changed |= outcome.changed();
-                results[i] = Some(outcome);
-            }
-            changes.push((org, alerts));
-        }
-        if changed {
-            let changes: Vec<(OrganizationId, &[usage_alert::Model])> =
-                changes.iter().map(|(o, a)| (*o, a.as_slice())).collect();
-            self.commit_and_publish_all(txn, &changes, false).await?;
-        } else {
-            txn.rollback().await?;
-        }
-        for outcome in results.iter().flatten() {
-            count_recording(outcome);
-        }
-        results
+        let parsed = inputs
             .into_iter()
-            .map(|r| r.ok_or_else(|| AppError::internal(anyhow::anyhow!("batch item lost"))))
-            .collect()
+            .map(|input| self.parse_record(viewer, &catalog.kinds, input))
+            .collect::<AppResult<Vec<_>>>()?;
+        self.submit(viewer, parsed).await
     }
 
     /// Records, inside the caller's transaction, a COUNTER amount that another change already
@@ -126,7 +90,7 @@ impl Engine {
             return Ok(None);
         }
         let parsed = ParsedRecord {
-            org: fact.org,
+            org: OrganizationId(fact.org.id),
             metric,
             kind: MetricKind::Counter,
             quantity: fact.quantity,
@@ -134,37 +98,53 @@ impl Engine {
             reference: Some(fact.reference),
             occurred_at: fact.occurred_at,
         };
-        self.record_in(txn, viewer, &parsed).await.map(Some)
+        self.record_in(txn, viewer, &parsed, false).await.map(Some)
     }
 
-    async fn record_in(
+    /// One recording inside a transaction: the organization's lock (with the caller's scope), one
+    /// read of everything the rules need, the counter and the ledger (refused by a HARD cap without
+    /// writing anything), then the flags when they change and the alerts that are new. With
+    /// `announce` (the group writer on Postgres), the statements also NOTIFY the change and the
+    /// alerts, delivered on commit.
+    pub(super) async fn record_in(
         &self,
         txn: &DatabaseTransaction,
         viewer: &Viewer,
         p: &ParsedRecord,
+        announce: bool,
     ) -> AppResult<RecordOutcome> {
         let scope = viewer.scope();
-        let org = OrganizationId(p.org.id);
+        let org = p.org;
         let period = Period::of_instant(p.occurred_at);
-        let epoch = store::ledger::lock_period(txn, scope, org, period)
+        let metric = p.metric.as_str();
+        store::recording::enter(txn, scope, org).await?;
+        // Read under the lock: a concurrent plan change or recording is wholly before or after.
+        let view = store::recording::view(txn, scope, org, period, metric, p.key.as_deref())
             .await?
             .ok_or_else(|| AppError::not_found("organization"))?;
-        // The plan is read under the period lock: a concurrent plan change is either before or after.
-        let current = store::orgs::find(txn, scope, org)
-            .await?
-            .ok_or_else(|| AppError::not_found("organization"))?;
-        let rules = plan_rules(txn, current.plan_id).await?;
-        let rule = rules
-            .get(p.metric.as_str())
-            .copied()
-            .unwrap_or(LimitRule::UNLIMITED);
+        let rules: HashMap<String, LimitRule> = view
+            .limits
+            .iter()
+            .map(|(code, l)| {
+                (
+                    code.clone(),
+                    LimitRule {
+                        included: l.included.map(Amount::from_scaled),
+                        enforcement: l.enforcement,
+                        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+                    },
+                )
+            })
+            .collect();
+        let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
 
-        if let Some(key) = &p.key
-            && let Some(first) = store::ledger::event_by_key(txn, scope, org, key).await?
-        {
+        if let Some(key) = p.key.as_deref().filter(|_| view.key_taken) {
+            let first = store::ledger::event_by_key(txn, scope, org, key)
+                .await?
+                .ok_or_else(|| AppError::internal(anyhow::anyhow!("a taken key has no event")))?;
             // A replay adds nothing; the same key for another recording is the client's mistake,
             // and answering `duplicate` would silently lose that recording.
-            if first.metric_code != p.metric.as_str() || first.quantity != p.quantity.scaled() {
+            if first.metric_code != metric || first.quantity != p.quantity.scaled() {
                 return Err(AppError::conflict(format!(
                     "idempotency key {} was already used for another recording ({} of {})",
                     crate::error::quote(key),
@@ -172,113 +152,172 @@ impl Engine {
                     first.metric_code
                 )));
             }
-            return self
-                .duplicate(txn, scope, &p.org, period, first, rule)
-                .await;
+            return self.duplicate(txn, scope, org, first, rule).await;
         }
 
-        store::ledger::ensure_counter(txn, scope, org, period, p.metric.as_str(), p.kind).await?;
         let hard_cap = match (rule.enforcement, rule.included) {
             (entity::enums::Enforcement::Hard, Some(included)) => Some(included.scaled()),
             _ => None,
         };
-        let change = match p.kind {
-            MetricKind::Counter => CounterChange::Add(p.quantity.scaled()),
-            MetricKind::Gauge => CounterChange::Set(p.quantity.scaled()),
+        let amount = p.quantity.scaled();
+        let movement = match p.kind {
+            MetricKind::Counter => store::recording::Move::Add(amount),
+            MetricKind::Gauge => store::recording::Move::Set(amount),
         };
-        let Some((used, credits)) = store::ledger::change_counter(
-            txn,
-            scope,
-            org,
-            period,
-            p.metric.as_str(),
-            change,
-            hard_cap,
-        )
-        .await?
-        else {
-            // Refused by a HARD limit: nothing of this item is written (a single recording's
-            // transaction is rolled back), and its idempotency key stays unused.
-            let counters = store::ledger::counters(txn, scope, &[org], period).await?;
-            let catalog = self.catalog().await?;
-            let kinds = &catalog.kinds;
-            let usage = states_from(period, kinds, &rules, &counters)
-                .into_iter()
-                .find(|m| m.metric == p.metric.as_str())
-                .unwrap_or(MetricUsage {
-                    metric: p.metric.as_str().to_owned(),
-                    state: MetricState {
-                        used: Amount::ZERO,
-                        credits: Amount::ZERO,
-                        rule,
-                    },
-                });
-            let allowance = usage.state.allowance().unwrap_or_default();
-            return Ok(RecordOutcome {
-                accepted: false,
-                duplicate: false,
-                event: None,
-                rejection_reason: Some(format!(
-                    "HARD limit: {} would reach {} of an allowance of {}",
-                    p.metric.as_str(),
-                    match p.kind {
-                        MetricKind::Counter => usage.state.used() + p.quantity.to_decimal(),
-                        MetricKind::Gauge => p.quantity.to_decimal(),
-                    }
-                    .normalize(),
-                    allowance.normalize()
-                )),
-                usage,
-                alerts: vec![],
-            });
+        // The upsert's cap cannot see a row it inserts: a first amount above the cap (with no
+        // credits yet) is refused here.
+        let first_over_cap = view.counter.is_none() && hard_cap.is_some_and(|cap| amount > cap);
+        let now = Utc::now();
+        let event = usage_event::Model {
+            organization_id: org.0,
+            id: Uuid::now_v7(),
+            metric_code: metric.to_owned(),
+            kind: UsageEventKind::Usage,
+            quantity: amount,
+            period_start: period.start,
+            idempotency_key: p.key.clone(),
+            reference: p.reference.clone(),
+            reason: None,
+            actor: Some(viewer.sub.clone()),
+            reverses_event_id: None,
+            membership_id: None,
+            cycle: None,
+            overage: false,
+            charge: 0,
+            occurred_at: p.occurred_at,
+            recorded_at: now,
         };
-
-        let event = store::ledger::insert_event(
-            txn,
-            scope,
-            store::ledger::NewEvent {
-                org,
-                metric_code: p.metric.as_str().to_owned(),
-                kind: UsageEventKind::Usage,
-                quantity: p.quantity.scaled(),
-                period,
-                idempotency_key: p.key.clone(),
-                reference: p.reference.clone(),
-                reason: None,
-                actor: Some(viewer.sub.clone()),
-                reverses_event_id: None,
-                occurred_at: p.occurred_at,
-            },
-        )
-        .await?
-        .ok_or_else(|| AppError::conflict("the idempotency key was used concurrently; retry"))?;
-
-        let state = MetricState {
-            used: Amount::from_scaled(used),
-            credits: Amount::from_scaled(credits),
-            rule,
-        };
-        let alerts = self
-            .reevaluate(
+        let announce = announce && self.db.is_postgres();
+        let applied = if first_over_cap {
+            None
+        } else {
+            store::recording::apply(
                 txn,
                 scope,
-                org,
-                period,
-                epoch,
-                &rules,
-                Some(p.metric.as_str()),
+                &store::recording::Apply {
+                    org,
+                    period,
+                    metric,
+                    movement,
+                    hard_cap,
+                    event_id: event.id,
+                    quantity: amount,
+                    key: p.key.as_deref(),
+                    reference: p.reference.as_deref(),
+                    actor: &viewer.sub,
+                    occurred_at: p.occurred_at,
+                    recorded_at: now,
+                    notify: announce
+                        .then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org))),
+                },
             )
+            .await?
+        };
+        let Some(applied) = applied else {
+            if let (Some((used, _)), store::recording::Move::Add(d)) = (view.counter, movement)
+                && used.checked_add(d).is_none()
+            {
+                return Err(
+                    sea_orm::DbErr::Custom(store::ledger::COUNTER_OVERFLOW.to_owned()).into(),
+                );
+            }
+            // Refused by a HARD limit: nothing of this item is written, and its key stays unused.
+            return self
+                .refused(txn, scope, period, p, &rules, rule, view.counter)
+                .await;
+        };
+        if !applied.inserted {
+            // Taken between the read and the insert by a writer outside the lock: the caller undoes
+            // the transaction, and a retry answers as a replay.
+            return Err(AppError::conflict(
+                "the idempotency key was used concurrently; retry",
+            ));
+        }
+        let usage = MetricUsage {
+            metric: metric.to_owned(),
+            state: MetricState {
+                used: Amount::from_scaled(applied.used),
+                credits: Amount::from_scaled(applied.credits),
+                rule,
+            },
+        };
+        let alerts = self
+            .evaluate_recorded(txn, scope, org, period, &view, &rules, &usage, announce)
             .await?;
         Ok(RecordOutcome {
             accepted: true,
             duplicate: false,
             event: Some(event),
-            usage: MetricUsage {
-                metric: p.metric.as_str().to_owned(),
-                state,
-            },
+            usage,
             alerts,
             rejection_reason: None,
+        })
+    }
+
+    /// The answer to a recording a HARD limit refused: the metric's state as it stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn refused(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        period: Period,
+        p: &ParsedRecord,
+        rules: &HashMap<String, LimitRule>,
+        rule: LimitRule,
+        counter: Option<(i64, i64)>,
+    ) -> AppResult<RecordOutcome> {
+        let metric = p.metric.as_str();
+        let usage = match (counter, p.kind) {
+            (Some((used, credits)), _) => MetricUsage {
+                metric: metric.to_owned(),
+                state: MetricState {
+                    used: Amount::from_scaled(used),
+                    credits: Amount::from_scaled(credits),
+                    rule,
+                },
+            },
+            (None, MetricKind::Counter) => MetricUsage {
+                metric: metric.to_owned(),
+                state: MetricState {
+                    used: Amount::ZERO,
+                    credits: Amount::ZERO,
+                    rule,
+                },
+            },
+            // A GAUGE without a row in the period shows its latest earlier reading.
+            (None, MetricKind::Gauge) => {
+                let counters = store::ledger::counters(txn, scope, &[p.org], period).await?;
+                let catalog = self.catalog().await?;
+                states_from(period, &catalog.kinds, rules, &counters)
+                    .into_iter()
+                    .find(|m| m.metric == metric)
+                    .unwrap_or(MetricUsage {
+                        metric: metric.to_owned(),
+                        state: MetricState {
+                            used: Amount::ZERO,
+                            credits: Amount::ZERO,
+                            rule,
+                        },
+                    })
+            }
+        };
+        let allowance = usage.state.allowance().unwrap_or_default();
+        Ok(RecordOutcome {
+            accepted: false,
+            duplicate: false,
+            event: None,
+            rejection_reason: Some(format!(
+                "HARD limit: {} would reach {} of an allowance of {}",
+                metric,
+                match p.kind {
+                    MetricKind::Counter => usage.state.used() + p.quantity.to_decimal(),
+                    MetricKind::Gauge => p.quantity.to_decimal(),
+                }
+                .normalize(),
+                allowance.normalize()
+            )),
+            usage,
+            alerts: vec![],
         })
     }
 
@@ -286,16 +325,13 @@ impl Engine {
         &self,
         txn: &DatabaseTransaction,
         scope: Scope,
-        org: &organization::Model,
-        period: Period,
+        oid: OrganizationId,
         first: usage_event::Model,
         rule: LimitRule,
     ) -> AppResult<RecordOutcome> {
-        let oid = OrganizationId(org.id);
         let first_period = Period::containing(first.period_start);
         let counters = store::ledger::counters(txn, scope, &[oid], first_period).await?;
         let row = counters.iter().find(|c| c.metric_code == first.metric_code);
-        let _ = period;
         let state = MetricState {
             used: row
                 .map(|c| Amount::from_scaled(c.used))
@@ -321,7 +357,7 @@ impl Engine {
 }
 
 /// Counts a recording by outcome, for /metrics.
-fn count_recording(outcome: &RecordOutcome) {
+pub(super) fn count_recording(outcome: &RecordOutcome) {
     let label = match (outcome.accepted, outcome.duplicate) {
         (false, _) => "refused",
         (true, true) => "duplicate",

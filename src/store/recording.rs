@@ -1,0 +1,456 @@
+//! The SQL of a recording, fused to as few statements as the engines allow (ARCHITECTURE's write
+//! path): the organization's writer lock with the caller's scope, one read of everything the rules
+//! need, the counter's upsert with its HARD cap, the ledger insert (one statement with the upsert on
+//! Postgres), the period's flags only when they change, and the new alerts in one insert.
+//!
+//! Every writer of an organization's usage holds its lock (`lock_org`): on Postgres a transaction
+//! advisory lock on `lock_key(org)`, always taken in ascending key order by a transaction that
+//! locks several organizations, so that no two writers can deadlock; on SQLite writers are
+//! serialized by the process's writer turn. Whatever is read after the lock is current until commit.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use entity::enums::{AlertKind, Enforcement};
+use entity::{organization, usage_alert};
+use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, FromQueryResult, Value};
+use uuid::Uuid;
+
+use super::{execute, query_all, query_one};
+use crate::domain::{OrganizationId, Period, Scope};
+
+/// The 64-bit key of an organization's writer lock: the last eight bytes of its id (random in both
+/// UUIDv4 and UUIDv7). Transactions that lock several organizations lock them in ascending key.
+pub fn lock_key(org: OrganizationId) -> i64 {
+    let b = org.0.as_bytes();
+    i64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
+}
+
+/// Takes the organization's writer lock until the transaction ends (Postgres; SQLite's writers are
+/// serialized by the writer turn).
+pub async fn lock_org<C: ConnectionTrait>(db: &C, org: OrganizationId) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    execute(
+        db,
+        "SELECT pg_advisory_xact_lock($1)",
+        vec![lock_key(org).into()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Sets the caller's scope and takes the organization's writer lock, in one statement (Postgres):
+/// a group transaction carries many callers' recordings, each under its own scope.
+pub async fn enter<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let (org_setting, platform) = match scope {
+        Scope::Platform => (String::new(), "on"),
+        Scope::Tenant(o) => (o.0.to_string(), "off"),
+    };
+    // The target list is evaluated left to right: the scope is set before the lock is taken.
+    execute(
+        db,
+        "SELECT set_config('tollgate.org_id', $1, true), set_config('tollgate.platform', $2, true), \
+         pg_advisory_xact_lock($3)",
+        vec![org_setting.into(), platform.into(), lock_key(org).into()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A limit of the organization's plan, as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLimit {
+    pub included: Option<i64>,
+    pub enforcement: Enforcement,
+    pub overage_unit_price: Option<i64>,
+}
+
+/// The period row's state when it exists.
+#[derive(Debug, Clone)]
+pub struct PeriodState {
+    pub epoch: i32,
+    pub exceeded: bool,
+    pub details: serde_json::Value,
+}
+
+/// Everything a recording's rules need, read in one statement under the lock.
+#[derive(Debug, Clone)]
+pub struct RecordingView {
+    pub org: organization::Model,
+    /// Every limit of the organization's plan, by metric code.
+    pub limits: HashMap<String, StoredLimit>,
+    /// The period row, when the period has one.
+    pub period: Option<PeriodState>,
+    /// The recorded metric's counter in the period (used, credits), when it has a row.
+    pub counter: Option<(i64, i64)>,
+    /// Whether the idempotency key is already taken by an event of the organization.
+    pub key_taken: bool,
+    /// The alerts already raised for the metric in the period's epoch.
+    pub fired: Vec<AlertKind>,
+}
+
+/// Reads the organization (in scope), its plan's limits, the period row, the metric's counter, whether
+/// the key is taken and the alerts already raised: one statement. None when the organization is
+/// missing or out of scope.
+pub async fn view<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+    key: Option<&str>,
+) -> Result<Option<RecordingView>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let fired = |kind: AlertKind| {
+        format!(
+            "EXISTS (SELECT 1 FROM usage_alerts a WHERE a.organization_id = o.id AND a.period_start = $2 \
+             AND a.metric_code = $3 AND a.kind = '{}' AND a.alert_epoch = COALESCE(u.alert_epoch, 0)) AS fired_{}",
+            kind.to_value(),
+            kind.to_value().to_lowercase()
+        )
+    };
+    let sql = format!(
+        "SELECT o.*, \
+           u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
+           c.used AS c_used, c.credits AS c_credits, \
+           EXISTS (SELECT 1 FROM usage_events e WHERE e.organization_id = o.id AND e.idempotency_key = $4) AS key_taken, \
+           {}, {}, {}, \
+           l.metric_code AS l_metric, l.included AS l_included, l.enforcement AS l_enforcement, \
+           l.overage_unit_price AS l_price \
+         FROM organizations o \
+         LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = $2 \
+         LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = $2 AND c.metric_code = $3 \
+         LEFT JOIN plan_limits l ON l.plan_id = o.plan_id \
+         WHERE o.id = $1",
+        fired(AlertKind::NearLimit),
+        fired(AlertKind::LimitExceeded),
+        fired(AlertKind::OverageStarted),
+    );
+    let rows = query_all(
+        db,
+        &sql,
+        vec![
+            org.0.into(),
+            period.start.into(),
+            metric.into(),
+            key.map(str::to_owned).into(),
+        ],
+    )
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let org_model = organization::Model::from_query_result(first, "")?;
+    let period_state = match first.try_get::<Option<i32>>("", "u_epoch")? {
+        Some(epoch) => Some(PeriodState {
+            epoch,
+            exceeded: first.try_get::<bool>("", "u_exceeded")?,
+            details: first.try_get::<serde_json::Value>("", "u_details")?,
+        }),
+        None => None,
+    };
+    let counter = match first.try_get::<Option<i64>>("", "c_used")? {
+        Some(used) => Some((used, first.try_get::<i64>("", "c_credits")?)),
+        None => None,
+    };
+    let key_taken = key.is_some() && first.try_get::<bool>("", "key_taken")?;
+    let mut fired = Vec::new();
+    for kind in [
+        AlertKind::NearLimit,
+        AlertKind::LimitExceeded,
+        AlertKind::OverageStarted,
+    ] {
+        let column = format!("fired_{}", kind.to_value().to_lowercase());
+        if first.try_get::<bool>("", &column)? {
+            fired.push(kind);
+        }
+    }
+    let mut limits = HashMap::new();
+    for row in &rows {
+        let Some(code) = row.try_get::<Option<String>>("", "l_metric")? else {
+            continue;
+        };
+        let enforcement =
+            Enforcement::try_from_value(&row.try_get::<String>("", "l_enforcement")?)?;
+        limits.insert(
+            code,
+            StoredLimit {
+                included: row.try_get("", "l_included")?,
+                enforcement,
+                overage_unit_price: row.try_get("", "l_price")?,
+            },
+        );
+    }
+    Ok(Some(RecordingView {
+        org: org_model,
+        limits,
+        period: period_state,
+        counter,
+        key_taken,
+        fired,
+    }))
+}
+
+/// How the recorded counter moves.
+#[derive(Debug, Clone, Copy)]
+pub enum Move {
+    /// used = used + delta (a COUNTER)
+    Add(i64),
+    /// used = value (a GAUGE reading)
+    Set(i64),
+}
+
+/// A recording to apply: the counter's move and the ledger event that claims the key.
+pub struct Apply<'a> {
+    pub org: OrganizationId,
+    pub period: Period,
+    pub metric: &'a str,
+    pub movement: Move,
+    /// The plan's included amount under HARD enforcement.
+    pub hard_cap: Option<i64>,
+    pub event_id: Uuid,
+    pub quantity: i64,
+    pub key: Option<&'a str>,
+    pub reference: Option<&'a str>,
+    pub actor: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    /// Postgres: the NOTIFY payload that tells every replica the organization's usage changed, sent
+    /// by the same statement when (and only if) the recording is applied.
+    pub notify: Option<(&'a str, String)>,
+}
+
+/// What an applied recording left: the counter's (used, credits), and whether the ledger event was
+/// inserted (false: its key was taken after all, and the caller must undo the transaction).
+pub struct Applied {
+    pub used: i64,
+    pub credits: i64,
+    pub inserted: bool,
+}
+
+/// Applies a recording: the counter's upsert, refused in the same statement by the HARD cap (or by
+/// the BIGINT guard), and the ledger insert that claims the key. One statement on Postgres (the insert
+/// only happens when the upsert did), two on SQLite. None when the counter refused.
+///
+/// A new row bypasses an upsert's `WHERE`: the caller refuses a first amount above the cap itself.
+pub async fn apply<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    a: &Apply<'_>,
+) -> Result<Option<Applied>, DbErr> {
+    if !scope.allows(a.org) {
+        return Ok(None);
+    }
+    let (set, cap, guard, amount) = match a.movement {
+        Move::Add(d) => (
+            "used = usage_counters.used + $4",
+            "usage_counters.used - usage_counters.credits <= $6 - $4",
+            if d >= 0 {
+                format!(" AND usage_counters.used <= {} - $4", i64::MAX)
+            } else {
+                format!(" AND usage_counters.used >= {} - $4", i64::MIN)
+            },
+            d,
+        ),
+        Move::Set(v) => (
+            "used = $4",
+            "$4 - usage_counters.credits <= $6",
+            String::new(),
+            v,
+        ),
+    };
+    let cap = if a.hard_cap.is_some() {
+        format!(" AND {cap}")
+    } else {
+        String::new()
+    };
+    let upsert = format!(
+        "INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+         VALUES ($1, $2, $3, $4, 0, $5) \
+         ON CONFLICT (organization_id, period_start, metric_code) DO UPDATE SET {set}, updated_at = $5 \
+         WHERE 1 = 1{guard}{cap} RETURNING used, credits"
+    );
+    let mut values: Vec<Value> = vec![
+        a.org.0.into(),
+        a.period.start.into(),
+        a.metric.into(),
+        amount.into(),
+        a.recorded_at.into(),
+        a.hard_cap.unwrap_or(0).into(),
+    ];
+    let event_values: Vec<Value> = vec![
+        a.event_id.into(),
+        a.quantity.into(),
+        a.key.map(str::to_owned).into(),
+        a.reference.map(str::to_owned).into(),
+        a.actor.into(),
+        a.occurred_at.into(),
+    ];
+    let event_columns = "organization_id, id, metric_code, kind, quantity, period_start, idempotency_key, \
+                         reference, actor, overage, charge, occurred_at, recorded_at";
+    if db.get_database_backend() == DbBackend::Postgres {
+        values.extend(event_values);
+        let notify = match &a.notify {
+            Some((channel, payload)) => {
+                values.push((*channel).into());
+                values.push(payload.clone().into());
+                ", pg_notify($13, $14)".to_owned()
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "WITH c AS ({upsert}), \
+             e AS (INSERT INTO usage_events ({event_columns}) \
+                   SELECT $1, $7, $3, 'USAGE', $8, $2, $9, $10, $11, false, 0, $12, $5 FROM c \
+                   ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id) \
+             SELECT c.used, c.credits, (SELECT COUNT(*) FROM e) AS inserted{notify} FROM c"
+        );
+        let Some(row) = query_one(db, &sql, values).await? else {
+            return Ok(None);
+        };
+        return Ok(Some(Applied {
+            used: row.try_get("", "used")?,
+            credits: row.try_get("", "credits")?,
+            inserted: row.try_get::<i64>("", "inserted")? > 0,
+        }));
+    }
+    let Some(row) = query_one(db, &upsert, values).await? else {
+        return Ok(None);
+    };
+    let (used, credits) = (row.try_get("", "used")?, row.try_get("", "credits")?);
+    let mut values: Vec<Value> = vec![a.org.0.into(), a.metric.into(), a.period.start.into()];
+    values.extend(event_values);
+    values.push(a.recorded_at.into());
+    let inserted = execute(
+        db,
+        &format!(
+            "INSERT INTO usage_events ({event_columns}) \
+             VALUES ($1, $4, $2, 'USAGE', $5, $3, $6, $7, $8, false, 0, $9, $10) \
+             ON CONFLICT (organization_id, idempotency_key) DO NOTHING"
+        ),
+        values,
+    )
+    .await?;
+    Ok(Some(Applied {
+        used,
+        credits,
+        inserted: inserted > 0,
+    }))
+}
+
+/// Creates the period row with its flags, or writes them on the existing row; answers its alert
+/// epoch.
+pub async fn write_period<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    exceeded: bool,
+    details: serde_json::Value,
+) -> Result<Option<i32>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    let row = query_one(
+        db,
+        "INSERT INTO organization_usage \
+           (organization_id, period_start, period_end, has_exceeded_limits, exceeded_limits_details, alert_epoch, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $6) \
+         ON CONFLICT (organization_id, period_start) DO UPDATE SET has_exceeded_limits = excluded.has_exceeded_limits, \
+           exceeded_limits_details = excluded.exceeded_limits_details, updated_at = excluded.updated_at \
+         RETURNING alert_epoch",
+        vec![
+            org.0.into(),
+            period.start.into(),
+            period.end().into(),
+            exceeded.into(),
+            details.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    row.map(|r| r.try_get::<i32>("", "alert_epoch")).transpose()
+}
+
+/// Inserts the alerts that did not fire yet (one statement); answers those that are new. On Postgres,
+/// with `channel`, each new alert is announced by the same statement (NOTIFY, delivered on commit).
+pub async fn insert_alerts<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    alerts: Vec<usage_alert::Model>,
+    channel: Option<&str>,
+    payload: impl Fn(&usage_alert::Model) -> String,
+) -> Result<Vec<usage_alert::Model>, DbErr> {
+    let alerts: Vec<_> = alerts
+        .into_iter()
+        .filter(|a| scope.allows(OrganizationId(a.organization_id)))
+        .collect();
+    if alerts.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut values: Vec<Value> = Vec::new();
+    let mut rows = Vec::new();
+    for a in &alerts {
+        let base = values.len();
+        values.extend([
+            a.organization_id.into(),
+            a.id.into(),
+            a.metric_code.clone().into(),
+            a.kind.to_value().into(),
+            a.period_start.into(),
+            a.alert_epoch.into(),
+            a.threshold_pct.into(),
+            a.used.into(),
+            a.allowance.into(),
+            a.utilization_pct.into(),
+            a.created_at.into(),
+        ]);
+        rows.push(format!("({})", super::placeholders(base + 1, 11)));
+    }
+    let notify = match channel {
+        Some(channel) if db.get_database_backend() == DbBackend::Postgres => {
+            values.push(channel.into());
+            let channel_param = values.len();
+            let mut cases = String::new();
+            for a in &alerts {
+                values.push(a.id.into());
+                values.push(payload(a).into());
+                cases.push_str(&format!(
+                    " WHEN ${} THEN ${}",
+                    values.len() - 1,
+                    values.len()
+                ));
+            }
+            format!(", pg_notify(${channel_param}, CASE id{cases} END)")
+        }
+        _ => String::new(),
+    };
+    let sql = format!(
+        "INSERT INTO usage_alerts (organization_id, id, metric_code, kind, period_start, alert_epoch, \
+           threshold_pct, used, allowance, utilization_pct, created_at) VALUES {} \
+         ON CONFLICT (organization_id, period_start, metric_code, kind, alert_epoch) DO NOTHING \
+         RETURNING id{notify}",
+        rows.join(", ")
+    );
+    let inserted: Vec<Uuid> = query_all(db, &sql, values)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<Uuid>("", "id"))
+        .collect::<Result<_, _>>()?;
+    Ok(alerts
+        .into_iter()
+        .filter(|a| inserted.contains(&a.id))
+        .collect())
+}
