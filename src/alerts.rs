@@ -30,6 +30,8 @@ pub enum BusEvent {
     PlansChanged,
     /// A membership's usage or status changed (its organization, the membership).
     MembershipChanged(OrganizationId, uuid::Uuid),
+    /// The platform team changed (`tollgate platform-team`): every replica reads it again.
+    TeamChanged,
 }
 
 impl BusEvent {
@@ -38,7 +40,7 @@ impl BusEvent {
         match self {
             BusEvent::Alert(a) => Some(OrganizationId(a.organization_id)),
             BusEvent::UsageChanged(o) => Some(*o),
-            BusEvent::PlansChanged => None,
+            BusEvent::PlansChanged | BusEvent::TeamChanged => None,
             BusEvent::MembershipChanged(o, _) => Some(*o),
         }
     }
@@ -55,6 +57,8 @@ pub struct AlertBus {
 struct Inner {
     orgs: RwLock<HashMap<OrganizationId, broadcast::Sender<BusEvent>>>,
     all: broadcast::Sender<BusEvent>,
+    /// Told of `TeamChanged`, which goes to no subscriber: the server reads the team again.
+    team: tokio::sync::Notify,
 }
 
 impl AlertBus {
@@ -65,11 +69,16 @@ impl AlertBus {
             inner: Arc::new(Inner {
                 orgs: RwLock::new(HashMap::new()),
                 all,
+                team: tokio::sync::Notify::new(),
             }),
         }
     }
 
     pub fn send(&self, event: BusEvent) {
+        if matches!(event, BusEvent::TeamChanged) {
+            self.inner.team.notify_one();
+            return;
+        }
         // An event about every organization goes to the firehose only.
         let Some(org) = event.organization() else {
             let _ = self.inner.all.send(event);
@@ -91,6 +100,12 @@ impl AlertBus {
         if self.inner.all.receiver_count() > 0 {
             let _ = self.inner.all.send(event);
         }
+    }
+
+    /// Resolves at the next change of the platform team (or at once, if one came since the last
+    /// wait).
+    pub async fn team_changed(&self) {
+        self.inner.team.notified().await
     }
 
     /// Events of one organization, or (None) of every organization.
@@ -191,6 +206,11 @@ pub fn encode_alert(org: OrganizationId, alert: &usage_alert::Model) -> String {
     json!({ "o": org.0, "a": [alert_json(alert)], "x": true }).to_string()
 }
 
+/// The NOTIFY payload of a change of the platform team.
+pub fn encode_team_changed() -> String {
+    json!({ "team": true }).to_string()
+}
+
 /// The NOTIFY payload of an upsertPlan.
 pub fn encode_plans_changed() -> String {
     json!({ "plans": true }).to_string()
@@ -207,6 +227,9 @@ pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
     let v: Value = serde_json::from_str(payload).ok()?;
     if v.get("plans").is_some() {
         return Some(vec![BusEvent::PlansChanged]);
+    }
+    if v.get("team").is_some() {
+        return Some(vec![BusEvent::TeamChanged]);
     }
     let org: uuid::Uuid = serde_json::from_value(v.get("o")?.clone()).ok()?;
     if let Some(m) = v.get("m") {
@@ -346,6 +369,10 @@ mod tests {
         assert!(matches!(
             decode(&encode_plans_changed()).as_deref(),
             Some([BusEvent::PlansChanged])
+        ));
+        assert!(matches!(
+            decode(&encode_team_changed()).as_deref(),
+            Some([BusEvent::TeamChanged])
         ));
     }
 }

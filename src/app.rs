@@ -267,15 +267,20 @@ impl Application {
 /// How often, at most, the platform team is read again for open WebSockets.
 pub const TEAM_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Reads the platform team every `TEAM_REFRESH` (or every keep-alive, if shorter), one query for
-/// every connection, and publishes it when it changed. A platform member's connection sees every
-/// organization, so it closes once its member is gone (HTTP checks membership on every request).
+/// Keeps the platform team's snapshot, which every token check reads (no statement on a request's
+/// way to its resolvers): read at start, again when a change is announced (NOTIFY from any replica or
+/// the CLI, on Postgres), and every `TEAM_REFRESH` (or keep-alive, if shorter) in any case, which is
+/// how a change made by another process reaches a SQLite server. Published when it changed; a
+/// platform member's WebSocket sees every organization, so it closes once its member is gone.
 async fn watch_platform_team(state: Arc<AppState>) {
     let every = state.settings.ws_keepalive.min(TEAM_REFRESH);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.engine.bus.team_changed() => {}
+        }
         let Ok(members) = crate::store::team::list(state.engine.db.pool()).await else {
             continue; // the database is away: try again at the next tick
         };
@@ -303,7 +308,9 @@ async fn invalidate_on_changes(
             Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),
             Ok(crate::alerts::BusEvent::PlansChanged) => cache.clear(),
             Ok(
-                crate::alerts::BusEvent::Alert(_) | crate::alerts::BusEvent::MembershipChanged(..),
+                crate::alerts::BusEvent::Alert(_)
+                | crate::alerts::BusEvent::MembershipChanged(..)
+                | crate::alerts::BusEvent::TeamChanged,
             ) => {}
             Err(RecvError::Lagged(_)) => cache.clear(),
             Err(RecvError::Closed) => return,

@@ -319,16 +319,26 @@ pub fn bearer(header: &str) -> Result<&str, AppError> {
 /// need only `sub` and `exp`.
 pub async fn viewer_from_token(
     keys: &JwtKeys,
+    team: Option<Team>,
     db: &DatabaseConnection,
     token: &str,
 ) -> Result<Viewer, AppError> {
-    session_from_token(keys, db, token).await.map(|(v, _)| v)
+    session_from_token(keys, team, db, token)
+        .await
+        .map(|(v, _)| v)
 }
+
+/// The platform team's members, as the server last read them.
+pub type Team = std::sync::Arc<std::collections::HashSet<String>>;
 
 /// A verified token as a viewer, with its expiry (`exp`, seconds since the epoch): a WebSocket closes
 /// when its token expires.
+///
+/// Platform-team membership comes from `team`, the server's snapshot; only before its first read
+/// does a token check query the database.
 pub async fn session_from_token(
     keys: &JwtKeys,
+    team: Option<Team>,
     db: &DatabaseConnection,
     token: &str,
 ) -> Result<(Viewer, i64), AppError> {
@@ -340,7 +350,10 @@ pub async fn session_from_token(
             "token lacks a required claim".into(),
         ));
     }
-    let platform = store::team::is_member(db, &claims.sub).await?;
+    let platform = match team {
+        Some(team) => team.contains(&claims.sub),
+        None => store::team::is_member(db, &claims.sub).await?,
+    };
     let org_id = match claims.org_id.as_deref() {
         Some(s) => Some(
             uuid::Uuid::parse_str(s)

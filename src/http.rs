@@ -88,7 +88,8 @@ async fn viewer_from_headers(
         .to_str()
         .map_err(|_| AppError::Unauthenticated("malformed Authorization header".into()))?;
     let token = auth::bearer(value)?;
-    auth::viewer_from_token(&state.keys, state.engine.db.pool(), token)
+    let team = state.team.borrow().clone();
+    auth::viewer_from_token(&state.keys, team, state.engine.db.pool(), token)
         .await
         .map(Some)
 }

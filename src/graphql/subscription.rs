@@ -176,6 +176,7 @@ impl Subscription {
                             Ok(
                                 BusEvent::UsageChanged(_)
                                 | BusEvent::PlansChanged
+                                | BusEvent::TeamChanged
                                 | BusEvent::MembershipChanged(..),
                             ) => continue,
                             Err(RecvError::Lagged(missed)) => {
@@ -251,6 +252,7 @@ impl Subscription {
                         Ok(
                             BusEvent::Alert(_)
                             | BusEvent::PlansChanged
+                            | BusEvent::TeamChanged
                             | BusEvent::MembershipChanged(..),
                         ) => continue,
                         Err(RecvError::Closed) => return None,

@@ -33,16 +33,32 @@ pub async fn add<C: ConnectionTrait>(
         .try_insert()
         .exec(db)
         .await?;
+    announce(db).await
+}
+
+/// Tells every replica (and the CLI's changes tell every server) that the team changed: they read
+/// it again at once (Postgres; a SQLite server reads it again within `TEAM_REFRESH`).
+async fn announce<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        super::notify(
+            db,
+            crate::alerts::CHANNEL,
+            &crate::alerts::encode_team_changed(),
+        )
+        .await?;
+    }
     Ok(())
 }
 
 /// Removes a member; answers whether there was one.
 pub async fn remove<C: ConnectionTrait>(db: &C, sub: &str) -> Result<bool, DbErr> {
-    Ok(platform_team::Entity::delete_by_id(sub.to_owned())
+    let removed = platform_team::Entity::delete_by_id(sub.to_owned())
         .exec(db)
         .await?
         .rows_affected
-        > 0)
+        > 0;
+    announce(db).await?;
+    Ok(removed)
 }
 
 pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<platform_team::Model>, DbErr> {

@@ -501,8 +501,9 @@ impl Connection {
         let token = init_token(&payload)
             .or_else(|| self.header_token.clone())
             .ok_or_else(|| Close::new(4403, "Forbidden: a token is required"))?;
+        let team = self.state.team.borrow().clone();
         let (viewer, exp) =
-            auth::session_from_token(&self.state.keys, self.state.engine.db.pool(), &token)
+            auth::session_from_token(&self.state.keys, team, self.state.engine.db.pool(), &token)
                 .await
                 .map_err(|e| match e {
                     // The database did not answer: try again later, the token may be fine.

@@ -136,6 +136,18 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Waits until the server has read the platform team once (it does at start).
+    pub async fn until_team_read(&self) {
+        let mut team = self.state.team.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            team.wait_for(|t| t.is_some()),
+        )
+        .await
+        .expect("the platform team is read")
+        .expect("the team's watch");
+    }
+
     /// Waits until `n` subscriptions listen for events, so that what a test does next is heard
     /// (a fixed pause is a guess that a loaded machine can lose).
     pub async fn until_listening(&self, n: usize) {

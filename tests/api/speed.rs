@@ -41,8 +41,9 @@ async fn a_recording_costs_a_pinned_number_of_statements(app: TestApp) {
     );
 
     // Steady state: the same cost every time, with or without a key.
-    // The token's platform-team lookup, the read, and the writes (two on either engine).
-    let steady = 4;
+    // The read and the writes (two on either engine): the token is checked without the database.
+    app.until_team_read().await;
+    let steady = 3;
     for i in 0..5 {
         let key = format!("k-{i}");
         let (n, body) = cost(&app, &service, RECORD, rec("bookings", "1", Some(&key))).await;
@@ -178,3 +179,71 @@ async fn a_failing_job_leaves_its_group_alone(app: TestApp) {
     assert_eq!(bookings["used"], "54", "{data}");
 }
 both_engines!(failing_job, super::a_failing_job_leaves_its_group_alone);
+
+/// A request with a valid token runs no statement before its resolvers: `{ __typename }` costs
+/// nothing, for a tenant and for a platform-team member (the team is a snapshot in memory).
+async fn the_framework_path_runs_no_statement(app: TestApp) {
+    app.until_team_read().await;
+    let org = app.create_org("ceiling", "basic").await;
+    for token in [app.tenant_token(&org, Role::Viewer), app.platform_token()] {
+        let (n, body) = cost(&app, &token, "{ __typename }", json!({})).await;
+        assert_eq!(body["data"]["__typename"], "Query", "{body}");
+        assert_eq!(n, 0, "{{ __typename }} cost {n} statements");
+    }
+}
+both_engines!(
+    no_statement_on_the_way,
+    super::the_framework_path_runs_no_statement
+);
+
+/// A change of the platform team made by another process (the CLI) reaches the server: at once on
+/// Postgres (NOTIFY), within the refresh on SQLite; a removed member loses the platform's view.
+async fn the_team_follows_the_cli(app: TestApp) {
+    app.until_team_read().await;
+    let token = app.token("ops-newcomer", None, None);
+    let q = "{ viewer { isPlatformTeam } }";
+    assert_eq!(
+        code(&app.gql(&token, q, json!({})).await),
+        Some("UNAUTHENTICATED")
+    );
+    let (ok, out) =
+        crate::helpers::tollgate_cli(&app.database_url, &["platform-team", "add", "ops-newcomer"])
+            .await;
+    assert!(ok, "{out}");
+    let within = if app.state.engine.db.is_postgres() {
+        std::time::Duration::from_secs(2)
+    } else {
+        tollgate::app::TEAM_REFRESH + std::time::Duration::from_secs(2)
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let body = app.gql(&token, q, json!({})).await;
+        if body["data"]["viewer"]["isPlatformTeam"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < within,
+            "the server did not see the new member: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (ok, out) = crate::helpers::tollgate_cli(
+        &app.database_url,
+        &["platform-team", "remove", "ops-newcomer"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let started = std::time::Instant::now();
+    loop {
+        let body = app.gql(&token, q, json!({})).await;
+        if code(&body) == Some("UNAUTHENTICATED") {
+            break;
+        }
+        assert!(
+            started.elapsed() < within,
+            "the server kept the removed member: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+both_engines!(team_follows_the_cli, super::the_team_follows_the_cli);

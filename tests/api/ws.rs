@@ -619,6 +619,7 @@ async fn a_lagging_subscriber_is_told_what_it_missed(app: TestApp) {
     let org = app.create_org("acme", "basic").await;
     let viewer = tollgate::auth::viewer_from_token(
         &app.state.keys,
+        app.state.team.borrow().clone(),
         app.state.engine.db.pool(),
         &app.tenant_token(&org, Role::Viewer),
     )

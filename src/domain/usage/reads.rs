@@ -128,10 +128,18 @@ impl Engine {
                     .collect();
                 let rules = org.plan_id.and_then(|p| by_plan.get(&p)).unwrap_or(&empty);
                 let metrics = states_from(period, kinds, rules, &mine);
+                // A recording moves its counter and writes the period row only when the flags
+                // change: the summary changed when either last did.
                 let updated_at = rows
                     .iter()
-                    .find(|r| r.organization_id == org.id)
-                    .map(|r| r.updated_at);
+                    .filter(|r| r.organization_id == org.id)
+                    .map(|r| r.updated_at)
+                    .chain(
+                        mine.iter()
+                            .filter(|c| c.period_start == period.start)
+                            .map(|c| c.updated_at),
+                    )
+                    .max();
                 UsageSummary {
                     org,
                     period,
