@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use entity::enums::{AlertKind, Enforcement};
-use entity::{organization, usage_alert};
+use entity::{organization, usage_alert, usage_event};
 use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, FromQueryResult, Value};
 use uuid::Uuid;
 
@@ -92,14 +92,14 @@ pub struct RecordingView {
     pub period: Option<PeriodState>,
     /// The recorded metric's counter in the period (used, credits), when it has a row.
     pub counter: Option<(i64, i64)>,
-    /// Whether the idempotency key is already taken by an event of the organization.
-    pub key_taken: bool,
+    /// The asked idempotency keys already taken by events of the organization.
+    pub taken: Vec<String>,
     /// The alerts already raised for the metric in the period's epoch.
     pub fired: Vec<AlertKind>,
 }
 
-/// Reads the organization (in scope), its plan's limits, the period row, the metric's counter, whether
-/// the key is taken and the alerts already raised: one statement. None when the organization is
+/// Reads the organization (in scope), its plan's limits, the period row, the metric's counter, which
+/// of `keys` are taken and the alerts already raised: one statement. None when the organization is
 /// missing or out of scope.
 pub async fn view<C: ConnectionTrait>(
     db: &C,
@@ -107,7 +107,7 @@ pub async fn view<C: ConnectionTrait>(
     org: OrganizationId,
     period: Period,
     metric: &str,
-    key: Option<&str>,
+    keys: &[&str],
 ) -> Result<Option<RecordingView>, DbErr> {
     if !scope.allows(org) {
         return Ok(None);
@@ -123,8 +123,7 @@ pub async fn view<C: ConnectionTrait>(
     let sql = format!(
         "SELECT o.*, \
            u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
-           c.used AS c_used, c.credits AS c_credits, \
-           EXISTS (SELECT 1 FROM usage_events e WHERE e.organization_id = o.id AND e.idempotency_key = $4) AS key_taken, \
+           c.used AS c_used, c.credits AS c_credits, e.idempotency_key AS e_key, \
            {}, {}, {}, \
            l.metric_code AS l_metric, l.included AS l_included, l.enforcement AS l_enforcement, \
            l.overage_unit_price AS l_price \
@@ -132,22 +131,20 @@ pub async fn view<C: ConnectionTrait>(
          LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = $2 \
          LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = $2 AND c.metric_code = $3 \
          LEFT JOIN plan_limits l ON l.plan_id = o.plan_id \
+         LEFT JOIN usage_events e ON e.organization_id = o.id AND e.idempotency_key IN ({}) \
          WHERE o.id = $1",
         fired(AlertKind::NearLimit),
         fired(AlertKind::LimitExceeded),
         fired(AlertKind::OverageStarted),
+        if keys.is_empty() {
+            "NULL".to_owned()
+        } else {
+            super::placeholders(4, keys.len())
+        },
     );
-    let rows = query_all(
-        db,
-        &sql,
-        vec![
-            org.0.into(),
-            period.start.into(),
-            metric.into(),
-            key.map(str::to_owned).into(),
-        ],
-    )
-    .await?;
+    let mut values: Vec<Value> = vec![org.0.into(), period.start.into(), metric.into()];
+    values.extend(keys.iter().map(|k| Value::from(*k)));
+    let rows = query_all(db, &sql, values).await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -164,7 +161,14 @@ pub async fn view<C: ConnectionTrait>(
         Some(used) => Some((used, first.try_get::<i64>("", "c_credits")?)),
         None => None,
     };
-    let key_taken = key.is_some() && first.try_get::<bool>("", "key_taken")?;
+    let mut taken = Vec::new();
+    for row in &rows {
+        if let Some(key) = row.try_get::<Option<String>>("", "e_key")?
+            && !taken.contains(&key)
+        {
+            taken.push(key);
+        }
+    }
     let mut fired = Vec::new();
     for kind in [
         AlertKind::NearLimit,
@@ -181,6 +185,9 @@ pub async fn view<C: ConnectionTrait>(
         let Some(code) = row.try_get::<Option<String>>("", "l_metric")? else {
             continue;
         };
+        if limits.contains_key(&code) {
+            continue;
+        }
         let enforcement =
             Enforcement::try_from_value(&row.try_get::<String>("", "l_enforcement")?)?;
         limits.insert(
@@ -197,7 +204,7 @@ pub async fn view<C: ConnectionTrait>(
         limits,
         period: period_state,
         counter,
-        key_taken,
+        taken,
         fired,
     }))
 }
@@ -453,4 +460,113 @@ pub async fn insert_alerts<C: ConnectionTrait>(
         .into_iter()
         .filter(|a| inserted.contains(&a.id))
         .collect())
+}
+
+/// Adds `total` to a COUNTER (the accepted recordings of a batch, decided under the lock), refused in
+/// the same statement if it would pass the HARD cap or the BIGINT range; on Postgres with the NOTIFY
+/// of the change. Answers the new (used, credits).
+#[allow(clippy::too_many_arguments)]
+pub async fn add_to_counter<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+    total: i64,
+    hard_cap: Option<i64>,
+    notify: Option<(&str, String)>,
+) -> Result<Option<(i64, i64)>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    let cap = if hard_cap.is_some() {
+        " AND usage_counters.used - usage_counters.credits <= $6 - $4"
+    } else {
+        ""
+    };
+    let mut values: Vec<Value> = vec![
+        org.0.into(),
+        period.start.into(),
+        metric.into(),
+        total.into(),
+        Utc::now().into(),
+        hard_cap.unwrap_or(0).into(),
+    ];
+    let notify = match notify {
+        Some((channel, payload)) if db.get_database_backend() == DbBackend::Postgres => {
+            values.push(channel.into());
+            values.push(payload.into());
+            ", pg_notify($7, $8)"
+        }
+        _ => "",
+    };
+    let sql = format!(
+        "INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+         VALUES ($1, $2, $3, $4, 0, $5) \
+         ON CONFLICT (organization_id, period_start, metric_code) DO UPDATE SET \
+           used = usage_counters.used + $4, updated_at = $5 \
+         WHERE usage_counters.used <= {} - $4{cap} RETURNING used, credits{notify}",
+        i64::MAX
+    );
+    let Some(row) = query_one(db, &sql, values).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        row.try_get("", "used")?,
+        row.try_get("", "credits")?,
+    )))
+}
+
+/// Appends USAGE events in multi-row inserts; a key already taken inserts nothing for its row.
+/// Answers how many rows were inserted.
+pub async fn insert_events<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    events: &[usage_event::Model],
+) -> Result<u64, DbErr> {
+    const COLUMNS: usize = 13;
+    let mut inserted = 0;
+    for chunk in events.chunks(1000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * COLUMNS);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            if !scope.allows(OrganizationId(e.organization_id)) {
+                continue;
+            }
+            rows.push(format!(
+                "({})",
+                super::placeholders(values.len() + 1, COLUMNS)
+            ));
+            values.extend([
+                e.organization_id.into(),
+                e.id.into(),
+                e.metric_code.clone().into(),
+                e.kind.to_value().into(),
+                e.quantity.into(),
+                e.period_start.into(),
+                e.idempotency_key.clone().into(),
+                e.reference.clone().into(),
+                e.actor.clone().into(),
+                e.overage.into(),
+                e.charge.into(),
+                e.occurred_at.into(),
+                e.recorded_at.into(),
+            ]);
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        inserted += execute(
+            db,
+            &format!(
+                "INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, \
+                   idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) VALUES {} \
+                 ON CONFLICT (organization_id, idempotency_key) DO NOTHING",
+                rows.join(", ")
+            ),
+            values,
+        )
+        .await?;
+    }
+    Ok(inserted)
 }

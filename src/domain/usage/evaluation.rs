@@ -63,10 +63,8 @@ impl Engine {
         Ok(store::recording::insert_alerts(txn, scope, alerts, None, |_| String::new()).await?)
     }
 
-    /// After a recording moved one metric's counter: the flags change only in that metric's entry
-    /// (written only when it changed); the period's first change evaluates every metric (a GAUGE
-    /// carries its earlier reading) and creates the period row. Then the metric's alerts that hold
-    /// and did not fire yet in the epoch, in one insert.
+    /// After a recording moved one metric's counter: its flags (`write_flags_after`), then the
+    /// metric's alerts that hold and did not fire yet in the epoch, in one insert.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn evaluate_recorded(
         &self,
@@ -79,7 +77,55 @@ impl Engine {
         usage: &MetricUsage,
         announce: bool,
     ) -> AppResult<Vec<usage_alert::Model>> {
-        let epoch = match &view.period {
+        let epoch = self
+            .write_flags_after(txn, scope, org, period, view, rules, usage)
+            .await?;
+        let mut alerts = Vec::new();
+        for kind in usage.state.alert_conditions(self.near_limit_pct) {
+            if !view.fired.contains(&kind) {
+                alerts.push(self.alert_model(org, period, epoch, usage, kind)?);
+            }
+        }
+        self.insert_new_alerts(txn, scope, org, alerts, announce)
+            .await
+    }
+
+    /// Inserts alerts that did not fire yet (one statement, with their NOTIFYs when `announce`).
+    pub(super) async fn insert_new_alerts(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        alerts: Vec<usage_alert::Model>,
+        announce: bool,
+    ) -> AppResult<Vec<usage_alert::Model>> {
+        if alerts.is_empty() {
+            return Ok(alerts);
+        }
+        let channel = announce.then_some(crate::alerts::CHANNEL);
+        Ok(
+            store::recording::insert_alerts(txn, scope, alerts, channel, |a| {
+                crate::alerts::encode_alert(org, a)
+            })
+            .await?,
+        )
+    }
+
+    /// The flags after a recording moved one metric's counter to `usage`: only that metric's entry
+    /// can change (written only when it did); the period's first change evaluates every metric (a
+    /// GAUGE carries its earlier reading) and creates the period row. Answers the alert epoch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_flags_after(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+        view: &store::recording::RecordingView,
+        rules: &HashMap<String, LimitRule>,
+        usage: &MetricUsage,
+    ) -> AppResult<i32> {
+        Ok(match &view.period {
             Some(row) => {
                 let mut details = row.details.as_object().cloned().unwrap_or_default();
                 let before = details.get(&usage.metric).cloned();
@@ -113,27 +159,11 @@ impl Engine {
                     .await?
                     .unwrap_or(0)
             }
-        };
-        let mut alerts = Vec::new();
-        for kind in usage.state.alert_conditions(self.near_limit_pct) {
-            if !view.fired.contains(&kind) {
-                alerts.push(self.alert_model(org, period, epoch, usage, kind)?);
-            }
-        }
-        if alerts.is_empty() {
-            return Ok(alerts);
-        }
-        let channel = announce.then_some(crate::alerts::CHANNEL);
-        Ok(
-            store::recording::insert_alerts(txn, scope, alerts, channel, |a| {
-                crate::alerts::encode_alert(org, a)
-            })
-            .await?,
-        )
+        })
     }
 
     /// The alert of `kind` for a metric's state.
-    fn alert_model(
+    pub(super) fn alert_model(
         &self,
         org: OrganizationId,
         period: Period,

@@ -143,18 +143,25 @@ impl Engine {
 
     /// Applies every job in one transaction and commits it.
     async fn try_group(&self, jobs: &[Job]) -> Result<Vec<Vec<RecordOutcome>>, GroupError> {
-        let mut order: Vec<(i64, usize, usize)> = jobs
+        // Organizations in the global lock order; within one, jobs in their order, and a job's
+        // recordings by period and metric (each run of one metric in one period goes in multi-row
+        // statements), keeping their order within a run.
+        let mut order: Vec<(i64, usize, Period, &str, usize)> = jobs
             .iter()
             .enumerate()
             .flat_map(|(j, job)| {
-                job.items
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, item)| (store::recording::lock_key(item.org), j, i))
+                job.items.iter().enumerate().map(move |(i, item)| {
+                    (
+                        store::recording::lock_key(item.org),
+                        j,
+                        Period::of_instant(item.occurred_at),
+                        item.metric.as_str(),
+                        i,
+                    )
+                })
             })
             .collect();
-        // Stable: a job's recordings of one organization keep their order, as do jobs.
-        order.sort_by_key(|(key, _, _)| *key);
+        order.sort();
         let txn: WriteTxn = self
             .db
             .begin_group()
@@ -164,13 +171,37 @@ impl Engine {
             .iter()
             .map(|j| j.items.iter().map(|_| None).collect())
             .collect();
-        for (_, j, i) in order {
-            // `Err` drops the transaction: nothing of the group is kept.
-            let outcome = self
-                .record_in(&txn, &jobs[j].viewer, &jobs[j].items[i], true)
-                .await
-                .map_err(|e| GroupError::Job(j, e))?;
-            slots[j][i] = Some(outcome);
+        let mut rest = order.as_slice();
+        while let Some(&(key, j, period, metric, _)) = rest.first() {
+            let len = rest
+                .iter()
+                .take_while(|(k, jj, p, m, _)| (*k, *jj, *p, *m) == (key, j, period, metric))
+                .count();
+            let (run, next) = rest.split_at(len);
+            rest = next;
+            // A run also keeps to one organization (two could share a lock key).
+            let mut start = 0;
+            while start < run.len() {
+                let org = jobs[j].items[run[start].4].org;
+                let end = start
+                    + run[start..]
+                        .iter()
+                        .take_while(|r| jobs[j].items[r.4].org == org)
+                        .count();
+                let items: Vec<&ParsedRecord> = run[start..end]
+                    .iter()
+                    .map(|r| &jobs[j].items[r.4])
+                    .collect();
+                // `Err` drops the transaction: nothing of the group is kept.
+                let outcomes = self
+                    .record_run(&txn, &jobs[j].viewer, &items, true)
+                    .await
+                    .map_err(|e| GroupError::Job(j, e))?;
+                for (r, outcome) in run[start..end].iter().zip(outcomes) {
+                    slots[j][r.4] = Some(outcome);
+                }
+                start = end;
+            }
         }
         let outcomes: Vec<Vec<RecordOutcome>> = slots
             .into_iter()

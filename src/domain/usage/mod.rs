@@ -4,6 +4,7 @@
 //! `corrections` (credits, adjustments, resets, reversals), `evaluation` (limits' flags and alerts),
 //! `publish` (commit, then the bus) and `reads` (entitlement checks, summaries) its operations.
 
+mod batch;
 mod corrections;
 mod evaluation;
 mod group;

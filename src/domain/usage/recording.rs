@@ -119,7 +119,8 @@ impl Engine {
         let metric = p.metric.as_str();
         store::recording::enter(txn, scope, org).await?;
         // Read under the lock: a concurrent plan change or recording is wholly before or after.
-        let view = store::recording::view(txn, scope, org, period, metric, p.key.as_deref())
+        let keys: Vec<&str> = p.key.as_deref().into_iter().collect();
+        let view = store::recording::view(txn, scope, org, period, metric, &keys)
             .await?
             .ok_or_else(|| AppError::not_found("organization"))?;
         let rules: HashMap<String, LimitRule> = view
@@ -138,7 +139,11 @@ impl Engine {
             .collect();
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
 
-        if let Some(key) = p.key.as_deref().filter(|_| view.key_taken) {
+        if let Some(key) = p
+            .key
+            .as_deref()
+            .filter(|k| view.taken.iter().any(|t| t == k))
+        {
             let first = store::ledger::event_by_key(txn, scope, org, key)
                 .await?
                 .ok_or_else(|| AppError::internal(anyhow::anyhow!("a taken key has no event")))?;
@@ -321,7 +326,7 @@ impl Engine {
         })
     }
 
-    async fn duplicate(
+    pub(super) async fn duplicate(
         &self,
         txn: &DatabaseTransaction,
         scope: Scope,
