@@ -104,6 +104,16 @@ impl Server {
             .unwrap_or(0.0)
     }
 
+    /// A metric's value from this server's /metrics (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.addr);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Waits until this server's bus has `n` receivers.
     async fn until_listening(&self, n: f64) {
         let started = std::time::Instant::now();
@@ -355,6 +365,13 @@ async fn kill_9_mid_load(engine: Engine) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Recordings were group-committed: transactions carried more than one.
+    let groups = server.metric("tollgate_group_commit_recordings_count").await;
+    let recordings = server.metric("tollgate_group_commit_recordings_sum").await;
+    assert!(
+        groups > 0.0 && recordings > groups,
+        "{recordings} recordings in {groups} groups"
+    );
     server.signal("-KILL");
     for c in clients {
         c.await.unwrap();
