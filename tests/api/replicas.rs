@@ -366,7 +366,9 @@ async fn kill_9_mid_load(engine: Engine) {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Recordings were group-committed: transactions carried more than one.
-    let groups = server.metric("tollgate_group_commit_recordings_count").await;
+    let groups = server
+        .metric("tollgate_group_commit_recordings_count")
+        .await;
     let recordings = server.metric("tollgate_group_commit_recordings_sum").await;
     assert!(
         groups > 0.0 && recordings > groups,

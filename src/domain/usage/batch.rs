@@ -13,7 +13,7 @@ impl Engine {
         txn: &DatabaseTransaction,
         viewer: &Viewer,
         run: &[&ParsedRecord],
-        announce: bool,
+        in_group: bool,
     ) -> AppResult<Vec<RecordOutcome>> {
         let [first, ..] = run else {
             return Ok(vec![]);
@@ -21,7 +21,7 @@ impl Engine {
         if run.len() == 1 || first.kind != MetricKind::Counter {
             let mut out = Vec::with_capacity(run.len());
             for p in run {
-                out.push(self.record_in(txn, viewer, p, announce).await?);
+                out.push(self.record_in(txn, viewer, p, in_group).await?);
             }
             return Ok(out);
         }
@@ -29,7 +29,11 @@ impl Engine {
         let org = first.org;
         let period = Period::of_instant(first.occurred_at);
         let metric = first.metric.as_str();
-        store::recording::enter(txn, scope, org).await?;
+        if in_group {
+            store::recording::enter(txn, scope, org).await?;
+        } else {
+            store::recording::lock_org(txn, org).await?;
+        }
         let keys: Vec<&str> = run.iter().filter_map(|p| p.key.as_deref()).collect();
         let view = store::recording::view(txn, scope, org, period, metric, &keys)
             .await?
@@ -182,8 +186,8 @@ impl Engine {
         if events.is_empty() {
             return Ok(outcomes);
         }
-        let notify = (announce && self.db.is_postgres())
-            .then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org)));
+        let announce = in_group && self.db.is_postgres();
+        let notify = announce.then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org)));
         let Some((stored, stored_credits)) = store::recording::add_to_counter(
             txn, scope, org, period, metric, total, hard_cap, notify,
         )

@@ -101,23 +101,28 @@ impl Engine {
         self.record_in(txn, viewer, &parsed, false).await.map(Some)
     }
 
-    /// One recording inside a transaction: the organization's lock (with the caller's scope), one
-    /// read of everything the rules need, the counter and the ledger (refused by a HARD cap without
-    /// writing anything), then the flags when they change and the alerts that are new. With
-    /// `announce` (the group writer on Postgres), the statements also NOTIFY the change and the
-    /// alerts, delivered on commit.
+    /// One recording inside a transaction: the organization's lock, one read of everything the rules
+    /// need, the counter and the ledger (refused by a HARD cap without writing anything), then the
+    /// flags when they change and the alerts that are new. `in_group`: the transaction is a group
+    /// commit's, which carries many callers: the lock's statement also sets this caller's scope
+    /// (Postgres), and the statements NOTIFY the change and the alerts, delivered on commit.
+    /// Otherwise the caller's own transaction already carries its scope, and it publishes.
     pub(super) async fn record_in(
         &self,
         txn: &DatabaseTransaction,
         viewer: &Viewer,
         p: &ParsedRecord,
-        announce: bool,
+        in_group: bool,
     ) -> AppResult<RecordOutcome> {
         let scope = viewer.scope();
         let org = p.org;
         let period = Period::of_instant(p.occurred_at);
         let metric = p.metric.as_str();
-        store::recording::enter(txn, scope, org).await?;
+        if in_group {
+            store::recording::enter(txn, scope, org).await?;
+        } else {
+            store::recording::lock_org(txn, org).await?;
+        }
         // Read under the lock: a concurrent plan change or recording is wholly before or after.
         let keys: Vec<&str> = p.key.as_deref().into_iter().collect();
         let view = store::recording::view(txn, scope, org, period, metric, &keys)
@@ -192,7 +197,7 @@ impl Engine {
             occurred_at: p.occurred_at,
             recorded_at: now,
         };
-        let announce = announce && self.db.is_postgres();
+        let announce = in_group && self.db.is_postgres();
         let applied = if first_over_cap {
             None
         } else {
