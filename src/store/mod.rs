@@ -13,6 +13,7 @@ pub mod payments;
 pub mod rebuild;
 pub mod stripe;
 pub mod team;
+pub mod utilization;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

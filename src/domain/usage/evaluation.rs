@@ -46,9 +46,10 @@ impl Engine {
         let kinds = &catalog.kinds;
         let counters = store::ledger::counters(txn, scope, &[org], period).await?;
         let states = states_from(period, kinds, rules, &counters);
-        let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
-        let exceeded = states.iter().any(|m| m.state.exceeded());
-        store::ledger::write_flags(txn, scope, org, period, exceeded, details).await?;
+        let state = period_state(&states);
+        store::utilization::write_period_state(txn, scope, org, period, &state).await?;
+        self.carry_into_current(txn, scope, org, period, rules, only_metric)
+            .await?;
         let mut new_alerts = Vec::new();
         for m in states
             .iter()
@@ -102,6 +103,31 @@ impl Engine {
         let rules = plan_rules(txn, plan_id).await?;
         self.reevaluate(txn, scope, org, period, epoch, &rules, None)
             .await
+    }
+}
+
+/// What the period row and the utilization index say about these states (`write_period_state`).
+pub fn period_state(states: &[MetricUsage]) -> store::utilization::PeriodState {
+    let per_metric: Vec<store::utilization::MetricIndex> = states
+        .iter()
+        .filter_map(|m| {
+            m.state
+                .utilization_ratio()
+                .map(|u| store::utilization::MetricIndex {
+                    metric: m.metric.clone(),
+                    utilization_pct: u,
+                    exceeded: m.state.exceeded(),
+                })
+        })
+        .collect();
+    store::utilization::PeriodState {
+        exceeded: states.iter().any(|m| m.state.exceeded()),
+        details: exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state))),
+        peak: per_metric
+            .iter()
+            .map(|m| m.utilization_pct)
+            .reduce(f64::max),
+        per_metric,
     }
 }
 

@@ -5,7 +5,8 @@
 //! `publish` (commit, then the bus) and `reads` (entitlement checks, summaries) its operations.
 
 mod corrections;
-mod evaluation;
+pub mod evaluation;
+pub mod index;
 mod publish;
 mod reads;
 mod recording;
@@ -13,7 +14,7 @@ mod recording;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use entity::enums::{AlertKind, MetricKind, UsageEventKind};
 use entity::{organization, usage_alert, usage_event};
 use rust_decimal::Decimal;
@@ -45,6 +46,9 @@ pub struct Engine {
     pub clock: crate::clock::Clock,
     /// The guest surcharge of booking quotes, in percent.
     pub guest_surcharge_pct: Decimal,
+    /// The latest period whose utilization index is known complete, as days from the common era
+    /// (0: none yet); see `index::index_complete`.
+    pub indexed_period: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -210,6 +214,7 @@ impl Engine {
             stripe: crate::stripe_api::StripeApi::from_settings(settings),
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
+            indexed_period: Default::default(),
         }
     }
 
