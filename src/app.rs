@@ -228,6 +228,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
+        let index = tokio::spawn(materialize_periods(self.state.engine.clone()));
         let outbox = spawn_stripe_outbox(&self.state);
         let team = tokio::spawn(watch_platform_team(self.state.clone()));
         let limits = self.state.rate_limits.clone();
@@ -256,7 +257,7 @@ impl Application {
             .chain(outbox)
             .chain(token_keys)
             .chain(self.tasks)
-            .chain([team, forget])
+            .chain([team, forget, index])
         {
             task.abort();
         }
@@ -363,6 +364,43 @@ fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<
             }
         }
     }))
+}
+
+/// How often the server looks whether the current period's utilization index is complete.
+const INDEX_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the current period's utilization index complete: at start, and after each period begins
+/// (once `MATERIALIZE_GRACE` has passed), every organization's state is written and the period
+/// marked complete; until then `usageSummaries` computes its pages from the counters. Every replica
+/// may do it at once (each organization is written under its period lock; the mark is idempotent).
+async fn materialize_periods(engine: Engine) {
+    let mut tick = tokio::time::interval(INDEX_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let period = crate::domain::Period::current();
+        let since_start =
+            chrono::Utc::now().naive_utc() - period.start.and_hms_opt(0, 0, 0).unwrap_or_default();
+        if since_start < crate::domain::usage::index::MATERIALIZE_GRACE {
+            continue;
+        }
+        match engine.index_complete(period).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = ?e, "utilization index: reading its state failed");
+                continue;
+            }
+        }
+        match engine.materialize_period(period).await {
+            Ok(n) => tracing::info!(
+                organizations = n,
+                period = %period.start,
+                "utilization index materialized"
+            ),
+            Err(e) => tracing::error!(error = ?e, "utilization index: materializing failed"),
+        }
+    }
 }
 
 /// The seed's daily cron: every `recompute_interval`, rebuild the counters of active organizations

@@ -245,6 +245,15 @@ async fn recompute(settings: Settings, args: RecomputeArgs) -> anyhow::Result<()
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    // A full repair also completes the current period's utilization index (a no-op when the server
+    // already did).
+    let now = crate::domain::Period::current();
+    if !args.check && args.org.is_none() && args.period.is_none_or(|p| p == now) {
+        engine
+            .materialize_period(now)
+            .await
+            .map_err(|e| anyhow::anyhow!("the utilization index: {e:?}"))?;
+    }
     let outcome = match (differences, args.check) {
         (0, _) => "no difference",
         (_, true) => "differences found, nothing changed (--check)",

@@ -24,3 +24,5 @@ pub mod subscription_history;
 pub mod usage_alert;
 pub mod usage_counter;
 pub mod usage_event;
+pub mod usage_index_period;
+pub mod usage_utilization;

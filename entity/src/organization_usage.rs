@@ -13,6 +13,8 @@ pub struct Model {
     pub has_exceeded_limits: bool,
     pub exceeded_limits_details: Json,
     pub alert_epoch: i32,
+    /// The highest utilization of the plan's limited metrics (None when it limits none).
+    pub peak_utilization_pct: Option<f64>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

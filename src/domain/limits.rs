@@ -62,6 +62,21 @@ impl MetricState {
         Some((used * Decimal::ONE_HUNDRED / allowance).round_dp(2))
     }
 
+    /// used / allowance * 100, unrounded, as the utilization index stores and filters it (None when
+    /// unlimited). An allowance of zero or less reads 100 when something was used and 0 otherwise,
+    /// as `utilization` shows. Computed from the scaled integers exactly as the store's computed
+    /// pages do in SQL (`CAST(used AS DOUBLE PRECISION) * 100 / allowance`), so both agree to the bit.
+    pub fn utilization_ratio(&self) -> Option<f64> {
+        let included = self.rule.included?;
+        let allowance = i128::from(included.scaled()) + i128::from(self.credits.scaled());
+        let used = self.used.scaled();
+        Some(if allowance <= 0 {
+            if used > 0 { 100.0 } else { 0.0 }
+        } else {
+            used as f64 * 100.0 / allowance as f64
+        })
+    }
+
     pub fn utilization_pct(&self) -> Option<f64> {
         self.utilization().and_then(|u| u.to_f64())
     }

@@ -51,6 +51,9 @@ pub async fn create(
         _ => (OrganizationStatus::Active, None),
     };
     let scope = viewer.scope();
+    // Read before the transaction: loading the catalogue takes a connection of its own, which a
+    // burst of creations each holding one could otherwise wait for until the pool times out.
+    engine.catalog().await?;
     let txn = engine.db.begin_write().await?;
     let created = store::orgs::insert(
         &txn,
@@ -102,6 +105,15 @@ pub async fn create(
         )
         .await?;
     }
+    // Its row in the current period's utilization index, so a complete index stays complete.
+    engine
+        .index_new_org(
+            &txn,
+            scope,
+            crate::domain::OrganizationId(org.id),
+            org.plan_id,
+        )
+        .await?;
     txn.commit().await?;
     Ok(org)
 }

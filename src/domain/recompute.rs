@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use entity::enums::{MetricKind, UsageEventKind};
 
-use super::limits::exceeded_details;
 use super::usage::{Engine, plan_rules, states_from};
 use super::{Amount, OrganizationId, Period, Scope};
 use crate::error::{AppError, AppResult};
@@ -256,15 +255,56 @@ impl Engine {
                     (m.metric, state)
                 })
                 .collect();
-            let want_details = exceeded_details(states.iter().map(|(c, s)| (c.as_str(), s)));
-            let want_flag = states.iter().any(|(_, s)| s.exceeded());
-            let row = store::ledger::period_rows(&txn, scope, &[org], now)
-                .await?
-                .into_iter()
-                .next();
-            let (have_flag, have_details) = row
-                .map(|r| (r.has_exceeded_limits, r.exceeded_limits_details))
+            let want = super::usage::evaluation::period_state(
+                &states
+                    .iter()
+                    .map(|(metric, state)| super::usage::MetricUsage {
+                        metric: metric.clone(),
+                        state: *state,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let (want_flag, want_details) = (want.exceeded, want.details.clone());
+            let stored = store::utilization::stored_period_state(&txn, scope, org, now).await?;
+            let (have_flag, have_details) = stored
+                .as_ref()
+                .map(|s| (s.exceeded, s.details.clone()))
                 .unwrap_or((false, serde_json::json!({})));
+            // The utilization index: the peak on the period row and a row per limited metric. An
+            // organization without a period row is right only when its plan limits nothing.
+            let show_index = |s: Option<&store::utilization::PeriodState>| match s {
+                None => "no period row".to_owned(),
+                Some(s) => format!(
+                    "peak {:?} {}",
+                    s.peak,
+                    s.per_metric
+                        .iter()
+                        .map(|m| format!(
+                            "{}={}{}",
+                            m.metric,
+                            m.utilization_pct,
+                            if m.exceeded { " exceeded" } else { "" }
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            };
+            let index_right = match &stored {
+                Some(s) => s.peak == want.peak && s.per_metric == want.per_metric,
+                None => want.per_metric.is_empty(),
+            };
+            if !index_right {
+                report.differences.push(Difference {
+                    org,
+                    period: now,
+                    subject: "utilization index".into(),
+                    stored: show_index(stored.as_ref()),
+                    expected: show_index(Some(&want)),
+                });
+                if repair && !repaired.contains(&now) {
+                    repaired.push(now);
+                }
+            }
             if have_flag != want_flag || have_details != want_details {
                 report.differences.push(Difference {
                     org,

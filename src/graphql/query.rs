@@ -9,16 +9,26 @@ use super::loaders::UsageKey;
 use super::scalars::{Date, Dec};
 use super::types::{
     EntitlementCheck, Metric, Organization, OrganizationStatus, Plan, PlanChange, TotalCount,
-    UsageAlert, UsageSummary, Viewer,
+    UsageAlert, UsageSummary, UsageSummaryOrder, Viewer,
 };
 use super::{connection_args, cursor_decode, cursor_encode, page_of, platform_only, request_ctx};
 use crate::domain::access::{self, Action};
-use crate::domain::{OrganizationId, Period};
+use crate::domain::{MetricCode, OrganizationId, Period};
 use crate::error::AppError;
 use crate::store;
 
 #[derive(Default)]
 pub struct CoreQuery;
+
+/// Where a page of `usageSummaries` by utilization ended: the metric it ordered on (None: the
+/// highest), the last row's utilization (None: past the organizations with one) and its id.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UtilizationCursor {
+    metric: Option<String>,
+    utilization: Option<f64>,
+    id: uuid::Uuid,
+}
 
 /// Primes the request's loaders for a page of organizations: their plans in one batch, and, when the
 /// page asks for `usage` of the current period, every summary at once. The cost of a page stays a
@@ -184,7 +194,11 @@ impl CoreQuery {
     }
 
     /// The seed's organization_usage_summary: one row per visible organization for the period containing `period` (default: the current one). Tenants see only their own row.
+    /// `minUtilizationPct` keeps the organizations whose utilization is at least that percent and `exceededOnly` those past an allowance: of `metric` when given (an unknown metric is BAD_USER_INPUT), otherwise of any limited metric (the highest utilization). Utilization is used / allowance * 100 unrounded; an allowance of zero reads 100 once something is used, 0 before (as `utilizationPct` shows); an organization whose plan does not limit the metric (or anything) has none and is left out by either filter.
+    /// `orderBy` NAME (the default) orders by slug; UTILIZATION_DESC by that utilization, highest first, ties by organization id, organizations without one last (by id). A cursor is valid only for the order (and metric) that produced it; another is BAD_USER_INPUT.
+    /// The current period's filtered pages read an index that every write keeps current (not every organization's counters); by UTILIZATION_DESC their cost does not grow with the number of organizations.
     #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
     async fn usage_summaries(
         &self,
         ctx: &Context<'_>,
@@ -193,38 +207,82 @@ impl CoreQuery {
         exceeded_only: Option<bool>,
         first: Option<i32>,
         after: Option<String>,
+        metric: Option<String>,
+        order_by: Option<UsageSummaryOrder>,
     ) -> Result<Connection<String, UsageSummary, TotalCount, EmptyFields>> {
+        use store::utilization::{After, Order, PageQuery, Source, Subject};
         let rc = request_ctx(ctx)?;
         rc.viewer()?;
         let limit = connection_args(rc, first)?;
         if min_utilization_pct.is_some_and(|p| !p.is_finite()) {
             return Err(AppError::bad_input("minUtilizationPct must be a number").into());
         }
-        let after_slug = after.as_deref().map(cursor_decode::<String>).transpose()?;
+        let metric = match metric.as_deref() {
+            Some(m) => {
+                let code = MetricCode::parse(m)?;
+                if !rc.engine.catalog().await?.kinds.contains_key(code.as_str()) {
+                    return Err(AppError::bad_input(format!("unknown metric {m:?}")).into());
+                }
+                Some(code.as_str().to_owned())
+            }
+            None => None,
+        };
+        let order: Order = order_by.unwrap_or(UsageSummaryOrder::Name).into();
+        let after_key = match (after.as_deref(), order) {
+            (None, _) => None,
+            (Some(c), Order::Name) => Some(After::Slug(cursor_decode::<String>(c)?)),
+            (Some(c), Order::UtilizationDesc) => {
+                let cursor = cursor_decode::<UtilizationCursor>(c)?;
+                if cursor.metric != metric {
+                    return Err(AppError::bad_input(
+                        "the cursor belongs to a page of another metric",
+                    )
+                    .into());
+                }
+                Some(After::Utilization(cursor.utilization, cursor.id))
+            }
+        };
         let period = period
             .map(|d| Period::containing(d.0))
             .unwrap_or_else(Period::current);
-        let filter = store::ledger::SummaryFilter {
+        // The index holds the current period once every organization is in it; any other period,
+        // and the current one until then, is computed from the counters (the same answers).
+        let source = if period == Period::current() && rc.engine.index_complete(period).await? {
+            Source::Index
+        } else {
+            Source::Computed
+        };
+        let query = PageQuery {
             period,
+            subject: metric.as_deref().map_or(Subject::Peak, Subject::Metric),
             min_utilization_pct,
             exceeded_only: exceeded_only.unwrap_or(false),
+            order,
+            source,
         };
         let db = &rc.engine.db;
         let scope = rc.scope();
-        let rows = store::ledger::summary_page(
-            db,
-            scope,
-            &filter,
-            after_slug.as_deref(),
-            limit as u64 + 1,
-        )
-        .await
-        .map_err(AppError::from)?;
-        let total = store::ledger::summary_count(db, scope, &filter)
+        let rows =
+            store::utilization::page(db, scope, &query, after_key.as_ref(), limit as u64 + 1)
+                .await
+                .map_err(AppError::from)?;
+        let total = store::utilization::count(db, scope, &query)
             .await
             .map_err(AppError::from)?;
         let has_next = rows.len() > limit;
-        let orgs: Vec<_> = rows.into_iter().take(limit).collect();
+        let rows: Vec<_> = rows.into_iter().take(limit).collect();
+        let cursors: Vec<String> = rows
+            .iter()
+            .map(|r| match order {
+                Order::Name => cursor_encode(&r.org.slug),
+                Order::UtilizationDesc => cursor_encode(&UtilizationCursor {
+                    metric: metric.clone(),
+                    utilization: r.utilization_pct,
+                    id: r.org.id,
+                }),
+            })
+            .collect();
+        let orgs: Vec<_> = rows.into_iter().map(|r| r.org).collect();
         // Plans only: the summaries themselves are computed below in one pass.
         prime(ctx, &orgs, &[]).await?;
         let summaries = rc.engine.summaries(db, scope, orgs, period).await?;
@@ -233,7 +291,8 @@ impl CoreQuery {
         conn.edges.extend(
             summaries
                 .into_iter()
-                .map(|s| Edge::new(cursor_encode(&s.org.slug), UsageSummary(Arc::new(s)))),
+                .zip(cursors)
+                .map(|(s, c)| Edge::new(c, UsageSummary(Arc::new(s)))),
         );
         Ok(conn)
     }

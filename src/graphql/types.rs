@@ -39,6 +39,17 @@ pub enum OrganizationStatus {
     Suspended,
 }
 
+/// The order of `usageSummaries`.
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::store::utilization::Order")]
+pub enum UsageSummaryOrder {
+    /// Highest utilization first (of `metric`, or the organization's highest over its limited
+    /// metrics), ties by organization id; organizations without one (nothing limited) last, by id.
+    UtilizationDesc,
+    /// By slug (the default).
+    Name,
+}
+
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(remote = "entity::enums::MetricKind")]
 pub enum MetricKind {

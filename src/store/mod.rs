@@ -14,6 +14,7 @@ pub mod rebuild;
 pub mod recording;
 pub mod stripe;
 pub mod team;
+pub mod utilization;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

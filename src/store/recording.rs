@@ -76,10 +76,13 @@ pub struct StoredLimit {
 
 /// The period row's state when it exists.
 #[derive(Debug, Clone)]
-pub struct PeriodState {
+pub struct PeriodRow {
     pub epoch: i32,
     pub exceeded: bool,
     pub details: serde_json::Value,
+    /// The highest utilization of the limited metrics (the utilization index), None when the plan
+    /// limits none or the row's state was never written.
+    pub peak: Option<f64>,
 }
 
 /// Everything a recording's rules need, read in one statement under the lock.
@@ -89,9 +92,11 @@ pub struct RecordingView {
     /// Every limit of the organization's plan, by metric code.
     pub limits: HashMap<String, StoredLimit>,
     /// The period row, when the period has one.
-    pub period: Option<PeriodState>,
+    pub period: Option<PeriodRow>,
     /// The recorded metric's counter in the period (used, credits), when it has a row.
     pub counter: Option<(i64, i64)>,
+    /// The recorded metric's row of the utilization index (utilization, exceeded), when it has one.
+    pub indexed: Option<(f64, bool)>,
     /// The asked idempotency keys already taken by events of the organization.
     pub taken: Vec<String>,
     /// The alerts already raised for the metric in the period's epoch.
@@ -123,6 +128,7 @@ pub async fn view<C: ConnectionTrait>(
     let sql = format!(
         "SELECT o.*, \
            u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
+           u.peak_utilization_pct AS u_peak, x.utilization_pct AS x_util, x.exceeded AS x_exceeded, \
            c.used AS c_used, c.credits AS c_credits, e.idempotency_key AS e_key, \
            {}, {}, {}, \
            l.metric_code AS l_metric, l.included AS l_included, l.enforcement AS l_enforcement, \
@@ -130,6 +136,7 @@ pub async fn view<C: ConnectionTrait>(
          FROM organizations o \
          LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = $2 \
          LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = $2 AND c.metric_code = $3 \
+         LEFT JOIN usage_utilization x ON x.organization_id = o.id AND x.period_start = $2 AND x.metric_code = $3 \
          LEFT JOIN plan_limits l ON l.plan_id = o.plan_id \
          LEFT JOIN usage_events e ON e.organization_id = o.id AND e.idempotency_key IN ({}) \
          WHERE o.id = $1",
@@ -150,15 +157,20 @@ pub async fn view<C: ConnectionTrait>(
     };
     let org_model = organization::Model::from_query_result(first, "")?;
     let period_state = match first.try_get::<Option<i32>>("", "u_epoch")? {
-        Some(epoch) => Some(PeriodState {
+        Some(epoch) => Some(PeriodRow {
             epoch,
             exceeded: first.try_get::<bool>("", "u_exceeded")?,
             details: first.try_get::<serde_json::Value>("", "u_details")?,
+            peak: first.try_get::<Option<f64>>("", "u_peak")?,
         }),
         None => None,
     };
     let counter = match first.try_get::<Option<i64>>("", "c_used")? {
         Some(used) => Some((used, first.try_get::<i64>("", "c_credits")?)),
+        None => None,
+    };
+    let indexed = match first.try_get::<Option<f64>>("", "x_util")? {
+        Some(u) => Some((u, first.try_get::<bool>("", "x_exceeded")?)),
         None => None,
     };
     let mut taken = Vec::new();
@@ -204,6 +216,7 @@ pub async fn view<C: ConnectionTrait>(
         limits,
         period: period_state,
         counter,
+        indexed,
         taken,
         fired,
     }))
@@ -354,41 +367,6 @@ pub async fn apply<C: ConnectionTrait>(
         credits,
         inserted: inserted > 0,
     }))
-}
-
-/// Creates the period row with its flags, or writes them on the existing row; answers its alert
-/// epoch.
-pub async fn write_period<C: ConnectionTrait>(
-    db: &C,
-    scope: Scope,
-    org: OrganizationId,
-    period: Period,
-    exceeded: bool,
-    details: serde_json::Value,
-) -> Result<Option<i32>, DbErr> {
-    if !scope.allows(org) {
-        return Ok(None);
-    }
-    let now = Utc::now();
-    let row = query_one(
-        db,
-        "INSERT INTO organization_usage \
-           (organization_id, period_start, period_end, has_exceeded_limits, exceeded_limits_details, alert_epoch, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $6) \
-         ON CONFLICT (organization_id, period_start) DO UPDATE SET has_exceeded_limits = excluded.has_exceeded_limits, \
-           exceeded_limits_details = excluded.exceeded_limits_details, updated_at = excluded.updated_at \
-         RETURNING alert_epoch",
-        vec![
-            org.0.into(),
-            period.start.into(),
-            period.end().into(),
-            exceeded.into(),
-            details.into(),
-            now.into(),
-        ],
-    )
-    .await?;
-    row.map(|r| r.try_get::<i32>("", "alert_epoch")).transpose()
 }
 
 /// Inserts the alerts that did not fire yet (one statement); answers those that are new. On Postgres,
@@ -569,4 +547,93 @@ pub async fn insert_events<C: ConnectionTrait>(
         .await?;
     }
     Ok(inserted)
+}
+
+/// How a recording moves the period row's peak utilization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Peak {
+    Keep,
+    Set(f64),
+    /// The recorded metric was the peak and went down: the highest of the index rows.
+    Highest,
+}
+
+/// After a recording moved one limited metric: its row of the utilization index, and the period
+/// row's flags and peak when they changed. Postgres: one statement (the period row's update reads
+/// the index as it was, so `Peak::Highest` takes a second); SQLite: one per table.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_metric_state<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+    metric: &str,
+    index: Option<(f64, bool)>,
+    flags: Option<(bool, serde_json::Value)>,
+    peak: Peak,
+) -> Result<(), DbErr> {
+    if !scope.allows(org) {
+        return Ok(());
+    }
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    let mut values: Vec<Value> = vec![org.0.into(), period.start.into()];
+    let upsert = index.map(|(utilization, exceeded)| {
+        values.push(metric.into());
+        values.push(utilization.into());
+        values.push(exceeded.into());
+        "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id, period_start, metric_code) \
+         DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded"
+            .to_owned()
+    });
+    let mut sets = Vec::new();
+    if let Some((exceeded, details)) = flags {
+        values.push(exceeded.into());
+        sets.push(format!("has_exceeded_limits = ${}", values.len()));
+        values.push(details.into());
+        sets.push(format!("exceeded_limits_details = ${}", values.len()));
+    }
+    let highest = "peak_utilization_pct = (SELECT MAX(i.utilization_pct) FROM usage_utilization i \
+                   WHERE i.organization_id = $1 AND i.period_start = $2)";
+    match peak {
+        Peak::Keep => {}
+        Peak::Set(p) => {
+            values.push(p.into());
+            sets.push(format!("peak_utilization_pct = ${}", values.len()));
+        }
+        Peak::Highest if !postgres || upsert.is_none() => sets.push(highest.to_owned()),
+        Peak::Highest => {}
+    }
+    let update = (!sets.is_empty()).then(|| {
+        values.push(Utc::now().into());
+        format!(
+            "UPDATE organization_usage SET {}, updated_at = ${} WHERE organization_id = $1 AND period_start = $2",
+            sets.join(", "),
+            values.len()
+        )
+    });
+    // Each statement gets the values it names; numbering is shared, so both take the whole list on
+    // Postgres (one statement), and SQLite's two statements take theirs.
+    match (upsert, update) {
+        (Some(upsert), Some(update)) if postgres => {
+            execute(db, &format!("WITH x AS ({upsert}) {update}"), values).await?;
+        }
+        (upsert, update) => {
+            if let Some(upsert) = upsert {
+                execute(db, &upsert, values[..5].to_vec()).await?;
+            }
+            if let Some(update) = update {
+                execute(db, &update, values.clone()).await?;
+            }
+        }
+    }
+    if postgres && peak == Peak::Highest && index.is_some() {
+        execute(
+            db,
+            &format!("UPDATE organization_usage SET {highest} WHERE organization_id = $1 AND period_start = $2"),
+            vec![org.0.into(), period.start.into()],
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ mod jwks;
 mod localstripe;
 mod memberships;
 mod money;
+mod platform;
 mod production;
 mod replicas;
 mod settings;

@@ -48,9 +48,10 @@ impl Engine {
         let kinds = &catalog.kinds;
         let counters = store::ledger::counters(txn, scope, &[org], period).await?;
         let states = states_from(period, kinds, rules, &counters);
-        let details = exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
-        let exceeded = states.iter().any(|m| m.state.exceeded());
-        store::ledger::write_flags(txn, scope, org, period, exceeded, details).await?;
+        let state = period_state(&states);
+        store::utilization::write_period_state(txn, scope, org, period, &state).await?;
+        self.carry_into_current(txn, scope, org, period, rules, only_metric)
+            .await?;
         let mut alerts = Vec::new();
         for m in states
             .iter()
@@ -125,41 +126,65 @@ impl Engine {
         rules: &HashMap<String, LimitRule>,
         usage: &MetricUsage,
     ) -> AppResult<i32> {
-        Ok(match &view.period {
-            Some(row) => {
-                let mut details = row.details.as_object().cloned().unwrap_or_default();
-                let before = details.get(&usage.metric).cloned();
-                let entry = exceeded_details([(usage.metric.as_str(), &usage.state)]);
-                match entry.get(&usage.metric) {
-                    Some(e) => details.insert(usage.metric.clone(), e.clone()),
-                    None => details.remove(&usage.metric),
-                };
-                let exceeded = !details.is_empty();
-                if before.as_ref() != details.get(&usage.metric) || exceeded != row.exceeded {
-                    store::ledger::write_flags(
-                        txn,
-                        scope,
-                        org,
-                        period,
-                        exceeded,
-                        serde_json::Value::Object(details),
-                    )
-                    .await?;
-                }
-                row.epoch
-            }
-            None => {
-                let catalog = self.catalog().await?;
-                let counters = store::ledger::counters(txn, scope, &[org], period).await?;
-                let states = states_from(period, &catalog.kinds, rules, &counters);
-                let details =
-                    exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state)));
-                let exceeded = states.iter().any(|m| m.state.exceeded());
-                store::recording::write_period(txn, scope, org, period, exceeded, details)
-                    .await?
-                    .unwrap_or(0)
-            }
-        })
+        use store::recording::Peak;
+        let limits_nothing = view.limits.values().all(|l| l.included.is_none());
+        let limited = usage.state.rule.included.is_some();
+        // The period row's state was written whole (created, materialized or re-evaluated under this
+        // plan) when its peak is set (or the plan limits nothing) and the metric has its index row:
+        // then only the recorded metric's part can change.
+        let row = view.period.as_ref().filter(|row| {
+            (row.peak.is_some() || limits_nothing) && (!limited || view.indexed.is_some())
+        });
+        let Some(row) = row else {
+            let epoch = store::ledger::lock_period(txn, scope, org, period)
+                .await?
+                .unwrap_or(0);
+            self.write_state_in(txn, scope, org, period, rules).await?;
+            self.carry_into_current(txn, scope, org, period, rules, Some(&usage.metric))
+                .await?;
+            return Ok(epoch);
+        };
+        let mut details = row.details.as_object().cloned().unwrap_or_default();
+        let before = details.get(&usage.metric).cloned();
+        let entry = exceeded_details([(usage.metric.as_str(), &usage.state)]);
+        match entry.get(&usage.metric) {
+            Some(e) => details.insert(usage.metric.clone(), e.clone()),
+            None => details.remove(&usage.metric),
+        };
+        let exceeded = !details.is_empty();
+        let changed = before.as_ref() != details.get(&usage.metric) || exceeded != row.exceeded;
+        let flags = changed.then_some((exceeded, serde_json::Value::Object(details)));
+        let index = usage
+            .state
+            .utilization_ratio()
+            .map(|u| (u, usage.state.exceeded()));
+        let peak = match (index, row.peak) {
+            (None, _) => Peak::Keep,
+            (Some((u, _)), Some(old)) if u > old => Peak::Set(u),
+            (Some((u, _)), Some(old)) => match view.indexed {
+                // The metric was the peak and went down (a GAUGE reading).
+                Some((was, _)) if was >= old && u < was => Peak::Highest,
+                _ => Peak::Keep,
+            },
+            (Some((u, _)), None) => Peak::Set(u),
+        };
+        let index = index.filter(|i| Some(*i) != view.indexed);
+        if index.is_some() || flags.is_some() || peak != Peak::Keep {
+            store::recording::write_metric_state(
+                txn,
+                scope,
+                org,
+                period,
+                &usage.metric,
+                index,
+                flags,
+                peak,
+            )
+            .await?;
+        }
+        self.carry_into_current(txn, scope, org, period, rules, Some(&usage.metric))
+            .await?;
+        Ok(row.epoch)
     }
 
     /// The alert of `kind` for a metric's state.
@@ -209,6 +234,31 @@ impl Engine {
         let rules = plan_rules(txn, plan_id).await?;
         self.reevaluate(txn, scope, org, period, epoch, &rules, None)
             .await
+    }
+}
+
+/// What the period row and the utilization index say about these states (`write_period_state`).
+pub fn period_state(states: &[MetricUsage]) -> store::utilization::PeriodState {
+    let per_metric: Vec<store::utilization::MetricIndex> = states
+        .iter()
+        .filter_map(|m| {
+            m.state
+                .utilization_ratio()
+                .map(|u| store::utilization::MetricIndex {
+                    metric: m.metric.clone(),
+                    utilization_pct: u,
+                    exceeded: m.state.exceeded(),
+                })
+        })
+        .collect();
+    store::utilization::PeriodState {
+        exceeded: states.iter().any(|m| m.state.exceeded()),
+        details: exceeded_details(states.iter().map(|m| (m.metric.as_str(), &m.state))),
+        peak: per_metric
+            .iter()
+            .map(|m| m.utilization_pct)
+            .reduce(f64::max),
+        per_metric,
     }
 }
 

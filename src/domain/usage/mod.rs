@@ -6,8 +6,9 @@
 
 mod batch;
 mod corrections;
-mod evaluation;
+pub mod evaluation;
 mod group;
+pub mod index;
 mod publish;
 mod reads;
 mod recording;
@@ -15,7 +16,7 @@ mod recording;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use entity::enums::{AlertKind, MetricKind, UsageEventKind};
 use entity::{organization, usage_alert, usage_event};
 use rust_decimal::Decimal;
@@ -49,6 +50,9 @@ pub struct Engine {
     pub guest_surcharge_pct: Decimal,
     /// The group-commit writers' queue, started on the first recording (`group`).
     writers: Arc<tokio::sync::OnceCell<group::Queue>>,
+    /// The latest period whose utilization index is known complete, as days from the common era
+    /// (0: none yet); see `index::index_complete`.
+    pub indexed_period: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A metric's state in a period, with its code and kind.
@@ -215,6 +219,7 @@ impl Engine {
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
             writers: Default::default(),
+            indexed_period: Default::default(),
         }
     }
 
