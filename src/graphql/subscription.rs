@@ -24,8 +24,17 @@ pub struct Subscription;
 /// Most stored alerts replayed by `since` before the live ones.
 const REPLAY_LIMIT: usize = 1000;
 
-/// How long usageUpdated gathers a burst before it reads the state once.
+/// The least time between two results of usageUpdated (and membershipUpdated): a change after a
+/// quiet moment is read at once; the changes of a burst within this time are read once, at its end.
 const COALESCE: Duration = Duration::from_millis(250);
+
+/// Waits, if needed, so that a result comes at least `COALESCE` after the previous one (a throttle
+/// with its first change delivered at once, rather than a delay on every change).
+async fn throttle(last: Option<tokio::time::Instant>) {
+    if let Some(last) = last {
+        tokio::time::sleep_until(last + COALESCE).await;
+    }
+}
 
 /// What a running subscription tells whoever drives it, besides its results: put in the request's
 /// data by the WebSocket layer, which shares one execution among identical subscriptions and so
@@ -214,18 +223,19 @@ impl Subscription {
         let engine = rc.engine.clone();
         engine.db.release().await;
         let rx = engine.bus.subscribe(Some(org));
-        let state = (rx, engine, viewer);
+        let state = (rx, engine, viewer, None);
         Ok(futures_util::stream::unfold(
             state,
-            move |(mut rx, engine, viewer)| async move {
+            move |(mut rx, engine, viewer, last)| async move {
                 loop {
                     match rx.recv().await {
                         // A lag only means more changes happened: the state read below covers them.
                         Ok(BusEvent::UsageChanged(_)) | Err(RecvError::Lagged(_)) => {
-                            // Coalesce a burst: wait a moment, drain what queued meanwhile, then read
-                            // the latest state once. A change after the drain wakes the next round,
+                            // A change after a quiet moment is read at once; within `COALESCE` of
+                            // the previous result, a burst is gathered and read once. What queued
+                            // meanwhile is drained; a change after the drain wakes the next round,
                             // so the stream always ends on the latest state.
-                            tokio::time::sleep(COALESCE).await;
+                            throttle(last).await;
                             while rx.try_recv().is_ok() {}
                             // A handle for this round only: its transaction ends with it.
                             let db = engine.db.scoped(viewer.scope());
@@ -247,7 +257,8 @@ impl Subscription {
                                 // next change tries again (the stream goes on).
                                 Err(e) => Err(async_graphql::Error::from(e)),
                             };
-                            return Some((item, (rx, engine, viewer)));
+                            let now = Some(tokio::time::Instant::now());
+                            return Some((item, (rx, engine, viewer, now)));
                         }
                         Ok(
                             BusEvent::Alert(_)
@@ -278,8 +289,8 @@ impl Subscription {
         let (org, id) = (OrganizationId(m.organization_id), m.id);
         let rx = engine.bus.subscribe(Some(org));
         Ok(futures_util::stream::unfold(
-            (rx, engine, viewer),
-            move |(mut rx, engine, viewer)| async move {
+            (rx, engine, viewer, None),
+            move |(mut rx, engine, viewer, last)| async move {
                 loop {
                     match rx.recv().await {
                         Ok(BusEvent::MembershipChanged(_, changed)) if changed == id => {}
@@ -287,8 +298,8 @@ impl Subscription {
                         Ok(_) => continue,
                         Err(RecvError::Closed) => return None,
                     }
-                    // Coalesce a burst, then read the latest state once.
-                    tokio::time::sleep(COALESCE).await;
+                    // At once after a quiet moment; a burst is read once (see `throttle`).
+                    throttle(last).await;
                     while rx.try_recv().is_ok() {}
                     let db = engine.db.scoped(viewer.scope());
                     let read = super::memberships::reload_membership(&db, viewer.scope(), id).await;
@@ -298,7 +309,8 @@ impl Subscription {
                         Ok(None) => Err(crate::error::AppError::not_found("membership").into()),
                         Err(e) => Err(e),
                     };
-                    return Some((item, (rx, engine, viewer)));
+                    let now = Some(tokio::time::Instant::now());
+                    return Some((item, (rx, engine, viewer, now)));
                 }
             },
         ))
