@@ -228,9 +228,14 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let recompute = spawn_daily_recompute(&self.state);
-        let index = tokio::spawn(materialize_periods(self.state.engine.clone()));
+        // Background work: its statements are counted apart from requests' (`store::background`).
+        let index = tokio::spawn(crate::store::background(materialize_periods(
+            self.state.engine.clone(),
+        )));
         let outbox = spawn_stripe_outbox(&self.state);
-        let team = tokio::spawn(watch_platform_team(self.state.clone()));
+        let team = tokio::spawn(crate::store::background(watch_platform_team(
+            self.state.clone(),
+        )));
         let limits = self.state.rate_limits.clone();
         let forget = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -335,7 +340,7 @@ fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<
         role: None,
         platform: true,
     };
-    Some(tokio::spawn(async move {
+    Some(tokio::spawn(crate::store::background(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut billed: Option<crate::domain::Period> = None;
@@ -363,7 +368,7 @@ fn spawn_stripe_outbox(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<
                 }
             }
         }
-    }))
+    })))
 }
 
 /// How often the server looks whether the current period's utilization index is complete.
@@ -411,14 +416,14 @@ fn spawn_daily_recompute(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
         return None;
     }
     let engine = state.engine.clone();
-    Some(tokio::spawn(async move {
+    Some(tokio::spawn(crate::store::background(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             recompute_pass(&engine).await;
         }
-    }))
+    })))
 }
 
 async fn recompute_pass(engine: &Engine) {

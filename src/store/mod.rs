@@ -28,14 +28,34 @@ use sea_orm::{
 
 use crate::domain::{OrganizationId, Scope};
 
-/// Counts SQL statements, so tests can prove that DataLoaders keep a page's cost constant.
+/// Counts SQL statements, so tests can prove what a request costs (a page of organizations with
+/// DataLoaders, a recording). Statements of background work (`background`) are counted apart.
 #[derive(Debug, Default)]
-pub struct StatementCounter(AtomicU64);
+pub struct StatementCounter {
+    requests: AtomicU64,
+    background: AtomicU64,
+}
 
 impl StatementCounter {
+    /// Statements run for requests (and the recordings they queue), not by background work.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed)
     }
+
+    /// Statements of background work (the platform team's refresh, the index's materialization,
+    /// the periodic recompute, the Stripe outbox).
+    pub fn background(&self) -> u64 {
+        self.background.load(Ordering::Relaxed)
+    }
+}
+
+tokio::task_local! {
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as background work: its statements are counted apart from requests'.
+pub async fn background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
 }
 
 /// Opens the pool, with SQLite set up for concurrent use (WAL, a busy timeout, foreign keys).
@@ -75,7 +95,11 @@ pub async fn connect(
     let counter = Arc::new(StatementCounter::default());
     let c = counter.clone();
     db.set_metric_callback(move |info| {
-        c.0.fetch_add(1, Ordering::Relaxed);
+        if BACKGROUND.try_with(|_| ()).is_ok() {
+            c.background.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::trace!(target: "tollgate::sql", sql = %info.statement.sql, elapsed_us = info.elapsed.as_micros() as u64, failed = info.failed);
     });
     Ok((db, counter))

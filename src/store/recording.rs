@@ -249,6 +249,8 @@ pub struct Apply<'a> {
     /// Postgres: the NOTIFY payload that tells every replica the organization's usage changed, sent
     /// by the same statement when (and only if) the recording is applied.
     pub notify: Option<(&'a str, String)>,
+    /// Postgres: the index and period row's change, written by the same statement.
+    pub index: Option<&'a IndexChange>,
 }
 
 /// What an applied recording left: the counter's (used, credits), and whether the ledger event was
@@ -329,16 +331,52 @@ pub async fn apply<C: ConnectionTrait>(
             }
             None => String::new(),
         };
+        let mut more = String::new();
+        let change = a.index.filter(|c| !c.is_empty());
+        if let Some(change) = change {
+            if let Some((utilization, exceeded)) = change.index {
+                values.push(utilization.into());
+                values.push(exceeded.into());
+                let n = values.len();
+                more.push_str(&format!(
+                    ", x AS (INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
+                     SELECT $1, $2, $3, ${}, ${n} FROM c ON CONFLICT (organization_id, period_start, metric_code) \
+                     DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded)",
+                    n - 1
+                ));
+            }
+            let mut sets = vec!["updated_at = $5".to_owned()];
+            if let Some((exceeded, details)) = &change.flags {
+                values.push((*exceeded).into());
+                sets.push(format!("has_exceeded_limits = ${}", values.len()));
+                values.push(details.clone().into());
+                sets.push(format!("exceeded_limits_details = ${}", values.len()));
+            }
+            if let Peak::Set(p) = change.peak {
+                values.push(p.into());
+                sets.push(format!("peak_utilization_pct = ${}", values.len()));
+            }
+            if sets.len() > 1 {
+                more.push_str(&format!(
+                    ", p AS (UPDATE organization_usage SET {} FROM c \
+                     WHERE organization_usage.organization_id = $1 AND organization_usage.period_start = $2)",
+                    sets.join(", ")
+                ));
+            }
+        }
         let sql = format!(
             "WITH c AS ({upsert}), \
              e AS (INSERT INTO usage_events ({event_columns}) \
                    SELECT $1, $7, $3, 'USAGE', $8, $2, $9, $10, $11, false, 0, $12, $5 FROM c \
-                   ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id) \
+                   ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id){more} \
              SELECT c.used, c.credits, (SELECT COUNT(*) FROM e) AS inserted{notify} FROM c"
         );
         let Some(row) = query_one(db, &sql, values).await? else {
             return Ok(None);
         };
+        if change.is_some_and(|c| c.peak == Peak::Highest) {
+            highest_peak(db, a.org, a.period).await?;
+        }
         return Ok(Some(Applied {
             used: row.try_get("", "used")?,
             credits: row.try_get("", "credits")?,
@@ -549,6 +587,22 @@ pub async fn insert_events<C: ConnectionTrait>(
     Ok(inserted)
 }
 
+/// What a recording changes in the utilization index and on the period row (`write_metric_state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexChange {
+    /// The recorded metric's index row (utilization, exceeded), when it changed.
+    pub index: Option<(f64, bool)>,
+    /// The period row's flags (has_exceeded_limits, exceeded_limits_details), when they changed.
+    pub flags: Option<(bool, serde_json::Value)>,
+    pub peak: Peak,
+}
+
+impl IndexChange {
+    pub fn is_empty(&self) -> bool {
+        self.index.is_none() && self.flags.is_none() && self.peak == Peak::Keep
+    }
+}
+
 /// How a recording moves the period row's peak utilization.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Peak {
@@ -561,20 +615,18 @@ pub enum Peak {
 /// After a recording moved one limited metric: its row of the utilization index, and the period
 /// row's flags and peak when they changed. Postgres: one statement (the period row's update reads
 /// the index as it was, so `Peak::Highest` takes a second); SQLite: one per table.
-#[allow(clippy::too_many_arguments)]
 pub async fn write_metric_state<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
     org: OrganizationId,
     period: Period,
     metric: &str,
-    index: Option<(f64, bool)>,
-    flags: Option<(bool, serde_json::Value)>,
-    peak: Peak,
+    change: &IndexChange,
 ) -> Result<(), DbErr> {
-    if !scope.allows(org) {
+    if !scope.allows(org) || change.is_empty() {
         return Ok(());
     }
+    let (index, flags, peak) = (change.index, change.flags.clone(), change.peak);
     let postgres = db.get_database_backend() == DbBackend::Postgres;
     let mut values: Vec<Value> = vec![org.0.into(), period.start.into()];
     let upsert = index.map(|(utilization, exceeded)| {
@@ -628,12 +680,23 @@ pub async fn write_metric_state<C: ConnectionTrait>(
         }
     }
     if postgres && peak == Peak::Highest && index.is_some() {
-        execute(
-            db,
-            &format!("UPDATE organization_usage SET {highest} WHERE organization_id = $1 AND period_start = $2"),
-            vec![org.0.into(), period.start.into()],
-        )
-        .await?;
+        highest_peak(db, org, period).await?;
     }
     Ok(())
+}
+
+/// The period row's peak as the highest of its index rows (after the recorded metric's row moved).
+async fn highest_peak<C: ConnectionTrait>(
+    db: &C,
+    org: OrganizationId,
+    period: Period,
+) -> Result<(), DbErr> {
+    execute(
+        db,
+        "UPDATE organization_usage SET peak_utilization_pct = (SELECT MAX(i.utilization_pct) FROM usage_utilization i \
+           WHERE i.organization_id = $1 AND i.period_start = $2) WHERE organization_id = $1 AND period_start = $2",
+        vec![org.0.into(), period.start.into()],
+    )
+    .await
+    .map(|_| ())
 }

@@ -212,8 +212,19 @@ impl Engine {
             metric: metric.to_owned(),
             state: state(used),
         };
-        self.write_flags_after(txn, scope, org, period, &view, &rules, &last)
-            .await?;
+        let change = Self::index_change(&view, &last);
+        self.write_flags_after(
+            txn,
+            scope,
+            org,
+            period,
+            &view,
+            &rules,
+            &last,
+            change.as_ref(),
+            false,
+        )
+        .await?;
         let alerts: Vec<usage_alert::Model> = outcomes
             .iter()
             .flat_map(|o| o.alerts.iter().cloned())

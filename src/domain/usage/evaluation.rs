@@ -76,10 +76,12 @@ impl Engine {
         view: &store::recording::RecordingView,
         rules: &HashMap<String, LimitRule>,
         usage: &MetricUsage,
+        change: Option<&store::recording::IndexChange>,
+        written: bool,
         announce: bool,
     ) -> AppResult<Vec<usage_alert::Model>> {
         let epoch = self
-            .write_flags_after(txn, scope, org, period, view, rules, usage)
+            .write_flags_after(txn, scope, org, period, view, rules, usage, change, written)
             .await?;
         let mut alerts = Vec::new();
         for kind in usage.state.alert_conditions(self.near_limit_pct) {
@@ -112,38 +114,22 @@ impl Engine {
         )
     }
 
-    /// The flags after a recording moved one metric's counter to `usage`: only that metric's entry
-    /// can change (written only when it did); the period's first change evaluates every metric (a
-    /// GAUGE carries its earlier reading) and creates the period row. Answers the alert epoch.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn write_flags_after(
-        &self,
-        txn: &DatabaseTransaction,
-        scope: Scope,
-        org: OrganizationId,
-        period: Period,
+    /// What a recording that moved one metric to `usage` changes in the period row (flags, peak) and
+    /// the metric's index row; None when the period row's state was not written whole yet (then the
+    /// whole state is written: `write_flags_after`). Decided from the read under the lock.
+    pub(super) fn index_change(
         view: &store::recording::RecordingView,
-        rules: &HashMap<String, LimitRule>,
         usage: &MetricUsage,
-    ) -> AppResult<i32> {
+    ) -> Option<store::recording::IndexChange> {
         use store::recording::Peak;
         let limits_nothing = view.limits.values().all(|l| l.included.is_none());
         let limited = usage.state.rule.included.is_some();
-        // The period row's state was written whole (created, materialized or re-evaluated under this
-        // plan) when its peak is set (or the plan limits nothing) and the metric has its index row:
-        // then only the recorded metric's part can change.
+        // Written whole (created, materialized or re-evaluated under this plan) when its peak is set
+        // (or the plan limits nothing) and the metric has its index row: then only the recorded
+        // metric's part can change.
         let row = view.period.as_ref().filter(|row| {
             (row.peak.is_some() || limits_nothing) && (!limited || view.indexed.is_some())
-        });
-        let Some(row) = row else {
-            let epoch = store::ledger::lock_period(txn, scope, org, period)
-                .await?
-                .unwrap_or(0);
-            self.write_state_in(txn, scope, org, period, rules).await?;
-            self.carry_into_current(txn, scope, org, period, rules, Some(&usage.metric))
-                .await?;
-            return Ok(epoch);
-        };
+        })?;
         let mut details = row.details.as_object().cloned().unwrap_or_default();
         let before = details.get(&usage.metric).cloned();
         let entry = exceeded_details([(usage.metric.as_str(), &usage.state)]);
@@ -168,23 +154,56 @@ impl Engine {
             },
             (Some((u, _)), None) => Peak::Set(u),
         };
-        let index = index.filter(|i| Some(*i) != view.indexed);
-        if index.is_some() || flags.is_some() || peak != Peak::Keep {
-            store::recording::write_metric_state(
-                txn,
-                scope,
-                org,
-                period,
-                &usage.metric,
-                index,
-                flags,
-                peak,
-            )
-            .await?;
-        }
+        Some(store::recording::IndexChange {
+            index: index.filter(|i| Some(*i) != view.indexed),
+            flags,
+            peak,
+        })
+    }
+
+    /// The period's state after a recording moved one metric to `usage`: `change` when it is known
+    /// (written here unless the recording's own statement already did, `written`), otherwise the
+    /// whole state (the period row is created if needed). A GAUGE moved in an earlier period moves
+    /// what the current period carries too. Answers the alert epoch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_flags_after(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+        view: &store::recording::RecordingView,
+        rules: &HashMap<String, LimitRule>,
+        usage: &MetricUsage,
+        change: Option<&store::recording::IndexChange>,
+        written: bool,
+    ) -> AppResult<i32> {
+        let epoch = match (change, &view.period) {
+            (Some(change), Some(row)) => {
+                if !written {
+                    store::recording::write_metric_state(
+                        txn,
+                        scope,
+                        org,
+                        period,
+                        &usage.metric,
+                        change,
+                    )
+                    .await?;
+                }
+                row.epoch
+            }
+            _ => {
+                let epoch = store::ledger::lock_period(txn, scope, org, period)
+                    .await?
+                    .unwrap_or(0);
+                self.write_state_in(txn, scope, org, period, rules).await?;
+                epoch
+            }
+        };
         self.carry_into_current(txn, scope, org, period, rules, Some(&usage.metric))
             .await?;
-        Ok(row.epoch)
+        Ok(epoch)
     }
 
     /// The alert of `kind` for a metric's state.

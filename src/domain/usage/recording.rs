@@ -174,9 +174,32 @@ impl Engine {
             MetricKind::Counter => store::recording::Move::Add(amount),
             MetricKind::Gauge => store::recording::Move::Set(amount),
         };
-        // The upsert's cap cannot see a row it inserts: a first amount above the cap (with no
-        // credits yet) is refused here.
-        let first_over_cap = view.counter.is_none() && hard_cap.is_some_and(|cap| amount > cap);
+        // Decided from the read under the lock (the statement checks the cap again).
+        let (used, credits) = view.counter.unwrap_or((0, 0));
+        let next = match movement {
+            store::recording::Move::Add(d) => used.checked_add(d).ok_or_else(|| {
+                AppError::from(sea_orm::DbErr::Custom(
+                    store::ledger::COUNTER_OVERFLOW.to_owned(),
+                ))
+            })?,
+            store::recording::Move::Set(v) => v,
+        };
+        if hard_cap.is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap)) {
+            // Refused by a HARD limit: nothing of this item is written, and its key stays unused.
+            return self
+                .refused(txn, scope, period, p, &rules, rule, view.counter)
+                .await;
+        }
+        let usage = MetricUsage {
+            metric: metric.to_owned(),
+            state: MetricState {
+                used: Amount::from_scaled(next),
+                credits: Amount::from_scaled(credits),
+                rule,
+            },
+        };
+        let change = Self::index_change(&view, &usage);
+        let postgres = self.db.is_postgres();
         let now = Utc::now();
         let event = usage_event::Model {
             organization_id: org.0,
@@ -197,45 +220,36 @@ impl Engine {
             occurred_at: p.occurred_at,
             recorded_at: now,
         };
-        let announce = in_group && self.db.is_postgres();
-        let applied = if first_over_cap {
-            None
-        } else {
-            store::recording::apply(
-                txn,
-                scope,
-                &store::recording::Apply {
-                    org,
-                    period,
-                    metric,
-                    movement,
-                    hard_cap,
-                    event_id: event.id,
-                    quantity: amount,
-                    key: p.key.as_deref(),
-                    reference: p.reference.as_deref(),
-                    actor: &viewer.sub,
-                    occurred_at: p.occurred_at,
-                    recorded_at: now,
-                    notify: announce
-                        .then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org))),
-                },
-            )
-            .await?
-        };
-        let Some(applied) = applied else {
-            if let (Some((used, _)), store::recording::Move::Add(d)) = (view.counter, movement)
-                && used.checked_add(d).is_none()
-            {
-                return Err(
-                    sea_orm::DbErr::Custom(store::ledger::COUNTER_OVERFLOW.to_owned()).into(),
-                );
-            }
-            // Refused by a HARD limit: nothing of this item is written, and its key stays unused.
-            return self
-                .refused(txn, scope, period, p, &rules, rule, view.counter)
-                .await;
-        };
+        let announce = in_group && postgres;
+        let applied = store::recording::apply(
+            txn,
+            scope,
+            &store::recording::Apply {
+                org,
+                period,
+                metric,
+                movement,
+                hard_cap,
+                event_id: event.id,
+                quantity: amount,
+                key: p.key.as_deref(),
+                reference: p.reference.as_deref(),
+                actor: &viewer.sub,
+                occurred_at: p.occurred_at,
+                recorded_at: now,
+                notify: announce
+                    .then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org))),
+                // Postgres writes the index and the period row in the same statement.
+                index: change.as_ref().filter(|_| postgres),
+            },
+        )
+        .await?
+        .filter(|a| (a.used, a.credits) == (next, credits))
+        .ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "the counter did not move as its lock's read said"
+            ))
+        })?;
         if !applied.inserted {
             // Taken between the read and the insert by a writer outside the lock: the caller undoes
             // the transaction, and a retry answers as a replay.
@@ -243,16 +257,19 @@ impl Engine {
                 "the idempotency key was used concurrently; retry",
             ));
         }
-        let usage = MetricUsage {
-            metric: metric.to_owned(),
-            state: MetricState {
-                used: Amount::from_scaled(applied.used),
-                credits: Amount::from_scaled(applied.credits),
-                rule,
-            },
-        };
         let alerts = self
-            .evaluate_recorded(txn, scope, org, period, &view, &rules, &usage, announce)
+            .evaluate_recorded(
+                txn,
+                scope,
+                org,
+                period,
+                &view,
+                &rules,
+                &usage,
+                change.as_ref(),
+                postgres,
+                announce,
+            )
             .await?;
         Ok(RecordOutcome {
             accepted: true,
