@@ -294,16 +294,15 @@ where
                     .max(Duration::from_secs(2));
                 let r = tokio::time::timeout(limit, op(t, n)).await;
                 n += 1;
+                // Abandoned ones are told even when they began in the warm-up (a page slower than
+                // the whole window).
+                let Ok(r) = r else {
+                    abandoned += 1;
+                    continue;
+                };
                 if began - start < warmup {
                     continue;
                 }
-                let r = match r {
-                    Ok(r) => r,
-                    Err(_) => {
-                        abandoned += 1;
-                        continue;
-                    }
-                };
                 match r {
                     Ok(u) => {
                         units += u;
@@ -337,6 +336,7 @@ where
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         note: [
+            lat.is_empty().then(|| "no operation completed in the window".to_owned()),
             (errors > 0).then(|| format!("{errors} errors")),
             (abandoned > 0).then(|| {
                 format!("{abandoned} unfinished 2 s after the window (abandoned, not counted)")
@@ -949,8 +949,8 @@ async fn main() -> Result<()> {
             );
         }
         eprintln!(
-            "fan-out: {} tenant subscribers over {f} organizations, {}/s recordings for {} s",
-            args.subscribers, args.fanout_rate, args.fanout_seconds
+            "fan-out: {subscribers} tenant subscribers over {f} organizations, {}/s recordings for {} s",
+            args.fanout_rate, args.fanout_seconds
         );
         let orgs: Vec<(String, String, String)> = seeded
             .orgs
