@@ -21,7 +21,37 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects and upgrades to a WebSocket speaking `protocol`.
     pub async fn connect(addr: std::net::SocketAddr, path: &str, protocol: &str) -> Result<Self> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
+        Self::upgrade(stream, addr, path, protocol).await
+    }
+
+    /// Like `connect`, from the local address `source` (port chosen by the kernel). One source
+    /// address reaches one server address from at most the ephemeral range's ~28K ports; the
+    /// fan-out spreads its sockets over several loopback sources (127.0.0.2, 127.0.0.3, ...: Linux
+    /// routes all of 127/8 to `lo`).
+    pub async fn connect_from(
+        source: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocol: &str,
+    ) -> Result<Self> {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .with_context(|| format!("bind {source}"))?;
+        let stream = socket.connect(addr).await?;
+        Self::upgrade(stream, addr, path, protocol).await
+    }
+
+    async fn upgrade(
+        mut stream: TcpStream,
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocol: &str,
+    ) -> Result<Self> {
         stream.set_nodelay(true)?;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
