@@ -61,7 +61,17 @@ impl AppState {
                  to it; connect as an ordinary role that owns the schema"
             );
         }
-        Ok(Self::with_db(settings, keys, db, statements))
+        let writer = store::connect_writer(
+            settings.database_url.expose_secret(),
+            settings.db_statement_timeout,
+            statements.clone(),
+        )
+        .await?;
+        let mut state = Self::with_db(settings, keys, db, statements);
+        if let Some(writer) = writer {
+            state.engine.db = state.engine.db.clone().with_writer(writer);
+        }
+        Ok(state)
     }
 
     pub fn with_db(

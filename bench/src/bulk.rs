@@ -72,7 +72,9 @@ pub async fn has_column(db: &Db, table: &str, column: &str) -> Result<bool> {
     } else {
         "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2"
     };
-    count(db, sql, vec![table.into(), column.into()]).await.map(|n| n > 0)
+    count(db, sql, vec![table.into(), column.into()])
+        .await
+        .map(|n| n > 0)
 }
 
 /// Whether the database has `table`.
@@ -169,8 +171,22 @@ pub async fn bulk_orgs(db: &Db, n: usize) -> Result<BulkOrgs> {
     .context("bulk organizations")?;
 
     let (mut cols, mut exprs) = (
-        vec!["organization_id", "period_start", "metric_code", "used", "credits", "updated_at"],
-        vec![id.clone(), "$4".into(), "'bookings'".into(), used.clone(), "0".into(), "$3".into()],
+        vec![
+            "organization_id",
+            "period_start",
+            "metric_code",
+            "used",
+            "credits",
+            "updated_at",
+        ],
+        vec![
+            id.clone(),
+            "$4".into(),
+            "'bookings'".into(),
+            used.clone(),
+            "0".into(),
+            "$3".into(),
+        ],
     );
     if has_column(db, "usage_counters", "utilization_pct").await? {
         cols.push("utilization_pct");

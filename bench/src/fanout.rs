@@ -146,7 +146,7 @@ pub async fn run(server: &Server, http: &Http, s: Setup<'_>) -> Result<Outcome> 
     for j in 0..s.subscribers {
         let org = j % f;
         // Each organization gets as many of each kind (alternating by round over the organizations).
-        let kind = if (j / f) % 2 == 0 {
+        let kind = if (j / f).is_multiple_of(2) {
             Kind::Updated
         } else {
             Kind::Alerts
@@ -168,9 +168,13 @@ pub async fn run(server: &Server, http: &Http, s: Setup<'_>) -> Result<Outcome> 
         conns.push(tokio::spawn(async move {
             let handshake = async {
                 let _permit = gate.acquire().await?;
-                let mut ws =
-                    wsraw::Subscriber::connect_from(source, addr, "/graphql", "graphql-transport-ws")
-                        .await?;
+                let mut ws = wsraw::Subscriber::connect_from(
+                    source,
+                    addr,
+                    "/graphql",
+                    "graphql-transport-ws",
+                )
+                .await?;
                 ws.send_text(&init).await?;
                 match ws.next().await? {
                     Some((wsraw::TEXT, ack)) if has(&ack, b"connection_ack") => {}
@@ -196,8 +200,11 @@ pub async fn run(server: &Server, http: &Http, s: Setup<'_>) -> Result<Outcome> 
                         if has(&text, b"\"next\"") {
                             if has(&text, b"\"errors\"") {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                                first.get_or_insert_with(|| String::from_utf8_lossy(&text).into_owned());
+                                let mut first =
+                                    first_error.lock().unwrap_or_else(|p| p.into_inner());
+                                first.get_or_insert_with(|| {
+                                    String::from_utf8_lossy(&text).into_owned()
+                                });
                             }
                             let at = Instant::now();
                             frame_len[kind as usize].store(text.len(), Ordering::Relaxed);
@@ -213,7 +220,8 @@ pub async fn run(server: &Server, http: &Http, s: Setup<'_>) -> Result<Outcome> 
                         } else if has(&text, b"\"error\"") || has(&text, b"\"complete\"") {
                             errors.fetch_add(1, Ordering::Relaxed);
                             let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            first.get_or_insert_with(|| String::from_utf8_lossy(&text).into_owned());
+                            first
+                                .get_or_insert_with(|| String::from_utf8_lossy(&text).into_owned());
                         }
                     }
                     Ok(Some(_)) => {}
@@ -436,13 +444,16 @@ pub async fn run(server: &Server, http: &Http, s: Setup<'_>) -> Result<Outcome> 
                 format!(
                     "{n} results of {expected_updated} expected ({un} not matched to a recording), \
                      {silent_updated} usageUpdated subscribers heard nothing; {frame}-byte frames; \
-                     includes the server's 250 ms coalescing wait (src/graphql/subscription.rs COALESCE); {common}"
+                     a change after a quiet moment is read at once, one within 250 ms of the previous result \
+                     waits for the burst's end (src/graphql/subscription.rs COALESCE); {common}"
                 ),
             ),
             Kind::Alerts => (
                 "fan-out: usageAlerts delivery after the mutation answered",
                 if n == 0 {
-                    format!("no alert delivered ({crossings} organizations set to cross 80%): not measured")
+                    format!(
+                        "no alert delivered ({crossings} organizations set to cross 80%): not measured"
+                    )
                 } else {
                     format!(
                         "{n} alerts delivered ({un} not matched to a recording) from {crossings} organizations crossing 80%; \

@@ -94,9 +94,7 @@ impl Floor {
                 let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
                     .fetch_one(pool)
                     .await?;
-                let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-                    .fetch_one(pool)
-                    .await?;
+                let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(pool).await?;
                 let sync = match sync {
                     0 => "OFF",
                     1 => "NORMAL",
@@ -153,7 +151,7 @@ impl Floor {
                 }
                 let mut txn = pool.begin().await?;
                 for _ in 0..per_txn {
-                    pg_one(&mut *txn, org, period, now).await?;
+                    pg_one(&mut txn, org, period, now).await?;
                 }
                 txn.commit().await?;
                 Ok(())
@@ -198,7 +196,10 @@ async fn pg_one(
         .execute(conn)
         .await?;
     if done.rows_affected() != 1 {
-        bail!("the floor's recording inserted {} events", done.rows_affected());
+        bail!(
+            "the floor's recording inserted {} events",
+            done.rows_affected()
+        );
     }
     Ok(())
 }
@@ -217,7 +218,10 @@ async fn lite_one(
         .execute(&mut *conn)
         .await?;
     if updated.rows_affected() != 1 {
-        bail!("the floor's update changed {} counters", updated.rows_affected());
+        bail!(
+            "the floor's update changed {} counters",
+            updated.rows_affected()
+        );
     }
     sqlx::query(LITE_INSERT)
         .bind(org)

@@ -266,9 +266,15 @@ impl CoreQuery {
             store::utilization::page(db, scope, &query, after_key.as_ref(), limit as u64 + 1)
                 .await
                 .map_err(AppError::from)?;
-        let total = store::utilization::count(db, scope, &query)
-            .await
-            .map_err(AppError::from)?;
+        // totalCount counts the whole matching range: read only when asked for, so that a page
+        // without it costs the page alone.
+        let total = if ctx.look_ahead().field("totalCount").exists() {
+            store::utilization::count(db, scope, &query)
+                .await
+                .map_err(AppError::from)?
+        } else {
+            0
+        };
         let has_next = rows.len() > limit;
         let rows: Vec<_> = rows.into_iter().take(limit).collect();
         let cursors: Vec<String> = rows

@@ -26,6 +26,9 @@ use crate::domain::Scope;
 #[derive(Clone)]
 pub struct Db {
     pool: DatabaseConnection,
+    /// Where transactions that write begin: the pool, or on SQLite a pool of its own connection
+    /// (`store::connect_writer`).
+    writer: DatabaseConnection,
     scope: Scope,
     rls: bool,
     /// SQLite: one writer at a time per process, queued here (in order, without sleeping) rather than
@@ -91,6 +94,7 @@ impl Db {
     pub fn new(pool: DatabaseConnection, turn_timeout: std::time::Duration) -> Self {
         let rls = pool.get_database_backend() == DbBackend::Postgres;
         Db {
+            writer: pool.clone(),
             pool,
             scope: Scope::Platform,
             rls,
@@ -104,6 +108,7 @@ impl Db {
     pub fn scoped(&self, scope: Scope) -> Self {
         Db {
             pool: self.pool.clone(),
+            writer: self.writer.clone(),
             scope,
             rls: self.rls,
             write_gate: self.write_gate.clone(),
@@ -152,17 +157,24 @@ impl Db {
             sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        let txn = self.pool.begin_with_options(opts).await?;
+        let txn = self.writer.begin_with_options(opts).await?;
         if self.rls {
             set_scope(&txn, self.scope).await?;
         }
         Ok(WriteTxn { txn, _gate: gate })
     }
 
+    /// The same handle with its transactions that write beginning on `writer`.
+    pub fn with_writer(mut self, writer: DatabaseConnection) -> Self {
+        self.writer = writer;
+        self
+    }
+
     /// The process's base handle behind this one (platform scope, no read transaction).
     pub fn base(&self) -> Self {
         Db {
             pool: self.pool.clone(),
+            writer: self.writer.clone(),
             scope: Scope::Platform,
             rls: self.rls,
             write_gate: self.write_gate.clone(),

@@ -64,6 +64,33 @@ pub async fn connect(
     max_connections: u32,
     statement_timeout: Duration,
 ) -> Result<(DatabaseConnection, Arc<StatementCounter>), DbErr> {
+    let counter = Arc::new(StatementCounter::default());
+    let db = connect_counted(url, max_connections, statement_timeout, counter.clone()).await?;
+    Ok((db, counter))
+}
+
+/// SQLite: a pool of one connection for the writers (their turn is one at a time anyway), so the
+/// connection that writes keeps its page cache from one transaction to the next instead of
+/// finding it outdated by another connection's write. None on Postgres.
+pub async fn connect_writer(
+    url: &str,
+    statement_timeout: Duration,
+    counter: Arc<StatementCounter>,
+) -> Result<Option<DatabaseConnection>, DbErr> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    connect_counted(url, 1, statement_timeout, counter)
+        .await
+        .map(Some)
+}
+
+async fn connect_counted(
+    url: &str,
+    max_connections: u32,
+    statement_timeout: Duration,
+    counter: Arc<StatementCounter>,
+) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(max_connections)
@@ -92,8 +119,7 @@ pub async fn connect(
         });
     }
     let mut db = Database::connect(opts).await?;
-    let counter = Arc::new(StatementCounter::default());
-    let c = counter.clone();
+    let c = counter;
     db.set_metric_callback(move |info| {
         if BACKGROUND.try_with(|_| ()).is_ok() {
             c.background.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +128,7 @@ pub async fn connect(
         }
         tracing::trace!(target: "tollgate::sql", sql = %info.statement.sql, elapsed_us = info.elapsed.as_micros() as u64, failed = info.failed);
     });
-    Ok((db, counter))
+    Ok(db)
 }
 
 /// On Postgres, whether the connected role bypasses row-level security (a superuser, or BYPASSRLS):

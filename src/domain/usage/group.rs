@@ -10,8 +10,9 @@
 //! the group is rolled back and applied again without it. A recording is answered only after its
 //! commit, so an acknowledged recording survives kill -9.
 //!
-//! SQLite has one writer (writes are serialized by the engine anyway); Postgres several, each with its
-//! own group, so that one group's statements overlap another's commit.
+//! SQLite has one writer (writes are serialized by the engine anyway); Postgres one for every two
+//! connections of the pool, each with its own group, so that one group's statements overlap
+//! another's (on 2 vCPUs, 8 writers carried about 1.7 times what 1 did: BENCHMARKS.md).
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -23,8 +24,6 @@ use crate::store::db::WriteTxn;
 const MAX_GROUP: usize = 512;
 /// Jobs waiting for a writer, at most; a request beyond waits for room.
 const QUEUE: usize = 4096;
-/// Writers on Postgres (each holds one connection while it applies a group).
-const PG_WRITERS: usize = 4;
 
 pub(super) type Queue = mpsc::Sender<Job>;
 
@@ -75,7 +74,11 @@ impl Engine {
     fn start_writers(&self) -> Queue {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
-        let writers = if self.db.is_postgres() { PG_WRITERS } else { 1 };
+        let writers = if self.db.is_postgres() {
+            self.writers_on_postgres
+        } else {
+            1
+        };
         for _ in 0..writers {
             // The writer's engine has no queue of its own: when the last engine that has one is
             // dropped, the queue closes and the writers end.

@@ -50,6 +50,8 @@ pub struct Engine {
     pub guest_surcharge_pct: Decimal,
     /// The group-commit writers' queue, started on the first recording (`group`).
     writers: Arc<tokio::sync::OnceCell<group::Queue>>,
+    /// How many group-commit writers run on Postgres: one for every two connections of the pool.
+    writers_on_postgres: usize,
     /// The latest period whose utilization index is known complete, as days from the common era
     /// (0: none yet); see `index::index_complete`.
     pub indexed_period: Arc<std::sync::atomic::AtomicI32>,
@@ -219,6 +221,7 @@ impl Engine {
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
             writers: Default::default(),
+            writers_on_postgres: (settings.db_max_connections as usize / 2).max(1),
             indexed_period: Default::default(),
         }
     }
