@@ -5,6 +5,7 @@
 //! cap checked again in the statement), one insert appends the run's events, the flags are written
 //! once if they changed, and the new alerts go in one insert.
 
+use super::recording::hard_cap;
 use super::*;
 
 impl Engine {
@@ -29,34 +30,12 @@ impl Engine {
         let org = first.org;
         let period = Period::of_instant(first.occurred_at);
         let metric = first.metric.as_str();
-        if in_group {
-            store::recording::enter(txn, scope, org).await?;
-        } else {
-            store::recording::lock_org(txn, org).await?;
-        }
         let keys: Vec<&str> = run.iter().filter_map(|p| p.key.as_deref()).collect();
-        let view = store::recording::view(txn, scope, org, period, metric, &keys)
-            .await?
-            .ok_or_else(|| AppError::not_found("organization"))?;
-        let rules: HashMap<String, LimitRule> = view
-            .limits
-            .iter()
-            .map(|(code, l)| {
-                (
-                    code.clone(),
-                    LimitRule {
-                        included: l.included.map(Amount::from_scaled),
-                        enforcement: l.enforcement,
-                        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                    },
-                )
-            })
-            .collect();
+        let (view, rules) = self
+            .locked_view(txn, scope, org, period, metric, &keys, in_group)
+            .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
-        let hard_cap = match (rule.enforcement, rule.included) {
-            (entity::enums::Enforcement::Hard, Some(included)) => Some(included.scaled()),
-            _ => None,
-        };
+        let hard_cap = hard_cap(&rule);
         let epoch = view.period.as_ref().map_or(0, |p| p.epoch);
         let (mut used, credits) = view.counter.unwrap_or((0, 0));
         let state = |used: i64| MetricState {

@@ -118,30 +118,10 @@ impl Engine {
         let org = p.org;
         let period = Period::of_instant(p.occurred_at);
         let metric = p.metric.as_str();
-        if in_group {
-            store::recording::enter(txn, scope, org).await?;
-        } else {
-            store::recording::lock_org(txn, org).await?;
-        }
-        // Read under the lock: a concurrent plan change or recording is wholly before or after.
         let keys: Vec<&str> = p.key.as_deref().into_iter().collect();
-        let view = store::recording::view(txn, scope, org, period, metric, &keys)
-            .await?
-            .ok_or_else(|| AppError::not_found("organization"))?;
-        let rules: HashMap<String, LimitRule> = view
-            .limits
-            .iter()
-            .map(|(code, l)| {
-                (
-                    code.clone(),
-                    LimitRule {
-                        included: l.included.map(Amount::from_scaled),
-                        enforcement: l.enforcement,
-                        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                    },
-                )
-            })
-            .collect();
+        let (view, rules) = self
+            .locked_view(txn, scope, org, period, metric, &keys, in_group)
+            .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
 
         if let Some(key) = p
@@ -165,10 +145,7 @@ impl Engine {
             return self.duplicate(txn, scope, org, first, rule).await;
         }
 
-        let hard_cap = match (rule.enforcement, rule.included) {
-            (entity::enums::Enforcement::Hard, Some(included)) => Some(included.scaled()),
-            _ => None,
-        };
+        let hard_cap = hard_cap(&rule);
         let amount = p.quantity.scaled();
         let movement = match p.kind {
             MetricKind::Counter => store::recording::Move::Add(amount),
@@ -281,6 +258,45 @@ impl Engine {
         })
     }
 
+    /// Takes the organization's lock (in a group's transaction, with the caller's scope), then reads
+    /// what the rules need: the view, and the plan's limits as rules. Read under the lock, so a
+    /// concurrent plan change or recording is wholly before or after.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn locked_view(
+        &self,
+        txn: &DatabaseTransaction,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+        metric: &str,
+        keys: &[&str],
+        in_group: bool,
+    ) -> AppResult<(store::recording::RecordingView, HashMap<String, LimitRule>)> {
+        if in_group {
+            store::recording::enter(txn, scope, org).await?;
+        } else {
+            store::recording::lock_org(txn, org).await?;
+        }
+        let view = store::recording::view(txn, scope, org, period, metric, keys)
+            .await?
+            .ok_or_else(|| AppError::not_found("organization"))?;
+        let rules: HashMap<String, LimitRule> = view
+            .limits
+            .iter()
+            .map(|(code, l)| {
+                (
+                    code.clone(),
+                    LimitRule {
+                        included: l.included.map(Amount::from_scaled),
+                        enforcement: l.enforcement,
+                        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+                    },
+                )
+            })
+            .collect();
+        Ok((view, rules))
+    }
+
     /// The answer to a recording a HARD limit refused: the metric's state as it stands.
     #[allow(clippy::too_many_arguments)]
     async fn refused(
@@ -380,6 +396,14 @@ impl Engine {
             alerts: vec![],
             rejection_reason: None,
         })
+    }
+}
+
+/// The plan's included amount when the limit is HARD (what a recording may not pass).
+pub(super) fn hard_cap(rule: &LimitRule) -> Option<i64> {
+    match (rule.enforcement, rule.included) {
+        (entity::enums::Enforcement::Hard, Some(included)) => Some(included.scaled()),
+        _ => None,
     }
 }
 
