@@ -278,28 +278,6 @@ pub async fn change_counter<C: ConnectionTrait>(
 /// The error of a change that would take a counter past the largest value it can hold.
 pub const COUNTER_OVERFLOW: &str = "tollgate: counter overflow";
 
-/// Writes the seed's flags on the period row.
-pub async fn write_flags<C: ConnectionTrait>(
-    db: &C,
-    scope: Scope,
-    org: OrganizationId,
-    period: Period,
-    exceeded: bool,
-    details: serde_json::Value,
-) -> Result<(), DbErr> {
-    if !scope.allows(org) {
-        return Ok(());
-    }
-    execute(
-        db,
-        "UPDATE organization_usage SET has_exceeded_limits = $3, exceeded_limits_details = $4, updated_at = $5 \
-         WHERE organization_id = $1 AND period_start = $2",
-        vec![org.0.into(), period.start.into(), exceeded.into(), details.into(), Utc::now().into()],
-    )
-    .await
-    .map(|_| ())
-}
-
 pub struct NewEvent {
     pub org: OrganizationId,
     pub metric_code: String,
@@ -431,38 +409,6 @@ pub async fn events_page<C: ConnectionTrait>(
         .limit(limit)
         .all(db)
         .await
-}
-
-/// Inserts an alert unless the same kind already fired for this organization, period, metric and
-/// epoch. Answers the alert when it is new.
-pub async fn insert_alert<C: ConnectionTrait>(
-    db: &C,
-    scope: Scope,
-    alert: usage_alert::Model,
-) -> Result<Option<usage_alert::Model>, DbErr> {
-    if !scope.allows(OrganizationId(alert.organization_id)) {
-        return Ok(None);
-    }
-    let active: usage_alert::ActiveModel = alert.clone().into();
-    let res = usage_alert::Entity::insert(active)
-        .on_conflict(
-            OnConflict::columns([
-                usage_alert::Column::OrganizationId,
-                usage_alert::Column::PeriodStart,
-                usage_alert::Column::MetricCode,
-                usage_alert::Column::Kind,
-                usage_alert::Column::AlertEpoch,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .try_insert()
-        .exec_without_returning(db)
-        .await?;
-    Ok(match res {
-        sea_orm::TryInsertResult::Inserted(n) if n > 0 => Some(alert),
-        _ => None,
-    })
 }
 
 /// The smallest UUIDv7 of a millisecond: ids at or after `at` compare greater or equal.

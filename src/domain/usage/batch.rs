@@ -5,7 +5,7 @@
 //! cap checked again in the statement), one insert appends the run's events, the flags are written
 //! once if they changed, and the new alerts go in one insert.
 
-use super::recording::hard_cap;
+use super::recording::{hard_cap, usage_event};
 use super::*;
 
 impl Engine {
@@ -122,25 +122,7 @@ impl Engine {
             }
             used = next;
             total += amount;
-            let event = usage_event::Model {
-                organization_id: org.0,
-                id: Uuid::now_v7(),
-                metric_code: metric.to_owned(),
-                kind: UsageEventKind::Usage,
-                quantity: amount,
-                period_start: period.start,
-                idempotency_key: p.key.clone(),
-                reference: p.reference.clone(),
-                reason: None,
-                actor: Some(viewer.sub.clone()),
-                reverses_event_id: None,
-                membership_id: None,
-                cycle: None,
-                overage: false,
-                charge: 0,
-                occurred_at: p.occurred_at,
-                recorded_at: now,
-            };
+            let event = usage_event(viewer, p, period, now);
             events.push(event.clone());
             let usage = MetricUsage {
                 metric: metric.to_owned(),

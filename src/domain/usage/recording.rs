@@ -178,25 +178,7 @@ impl Engine {
         let change = Self::index_change(&view, &usage);
         let postgres = self.db.is_postgres();
         let now = Utc::now();
-        let event = usage_event::Model {
-            organization_id: org.0,
-            id: Uuid::now_v7(),
-            metric_code: metric.to_owned(),
-            kind: UsageEventKind::Usage,
-            quantity: amount,
-            period_start: period.start,
-            idempotency_key: p.key.clone(),
-            reference: p.reference.clone(),
-            reason: None,
-            actor: Some(viewer.sub.clone()),
-            reverses_event_id: None,
-            membership_id: None,
-            cycle: None,
-            overage: false,
-            charge: 0,
-            occurred_at: p.occurred_at,
-            recorded_at: now,
-        };
+        let event = usage_event(viewer, p, period, now);
         let announce = in_group && postgres;
         let applied = store::recording::apply(
             txn,
@@ -396,6 +378,34 @@ impl Engine {
             alerts: vec![],
             rejection_reason: None,
         })
+    }
+}
+
+/// The ledger event of an accepted recording.
+pub(super) fn usage_event(
+    viewer: &Viewer,
+    p: &ParsedRecord,
+    period: Period,
+    now: DateTime<Utc>,
+) -> usage_event::Model {
+    usage_event::Model {
+        organization_id: p.org.0,
+        id: Uuid::now_v7(),
+        metric_code: p.metric.as_str().to_owned(),
+        kind: UsageEventKind::Usage,
+        quantity: p.quantity.scaled(),
+        period_start: period.start,
+        idempotency_key: p.key.clone(),
+        reference: p.reference.clone(),
+        reason: None,
+        actor: Some(viewer.sub.clone()),
+        reverses_event_id: None,
+        membership_id: None,
+        cycle: None,
+        overage: false,
+        charge: 0,
+        occurred_at: p.occurred_at,
+        recorded_at: now,
     }
 }
 
