@@ -37,6 +37,8 @@ pub struct AppState {
     /// The platform team's members as last read (None before the first read): open WebSockets of
     /// platform members watch it and close when their member leaves (`watch_platform_team`).
     pub team: tokio::sync::watch::Sender<Option<Arc<std::collections::HashSet<String>>>>,
+    /// The usage reads' answers, kept per caller and request (`graphql::responses`).
+    pub responses: Arc<crate::graphql::responses::ResponseCache>,
     /// Rate limits per caller and operation class.
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Turns true when the server starts shutting down (WebSockets close with 1001).
@@ -95,6 +97,10 @@ impl AppState {
             output_types,
             team: tokio::sync::watch::Sender::new(None),
             rate_limits: Arc::new(crate::ratelimit::RateLimits::from_settings(&settings)),
+            responses: Arc::new(crate::graphql::responses::ResponseCache::new(
+                settings.response_cache_bytes,
+                settings.entitlement_cache_ttl,
+            )),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
             engine,

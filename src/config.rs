@@ -227,6 +227,16 @@ pub struct Settings {
     /// outside the servers). `0s` turns the cache off.
     #[arg(long, global = true, env = "TOLLGATE_ENTITLEMENT_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
     pub entitlement_cache_ttl: Duration,
+    /// Bytes of usage reads' answers kept for the caller who asked (`graphql::responses`; valid
+    /// while the entitlement cache hears of no change they depend on, and for its time to live).
+    /// `0` turns the response cache off.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_RESPONSE_CACHE_BYTES",
+        default_value_t = 64 << 20
+    )]
+    pub response_cache_bytes: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "TOLLGATE_LOG_JSON")]
     pub log_json: bool,

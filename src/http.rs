@@ -72,6 +72,30 @@ fn json_response(
     resp
 }
 
+fn bytes_response(status: StatusCode, media: &'static str, body: Bytes) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    resp
+}
+
+/// The response cache's key for a request, when its answer may be kept (`graphql::responses`): a
+/// signed-in caller's query that selects only usage reads.
+fn response_key(
+    state: &AppState,
+    viewer: Option<&Viewer>,
+    doc: Option<&async_graphql::parser::types::ExecutableDocument>,
+    request: &async_graphql::Request,
+) -> Option<crate::graphql::responses::Key> {
+    if !state.responses.enabled() {
+        return None;
+    }
+    let (viewer, doc, types) = (viewer?, doc?, state.output_types.get()?);
+    crate::graphql::responses::cacheable(doc, request.operation_name.as_deref(), types)
+        .then(|| crate::graphql::responses::Key::new(viewer, request))
+        .flatten()
+}
+
 fn request_error(status: StatusCode, media: &'static str, message: &str, code: &str) -> Response {
     json_response(status, media, &error_body(message, code))
 }
@@ -193,6 +217,8 @@ async fn execute(
     let mut runnable = Vec::with_capacity(n);
     // Each request's database handle is released once it has answered.
     let mut handles = Vec::with_capacity(n);
+    // A single usage read that may be kept in the response cache, once it has answered.
+    let mut keep = None;
     for mut r in requests {
         let doc = state.documents.parsed(&r.query);
         let refused = match (&viewer, &doc) {
@@ -206,6 +232,16 @@ async fn execute(
         refusals.push(refused);
         if refused.is_some() {
             continue;
+        }
+        if single && let Some(key) = response_key(state, viewer.as_ref(), doc.as_deref(), &r) {
+            if let Some(body) = state.responses.get(&key, &state.engine.cache) {
+                metrics::counter!("tollgate_response_cache_total", "outcome" => "hit").increment(1);
+                metrics::counter!("tollgate_graphql_requests_total", "operation" => operation, "outcome" => "ok")
+                    .increment(1);
+                return bytes_response(StatusCode::OK, media, body);
+            }
+            metrics::counter!("tollgate_response_cache_total", "outcome" => "miss").increment(1);
+            keep = state.responses.pending(key, &state.engine.cache);
         }
         if let Some(doc) = doc {
             r.set_parsed_query((*doc).clone());
@@ -308,6 +344,17 @@ async fn execute(
         response
     };
     if !stripped {
+        if let (Some(pending), BatchResponse::Single(r)) = (keep, &resp)
+            && r.errors.is_empty()
+            && retry_after.is_none()
+            && let Ok(bytes) = serde_json::to_vec(&resp)
+        {
+            let body = Bytes::from(bytes);
+            state
+                .responses
+                .put(pending, body.clone(), &state.engine.cache);
+            return bytes_response(status, media, body);
+        }
         return with_retry(json_response(status, media, &resp));
     }
     // A request that failed before execution has no data entry at all (the GraphQL specification,

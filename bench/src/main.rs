@@ -119,6 +119,11 @@ fn rate_limit_args() -> Vec<&'static str> {
 
 impl Server {
     async fn start(args: &Args) -> Result<Server> {
+        Server::start_with(args, &[]).await
+    }
+
+    /// A server with more flags (`extra`, before `serve`).
+    async fn start_with(args: &Args, extra: &[&str]) -> Result<Server> {
         let ws_max = (args.subscribers.max(args.platform_subscribers) + 10_000)
             .max(60_000)
             .to_string();
@@ -137,6 +142,7 @@ impl Server {
             // which measures the limiter's cost with every class of the bench's tokens (viewers,
             // services) checked against a limit far above the load.
             .args(rate_limit_args())
+            .args(extra)
             .arg("serve")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -213,7 +219,8 @@ struct Http {
 }
 
 impl Http {
-    async fn post(&self, token: &str, body: &Value) -> Result<Value> {
+    /// Posts `body` as `token`: the answer's status and bytes.
+    async fn send(&self, token: &str, body: &Value) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         let resp = self
             .client
             .post(&self.url)
@@ -223,11 +230,61 @@ impl Http {
             .send()
             .await?;
         let status = resp.status();
-        let v: Value = resp.json().await?;
+        Ok((status, resp.bytes().await?.to_vec()))
+    }
+
+    async fn post(&self, token: &str, body: &Value) -> Result<Value> {
+        let (status, bytes) = self.send(token, body).await?;
+        let v: Value = serde_json::from_slice(&bytes)?;
         if !status.is_success() || v.get("errors").is_some() {
             bail!("{status}: {v}");
         }
         Ok(v)
+    }
+}
+
+/// What the harness reads of a platform page: the whole answer is parsed (it must be valid JSON
+/// without errors), but its nodes are skipped rather than built, so that reading a 40 KB page does
+/// not cost the load generator (on the same two vCPUs) more than answering it costs the server.
+#[derive(serde::Deserialize)]
+struct PageAnswer {
+    data: PageData,
+    #[serde(default)]
+    errors: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageData {
+    #[serde(rename = "usageSummaries")]
+    usage_summaries: PageNodes,
+}
+
+#[derive(serde::Deserialize)]
+struct PageNodes {
+    nodes: Vec<serde::de::IgnoredAny>,
+    #[serde(rename = "totalCount", default)]
+    total_count: Option<u64>,
+}
+
+struct PageRead {
+    nodes: usize,
+    total_count: u64,
+}
+
+impl Http {
+    async fn post_page(&self, token: &str, body: &Value) -> Result<PageRead> {
+        let (status, bytes) = self.send(token, body).await?;
+        let answer: PageAnswer = match serde_json::from_slice(&bytes) {
+            Ok(a) if status.is_success() => a,
+            _ => bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
+        };
+        if answer.errors.is_some() {
+            bail!("{status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(PageRead {
+            nodes: answer.data.usage_summaries.nodes.len(),
+            total_count: answer.data.usage_summaries.total_count.unwrap_or(0),
+        })
     }
 }
 
@@ -856,6 +913,39 @@ async fn main() -> Result<()> {
     // The ceiling again, next to the reads it is compared with (the machine drifts during a run).
     let body = json!({ "query": "{ __typename }" });
     rows.push(viewer_query("framework ceiling, again", 64, secs, &http, &tokens, body).await);
+    // The same two reads executed every time: a second server on the same database with the
+    // response cache off (what a read costs when it is not kept: the first time, or after a write).
+    if wanted("executed") || wanted("platform page") || wanted("summary") {
+        let executed = Server::start_with(&args, &["--response-cache-bytes", "0"]).await?;
+        let http_executed = Http {
+            client: http.client.clone(),
+            url: format!("http://{}/graphql", executed.addr),
+        };
+        rows.push(
+            viewer_query(
+                "usage summary of one organization, executed (response cache off)",
+                64,
+                secs,
+                &http_executed,
+                &tokens,
+                (*summary).clone(),
+            )
+            .await,
+        );
+        rows.push(
+            page_row(
+                &format!(
+                    "platform page at {} organizations, executed (response cache off)",
+                    args.orgs
+                ),
+                secs,
+                &http_executed,
+                &platform,
+                &page,
+            )
+            .await,
+        );
+    }
 
     // Cost as the ledger grows: the same summary for an organization with 1% and 100% of the events,
     // measured in alternating rounds so drift affects both alike; each row keeps the median of its
@@ -1171,6 +1261,27 @@ async fn main() -> Result<()> {
         ">= 0.80",
         &|m| m >= 0.8,
     );
+    // What the two reads cost executed (the response cache off): a reference, not a target.
+    for (name, row) in [
+        (
+            "summary executed / framework ceiling",
+            "usage summary of one organization, executed",
+        ),
+        (
+            "platform page executed / framework ceiling",
+            "platform page at",
+        ),
+    ] {
+        let executed = rows
+            .iter()
+            .find(|r| r.name.starts_with(row) && r.name.contains("executed"))
+            .map(|r| r.ops)
+            .filter(|ops| *ops > 0.0);
+        match ratio(executed, ceiling) {
+            Some(r) => println!("| {name} | {r:.2} | (reference) | — |"),
+            None => println!("| {name} | not measured | (reference) | — |"),
+        }
+    }
     let p50 = |label: &str| {
         ledger_rows
             .get(label)
@@ -1292,16 +1403,11 @@ async fn page_row(name: &str, secs: u64, http: &Http, platform: &str, page: &Pag
     let mut row = drive(name, 16, secs, move |_, _| {
         let (h, p, body, t) = (h.clone(), p.clone(), body.clone(), t.clone());
         async move {
-            let v = h.post(&p, &body).await?;
-            let page = &v["data"]["usageSummaries"];
-            let n = page["nodes"].as_array().map_or(0, Vec::len);
-            if n != 50 {
-                bail!("page of {n}");
+            let page = h.post_page(&p, &body).await?;
+            if page.nodes != 50 {
+                bail!("page of {}", page.nodes);
             }
-            t.store(
-                page["totalCount"].as_u64().unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            t.store(page.total_count, std::sync::atomic::Ordering::Relaxed);
             Ok(1)
         }
     })

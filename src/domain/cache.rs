@@ -156,6 +156,28 @@ impl StateCache {
         );
     }
 
+    /// Whether nothing `depends` on was invalidated after `ticket` (nor the whole cache cleared):
+    /// an organization's own invalidations, or with `None` any organization's. What the response
+    /// cache (`graphql::responses`) keeps is valid exactly as long as this holds.
+    pub fn unchanged_since(&self, ticket: Ticket, depends: Option<OrganizationId>) -> bool {
+        let Ok(_writes) = self.writes.lock() else {
+            return false;
+        };
+        if self.epoch.load(Ordering::Acquire) != ticket.epoch {
+            return false;
+        }
+        match depends {
+            None => self.seq.load(Ordering::Acquire) == ticket.seq,
+            Some(org) => {
+                let invalidated = match self.entries.peek(&org) {
+                    Some(e) => e.invalidated,
+                    None => self.evicted.load(Ordering::Acquire),
+                };
+                invalidated <= ticket.seq
+            }
+        }
+    }
+
     pub fn invalidate(&self, org: OrganizationId) {
         let Ok(_writes) = self.writes.lock() else {
             return;

@@ -114,6 +114,10 @@ pub async fn create(
             org.plan_id,
         )
         .await?;
-    txn.commit().await?;
+    // Published as a change of the new organization: whatever was kept about every organization
+    // (the platform's pages in the response cache) is void, on every replica.
+    engine
+        .commit_and_publish(txn, crate::domain::OrganizationId(org.id), &[])
+        .await?;
     Ok(org)
 }

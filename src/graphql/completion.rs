@@ -58,7 +58,13 @@ impl OutputTypes {
         self.fields.get(parent)?.get(name)
     }
 
-    fn has_fields(&self, named: &str) -> bool {
+    /// The declared type of `parent`'s field `name`.
+    pub fn field_type(&self, parent: &str, name: &str) -> Option<&Type> {
+        self.field(parent, name)
+    }
+
+    /// Whether `named` is an object type (it has fields to select).
+    pub fn has_fields(&self, named: &str) -> bool {
         self.fields.contains_key(named)
     }
 }

@@ -9,6 +9,7 @@ pub mod memberships;
 pub mod money;
 pub mod mutation;
 pub mod query;
+pub mod responses;
 pub mod scalars;
 pub mod subscription;
 pub mod types;

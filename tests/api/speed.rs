@@ -480,3 +480,119 @@ async fn racing_writers_never_deadlock(app: TestApp) {
     assert!(ok, "{out}");
 }
 both_engines!(no_deadlock, super::racing_writers_never_deadlock);
+
+const PAGE: &str = "query Page { usageSummaries(first: 50) { nodes { organization { id slug name } plan { name } metrics { metric { code } used allowance utilizationPct exceeded } } } }";
+const SUMMARY: &str = "query Summary { organization { name usage { hasExceededLimits metrics { metric { code } used remaining } } } }";
+
+fn used_of<'a>(page: &'a serde_json::Value, slug: &str) -> Option<&'a serde_json::Value> {
+    page["data"]["usageSummaries"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["organization"]["slug"] == slug)?["metrics"]
+        .as_array()?
+        .iter()
+        .find(|m| m["metric"]["code"] == "bookings")
+        .map(|m| &m["used"])
+}
+
+/// The response cache (issue 14: reads at the framework's ceiling) answers a usage read asked again
+/// without executing it, and never answers what a write since has changed: a recording in any
+/// organization voids the platform's pages, its own organization's summaries and no other's; so do
+/// a new organization and a plan's new name. Answers are never shared between callers, and a
+/// request that selects anything but usage reads is never kept.
+async fn kept_answers_never_hide_a_write(app: TestApp) {
+    let a = app.create_org("kept-a", "growth").await;
+    let b = app.create_org("kept-b", "growth").await;
+    let platform = app.platform_token();
+    let (viewer_a, viewer_b) = (
+        app.tenant_token(&a, Role::Viewer),
+        app.tenant_token(&b, Role::Viewer),
+    );
+    let service_b = app.tenant_token(&b, Role::Service);
+    app.until_team_read().await;
+
+    let (first, page) = cost(&app, &platform, PAGE, json!({})).await;
+    assert!(first > 0, "the first page executes");
+    let (again, same) = cost(&app, &platform, PAGE, json!({})).await;
+    assert_eq!(again, 0, "the same page again is the kept answer");
+    assert_eq!(page, same);
+    assert_eq!(used_of(&page, "kept-b"), Some(&json!("0")), "{page}");
+
+    // A tenant's summary is kept for that tenant only: the same text answers each its own.
+    let sum_a = app.ok(&viewer_a, SUMMARY, json!({})).await;
+    let sum_b = app.ok(&viewer_b, SUMMARY, json!({})).await;
+    assert_eq!(sum_a["organization"]["name"], "KEPT-A");
+    assert_eq!(sum_b["organization"]["name"], "KEPT-B");
+    let hits = || async {
+        let text = reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("tollgate_response_cache_total") && l.contains("\"hit\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = hits().await;
+    assert_eq!(app.ok(&viewer_a, SUMMARY, json!({})).await, sum_a);
+    assert_eq!(hits().await, before + 1, "A's summary again is kept");
+
+    // A recording in B: the platform's page and B's summary show it at once; A's stays kept.
+    let rec = app.record(&service_b, "bookings", "7").await;
+    assert_eq!(rec["data"]["recordUsage"]["accepted"], true, "{rec}");
+    let page = app.gql(&platform, PAGE, json!({})).await;
+    assert_eq!(used_of(&page, "kept-b"), Some(&json!("7")), "{page}");
+    let sum_b = app.ok(&viewer_b, SUMMARY, json!({})).await;
+    let bookings = sum_b["organization"]["usage"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"]["code"] == "bookings")
+        .unwrap();
+    assert_eq!(bookings["used"], "7", "{sum_b}");
+    let before = hits().await;
+    assert_eq!(app.ok(&viewer_a, SUMMARY, json!({})).await, sum_a);
+    assert_eq!(
+        hits().await,
+        before + 1,
+        "B's recording leaves A's summary kept"
+    );
+
+    // A new organization, and a plan's new name, reach the kept page.
+    app.gql(&platform, PAGE, json!({})).await;
+    app.create_org("kept-c", "growth").await;
+    let page = app.gql(&platform, PAGE, json!({})).await;
+    assert_eq!(used_of(&page, "kept-c"), Some(&json!("0")), "{page}");
+    app.upsert_plan(
+        "growth",
+        "Growth Renamed",
+        2,
+        "299",
+        "included: \"1000\", enforcement: OVERAGE, overageUnitPrice: \"0.5\"",
+    )
+    .await;
+    let page = app.gql(&platform, PAGE, json!({})).await;
+    let nodes = page["data"]["usageSummaries"]["nodes"].as_array().unwrap();
+    assert!(
+        nodes.iter().all(|n| n["plan"]["name"] == "Growth Renamed"),
+        "{page}"
+    );
+
+    // Anything but usage reads executes every time (here the ledger, read from the database).
+    let events = "{ organization { usageEvents(first: 1) { nodes { quantity } } usage { metrics { used } } } }";
+    app.ok(&viewer_b, events, json!({})).await;
+    let (n, _) = cost(&app, &viewer_b, events, json!({})).await;
+    assert!(n > 0, "a request with the ledger in it is not kept");
+    // A mutation never is.
+    let (n, _) = cost(
+        &app,
+        &service_b,
+        RECORD,
+        json!({ "i": { "metric": "bookings", "quantity": "1" } }),
+    )
+    .await;
+    assert!(n > 0);
+}
+both_engines!(kept_answers, super::kept_answers_never_hide_a_write);
