@@ -383,28 +383,65 @@ pub async fn apply<C: ConnectionTrait>(
             inserted: row.try_get::<i64>("", "inserted")? > 0,
         }));
     }
-    let Some(row) = query_one(db, &upsert, values).await? else {
-        return Ok(None);
-    };
-    let (used, credits) = (row.try_get("", "used")?, row.try_get("", "credits")?);
-    let mut values: Vec<Value> = vec![a.org.0.into(), a.metric.into(), a.period.start.into()];
+    // SQLite has no writes inside WITH: the statements go as one script, one round trip to the
+    // connection's thread, numbered into one list. The ledger insert runs only when the counter
+    // moved (`changes()` of the upsert), `SELECT changes()` then says whether it claimed the key,
+    // and the index row and the period row follow (`metric_state_statements`). A refusal or an
+    // unclaimed key fails the caller, which undoes the transaction.
     values.extend(event_values);
-    values.push(a.recorded_at.into());
-    let inserted = execute(
-        db,
-        &format!(
+    let mut script = vec![
+        upsert,
+        format!(
             "INSERT INTO usage_events ({event_columns}) \
-             VALUES ($1, $4, $2, 'USAGE', $5, $3, $6, $7, $8, false, 0, $9, $10) \
+             SELECT $1, $7, $3, 'USAGE', $8, $2, $9, $10, $11, false, 0, $12, $5 WHERE changes() > 0 \
              ON CONFLICT (organization_id, idempotency_key) DO NOTHING"
         ),
-        values,
-    )
-    .await?;
-    Ok(Some(Applied {
+        "SELECT changes() AS inserted".to_owned(),
+    ];
+    if let Some(change) = a.index.filter(|c| !c.is_empty()) {
+        let (index, update) = metric_state_statements(change, &mut values, false);
+        script.extend([index, update].into_iter().flatten());
+    }
+    let (script, values) = positional(&script.join("; "), &values);
+    let rows = query_all(db, &script, values).await?;
+    let mut counter = None;
+    let mut inserted = 0i64;
+    for row in &rows {
+        match row.try_get::<i64>("", "inserted") {
+            Ok(n) => inserted = n,
+            Err(_) => counter = Some((row.try_get("", "used")?, row.try_get("", "credits")?)),
+        }
+    }
+    Ok(counter.map(|(used, credits)| Applied {
         used,
         credits,
         inserted: inserted > 0,
     }))
+}
+
+/// A script of several statements numbered into one list (`$n`), rewritten with positional
+/// parameters (`?`) and the values in the order they appear: SQLite binds a script's statements
+/// one after another, each from where the previous one stopped, so numbers shared across
+/// statements would bind the wrong values. `sql` holds no `$` but its parameters.
+fn positional(sql: &str, values: &[Value]) -> (String, Vec<Value>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut bound = Vec::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
+        out.push('?');
+        bound.push(
+            values
+                .get(n.wrapping_sub(1))
+                .cloned()
+                .unwrap_or(Value::Int(None)),
+        );
+        rest = &rest[i + 1 + digits..];
+    }
+    out.push_str(rest);
+    (out, bound)
 }
 
 /// Inserts the alerts that did not fire yet (one statement); answers those that are new. On Postgres,
@@ -626,17 +663,47 @@ pub async fn write_metric_state<C: ConnectionTrait>(
     if !scope.allows(org) || change.is_empty() {
         return Ok(());
     }
-    let (index, flags, peak) = (change.index, change.flags.clone(), change.peak);
     let postgres = db.get_database_backend() == DbBackend::Postgres;
-    let mut values: Vec<Value> = vec![org.0.into(), period.start.into()];
+    let mut values: Vec<Value> = vec![org.0.into(), period.start.into(), metric.into()];
+    let (upsert, update) = metric_state_statements(change, &mut values, postgres);
+    // Numbering is shared: Postgres runs both as one statement, SQLite each (a statement binds the
+    // numbers it names).
+    match (upsert, update) {
+        (Some(upsert), Some(update)) if postgres => {
+            execute(db, &format!("WITH x AS ({upsert}) {update}"), values).await?;
+        }
+        (upsert, update) => {
+            for sql in [upsert, update].into_iter().flatten() {
+                execute(db, &sql, values.clone()).await?;
+            }
+        }
+    }
+    if postgres && change.peak == Peak::Highest && change.index.is_some() {
+        highest_peak(db, org, period).await?;
+    }
+    Ok(())
+}
+
+/// The statements that write `change`: the metric's index row (an upsert) and the period row's
+/// flags and peak (an update), numbered into `values`, which holds the organization as $1, the
+/// period's start as $2 and the metric as $3. On Postgres a `Peak::Highest` beside an index upsert
+/// is left to `highest_peak` (the update would read the index as it was).
+fn metric_state_statements(
+    change: &IndexChange,
+    values: &mut Vec<Value>,
+    postgres: bool,
+) -> (Option<String>, Option<String>) {
+    let (index, flags, peak) = (change.index, change.flags.clone(), change.peak);
     let upsert = index.map(|(utilization, exceeded)| {
-        values.push(metric.into());
         values.push(utilization.into());
         values.push(exceeded.into());
-        "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id, period_start, metric_code) \
-         DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded"
-            .to_owned()
+        let n = values.len();
+        format!(
+            "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
+             VALUES ($1, $2, $3, ${}, ${n}) ON CONFLICT (organization_id, period_start, metric_code) \
+             DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded",
+            n - 1
+        )
     });
     let mut sets = Vec::new();
     if let Some((exceeded, details)) = flags {
@@ -664,25 +731,7 @@ pub async fn write_metric_state<C: ConnectionTrait>(
             values.len()
         )
     });
-    // Each statement gets the values it names; numbering is shared, so both take the whole list on
-    // Postgres (one statement), and SQLite's two statements take theirs.
-    match (upsert, update) {
-        (Some(upsert), Some(update)) if postgres => {
-            execute(db, &format!("WITH x AS ({upsert}) {update}"), values).await?;
-        }
-        (upsert, update) => {
-            if let Some(upsert) = upsert {
-                execute(db, &upsert, values[..5].to_vec()).await?;
-            }
-            if let Some(update) = update {
-                execute(db, &update, values.clone()).await?;
-            }
-        }
-    }
-    if postgres && peak == Peak::Highest && index.is_some() {
-        highest_peak(db, org, period).await?;
-    }
-    Ok(())
+    (upsert, update)
 }
 
 /// The period row's peak as the highest of its index rows (after the recorded metric's row moved).
@@ -699,4 +748,29 @@ async fn highest_peak<C: ConnectionTrait>(
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_binds_each_parameter_where_it_appears() {
+        let values: Vec<Value> = vec![1i64.into(), 2i64.into(), 3i64.into()];
+        let (sql, bound) = positional(
+            "SELECT $1, $3; UPDATE t SET a = $3 WHERE b = $12 AND c = $2",
+            &values,
+        );
+        assert_eq!(sql, "SELECT ?, ?; UPDATE t SET a = ? WHERE b = ? AND c = ?");
+        assert_eq!(
+            bound,
+            vec![
+                Value::from(1i64),
+                Value::from(3i64),
+                Value::from(3i64),
+                Value::Int(None),
+                Value::from(2i64)
+            ]
+        );
+    }
 }

@@ -198,8 +198,9 @@ impl Engine {
                 recorded_at: now,
                 notify: announce
                     .then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org))),
-                // Postgres writes the index and the period row in the same statement.
-                index: change.as_ref().filter(|_| postgres),
+                // The index and the period row go with the counter and the ledger (one statement
+                // on Postgres, one script on SQLite).
+                index: change.as_ref(),
             },
         )
         .await?
@@ -226,7 +227,7 @@ impl Engine {
                 &rules,
                 &usage,
                 change.as_ref(),
-                postgres,
+                true,
                 announce,
             )
             .await?;
