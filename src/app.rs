@@ -73,6 +73,14 @@ impl AppState {
         if let Some(writer) = writer {
             state.engine.db = state.engine.db.clone().with_writer(writer);
         }
+        // The metric catalogue is read once per process: before the first request, so that a burst
+        // of requests (each holding its read transaction's connection) never waits for a second
+        // connection to read it.
+        state
+            .engine
+            .catalog()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the metric catalogue: {e:?}"))?;
         Ok(state)
     }
 

@@ -629,3 +629,77 @@ async fn an_outbox_crash_bills_once(engine: Engine) {
     }
 }
 crate::per_engine!(outbox_crash, super::an_outbox_crash_bills_once);
+
+/// A replica that has just started, with a pool of 2 connections, answers a burst of 64 concurrent
+/// reads at once: a request holds its read transaction's connection while it resolves, so nothing
+/// it resolves may wait for a second connection from the pool (the metric catalogue is read at
+/// start, the utilization index's completeness through the request's own transaction). Before,
+/// such a burst starved the pool until its acquire timeout.
+async fn a_cold_replica_answers_a_burst(engine: Engine) {
+    let Some((db, _guard, dir)) = prepared(engine).await else {
+        return;
+    };
+    let first = Server::start(&db, dir.path(), "first", &[]).await;
+    let mut viewers = Vec::new();
+    for i in 0..16 {
+        let org = create_org(&first, &format!("burst-{i}"), "growth").await;
+        record(&first, &org, "3").await;
+        viewers.push(token("burst-viewer", Some(&org), Some(Role::Viewer)));
+    }
+    drop(first);
+    // No recompute at start (it would read the catalogue before the burst).
+    let cold = Server::start(
+        &db,
+        dir.path(),
+        "cold",
+        &["--db-max-connections", "2", "--recompute-interval", "0"],
+    )
+    .await;
+    let platform = token(PLATFORM_SUB, None, None);
+    let url = cold.url();
+    let mut burst = Vec::new();
+    // Every client connects first (an empty query touches no database), then all ask at once.
+    let start = Arc::new(tokio::sync::Barrier::new(64));
+    for i in 0..64 {
+        let start = start.clone();
+        let (url, token) = (
+            url.clone(),
+            if i == 0 {
+                platform.clone()
+            } else {
+                viewers[i % viewers.len()].clone()
+            },
+        );
+        burst.push(tokio::spawn(async move {
+            let query = if i == 0 {
+                "{ usageSummaries(metric: \"bookings\", orderBy: UTILIZATION_DESC, first: 5) { nodes { metrics { used } } } }"
+            } else {
+                "{ organization { name usage { metrics { metric { code name } used allowance } } } }"
+            };
+            let client = reqwest::Client::new();
+            post_graphql(&client, &url, Some(&token), "{ __typename }", json!({}))
+                .await
+                .expect("request");
+            start.wait().await;
+            post_graphql(&client, &url, Some(&token), query, json!({}))
+                .await
+                .expect("request")
+                .1
+        }));
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        for b in burst {
+            out.push(b.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect(
+        "the burst is answered within 20s (before: the pool starved until its acquire timeout)",
+    );
+    for a in answers {
+        assert!(a.get("errors").is_none(), "{a}");
+    }
+}
+crate::per_engine!(cold_burst, super::a_cold_replica_answers_a_burst);

@@ -121,7 +121,9 @@ impl Engine {
         if self.indexed_period.load(Ordering::Relaxed) == day {
             return Ok(true);
         }
-        let done = store::utilization::period_indexed(self.db.pool(), period).await?;
+        // Through the caller's handle (a request's read transaction), not a second connection
+        // from the pool: requests that each hold one and wait for another would starve the pool.
+        let done = store::utilization::period_indexed(&self.db, period).await?;
         if done {
             self.indexed_period.store(day, Ordering::Relaxed);
         }
