@@ -157,12 +157,44 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// Builds a statement from SQL written with `$1`-style placeholders, for either engine: SQLite takes
 /// them as `?1`.
 pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
-    let sql = if backend == DbBackend::Sqlite {
-        sql.replace('$', "?")
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
+    if backend == DbBackend::Sqlite {
+        let (sql, values) = positional(sql, &values);
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    Statement::from_sql_and_values(backend, sql.to_owned(), values)
+}
+
+/// SQL numbered for Postgres (`$n`, a number used as often as needed), rewritten for SQLite with
+/// positional parameters (`?`) and the values in the order they appear:
+/// - SQLite looks a numbered parameter's name up by a linear scan, and sqlx asks the name of every
+///   parameter, so binding a multi-row statement of n numbered parameters took time in n² (28% of
+///   the writer's time under recordUsageBatch);
+/// - a script of several statements binds each from where the previous one stopped, so numbers
+///   shared across statements would bind the wrong values.
+///
+/// The SQL the store writes holds no `$` but its parameters (no `$` in a literal).
+fn positional(sql: &str, values: &[Value]) -> (String, Vec<Value>) {
+    if !sql.contains('$') {
+        return (sql.to_owned(), values.to_vec());
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut bound = Vec::with_capacity(values.len());
+    let mut rest = sql;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
+        out.push('?');
+        bound.push(
+            values
+                .get(n.wrapping_sub(1))
+                .cloned()
+                .unwrap_or(Value::Int(None)),
+        );
+        rest = &rest[i + 1 + digits..];
+    }
+    out.push_str(rest);
+    (out, bound)
 }
 
 pub async fn query_all<C: ConnectionTrait>(
@@ -235,4 +267,32 @@ pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) ->
 
 pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     query_one(db, "SELECT 1", vec![]).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_binds_each_parameter_where_it_appears() {
+        let values: Vec<Value> = vec![1i64.into(), 2i64.into(), 3i64.into()];
+        let (sql, bound) = positional(
+            "SELECT $1, $3; UPDATE t SET a = $3 WHERE b = $12 AND c = $2",
+            &values,
+        );
+        assert_eq!(sql, "SELECT ?, ?; UPDATE t SET a = ? WHERE b = ? AND c = ?");
+        assert_eq!(
+            bound,
+            vec![
+                Value::from(1i64),
+                Value::from(3i64),
+                Value::from(3i64),
+                Value::Int(None),
+                Value::from(2i64)
+            ]
+        );
+        // Without numbered parameters, nothing moves.
+        let (sql, bound) = positional("SELECT 1", &values);
+        assert_eq!((sql.as_str(), bound.len()), ("SELECT 1", 3));
+    }
 }

@@ -402,8 +402,8 @@ pub async fn apply<C: ConnectionTrait>(
         let (index, update) = metric_state_statements(change, &mut values, false);
         script.extend([index, update].into_iter().flatten());
     }
-    let (script, values) = positional(&script.join("; "), &values);
-    let rows = query_all(db, &script, values).await?;
+    // One list for the whole script: `store::stmt` binds SQLite's parameters by position.
+    let rows = query_all(db, &script.join("; "), values).await?;
     let mut counter = None;
     let mut inserted = 0i64;
     for row in &rows {
@@ -417,31 +417,6 @@ pub async fn apply<C: ConnectionTrait>(
         credits,
         inserted: inserted > 0,
     }))
-}
-
-/// A script of several statements numbered into one list (`$n`), rewritten with positional
-/// parameters (`?`) and the values in the order they appear: SQLite binds a script's statements
-/// one after another, each from where the previous one stopped, so numbers shared across
-/// statements would bind the wrong values. `sql` holds no `$` but its parameters.
-fn positional(sql: &str, values: &[Value]) -> (String, Vec<Value>) {
-    let mut out = String::with_capacity(sql.len());
-    let mut bound = Vec::new();
-    let mut rest = sql;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
-        let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
-        out.push('?');
-        bound.push(
-            values
-                .get(n.wrapping_sub(1))
-                .cloned()
-                .unwrap_or(Value::Int(None)),
-        );
-        rest = &rest[i + 1 + digits..];
-    }
-    out.push_str(rest);
-    (out, bound)
 }
 
 /// Inserts the alerts that did not fire yet (one statement); answers those that are new. On Postgres,
@@ -748,29 +723,4 @@ async fn highest_peak<C: ConnectionTrait>(
     )
     .await
     .map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_script_binds_each_parameter_where_it_appears() {
-        let values: Vec<Value> = vec![1i64.into(), 2i64.into(), 3i64.into()];
-        let (sql, bound) = positional(
-            "SELECT $1, $3; UPDATE t SET a = $3 WHERE b = $12 AND c = $2",
-            &values,
-        );
-        assert_eq!(sql, "SELECT ?, ?; UPDATE t SET a = ? WHERE b = ? AND c = ?");
-        assert_eq!(
-            bound,
-            vec![
-                Value::from(1i64),
-                Value::from(3i64),
-                Value::from(3i64),
-                Value::Int(None),
-                Value::from(2i64)
-            ]
-        );
-    }
 }
