@@ -191,6 +191,7 @@ async fn execute(
     viewer: Option<Viewer>,
     batch: BatchRequest,
 ) -> Response {
+    let received = std::time::Instant::now();
     let n = match &batch {
         BatchRequest::Single(_) => 1,
         BatchRequest::Batch(v) => v.len(),
@@ -236,8 +237,10 @@ async fn execute(
         if single && let Some(key) = response_key(state, viewer.as_ref(), doc.as_deref(), &r) {
             if let Some(body) = state.responses.get(&key, &state.engine.cache) {
                 metrics::counter!("tollgate_response_cache_total", "outcome" => "hit").increment(1);
-                metrics::counter!("tollgate_graphql_requests_total", "operation" => operation, "outcome" => "ok")
+                metrics::counter!("tollgate_graphql_requests_total", "operation" => operation.clone(), "outcome" => "ok")
                     .increment(1);
+                metrics::histogram!("tollgate_graphql_request_duration_seconds", "operation" => operation)
+                    .record(received.elapsed().as_secs_f64());
                 return bytes_response(StatusCode::OK, media, body);
             }
             metrics::counter!("tollgate_response_cache_total", "outcome" => "miss").increment(1);

@@ -64,7 +64,8 @@ impl Engine {
         Ok(store::recording::insert_alerts(txn, scope, alerts, None, |_| String::new()).await?)
     }
 
-    /// After a recording moved one metric's counter: its flags (`write_flags_after`), then the
+    /// After a recording moved one metric's counter (its statement wrote `change`, the index row
+    /// and the period row, when known): the rest of its flags (`write_flags_after`), then the
     /// metric's alerts that hold and did not fire yet in the epoch, in one insert.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn evaluate_recorded(
@@ -77,11 +78,10 @@ impl Engine {
         rules: &HashMap<String, LimitRule>,
         usage: &MetricUsage,
         change: Option<&store::recording::IndexChange>,
-        written: bool,
         announce: bool,
     ) -> AppResult<Vec<usage_alert::Model>> {
         let epoch = self
-            .write_flags_after(txn, scope, org, period, view, rules, usage, change, written)
+            .write_flags_after(txn, scope, org, period, view, rules, usage, change, true)
             .await?;
         let mut alerts = Vec::new();
         for kind in usage.state.alert_conditions(self.near_limit_pct) {

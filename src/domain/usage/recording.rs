@@ -227,7 +227,6 @@ impl Engine {
                 &rules,
                 &usage,
                 change.as_ref(),
-                true,
                 announce,
             )
             .await?;
