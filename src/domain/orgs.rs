@@ -114,10 +114,12 @@ pub async fn create(
             org.plan_id,
         )
         .await?;
-    // Published as a change of the new organization: whatever was kept about every organization
-    // (the platform's pages in the response cache) is void, on every replica.
+    txn.commit().await?;
+    // Whatever this replica kept about every organization (the platform's pages in the response
+    // cache) is void. Other replicas keep theirs for the cache's time to live at most: no
+    // notification, since one would reach usageUpdated's subscribers as a usage change.
     engine
-        .commit_and_publish(txn, crate::domain::OrganizationId(org.id), &[])
-        .await?;
+        .cache
+        .invalidate(crate::domain::OrganizationId(org.id));
     Ok(org)
 }

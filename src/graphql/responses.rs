@@ -11,7 +11,8 @@
 //!   (on this replica before the answer leaves, on the others when its notification arrives)
 //!   voids it, as does a plan's limits changing (which clears everything);
 //! - a platform member's response depends on every organization: any invalidation voids it
-//!   (creating an organization invalidates it too);
+//!   (creating an organization invalidates it too, on the replica that created it; the others
+//!   see the new organization within the time to live);
 //! - it expires after the entitlement cache's time to live (`--entitlement-cache-ttl`; zero turns
 //!   both off), which bounds what a write made outside the servers can hide, and when the current
 //!   period ends.
