@@ -253,7 +253,7 @@ impl Http {
             .send()
             .await?;
         let status = resp.status();
-        Ok((status, resp.bytes().await?.to_vec()))
+        Ok((status, resp.bytes().await?.into()))
     }
 
     async fn post(&self, token: &str, body: &Value) -> Result<Value> {

@@ -155,10 +155,10 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 }
 
 /// Builds a statement from SQL written with `$1`-style placeholders, for either engine: SQLite takes
-/// them as `?1`.
+/// them as positional `?` (`positional`).
 pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     if backend == DbBackend::Sqlite {
-        let (sql, values) = positional(sql, &values);
+        let (sql, values) = positional(sql, values);
         return Statement::from_sql_and_values(backend, sql, values);
     }
     Statement::from_sql_and_values(backend, sql.to_owned(), values)
@@ -173,9 +173,9 @@ pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
 ///   shared across statements would bind the wrong values.
 ///
 /// The SQL the store writes holds no `$` but its parameters (no `$` in a literal).
-fn positional(sql: &str, values: &[Value]) -> (String, Vec<Value>) {
+fn positional(sql: &str, values: Vec<Value>) -> (String, Vec<Value>) {
     if !sql.contains('$') {
-        return (sql.to_owned(), values.to_vec());
+        return (sql.to_owned(), values);
     }
     let mut out = String::with_capacity(sql.len());
     let mut bound = Vec::with_capacity(values.len());
@@ -278,7 +278,7 @@ mod tests {
         let values: Vec<Value> = vec![1i64.into(), 2i64.into(), 3i64.into()];
         let (sql, bound) = positional(
             "SELECT $1, $3; UPDATE t SET a = $3 WHERE b = $12 AND c = $2",
-            &values,
+            values.clone(),
         );
         assert_eq!(sql, "SELECT ?, ?; UPDATE t SET a = ? WHERE b = ? AND c = ?");
         assert_eq!(
@@ -292,7 +292,7 @@ mod tests {
             ]
         );
         // Without numbered parameters, nothing moves.
-        let (sql, bound) = positional("SELECT 1", &values);
+        let (sql, bound) = positional("SELECT 1", values);
         assert_eq!((sql.as_str(), bound.len()), ("SELECT 1", 3));
     }
 }
