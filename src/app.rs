@@ -45,6 +45,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
     pub listening: tokio::sync::watch::Sender<bool>,
+    /// SQLite: checkpoints the WAL for the writer, whose commits do not (`store::connect_writer`).
+    _checkpointer: Option<store::Checkpointer>,
 }
 
 impl AppState {
@@ -69,10 +71,16 @@ impl AppState {
             statements.clone(),
         )
         .await?;
+        let checkpointer = store::Checkpointer::start(
+            settings.database_url.expose_secret(),
+            settings.db_statement_timeout,
+        )
+        .await?;
         let mut state = Self::with_db(settings, keys, db, statements);
         if let Some(writer) = writer {
             state.engine.db = state.engine.db.clone().with_writer(writer);
         }
+        state._checkpointer = checkpointer;
         // The metric catalogue is read once per process: before the first request, so that a burst
         // of requests (each holding its read transaction's connection) never waits for a second
         // connection to read it.
@@ -111,6 +119,7 @@ impl AppState {
             )),
             shutdown: tokio::sync::watch::Sender::new(false),
             listening: tokio::sync::watch::Sender::new(false),
+            _checkpointer: None,
             engine,
             settings: Arc::new(settings),
             keys: Arc::new(keys),

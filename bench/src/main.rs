@@ -826,11 +826,15 @@ async fn main() -> Result<()> {
     // Storage ceiling: the same transaction as recordUsage (Engine::record) in a bare loop against
     // the same database, no HTTP or GraphQL.
     {
-        let settings = Settings::parse_from_env_and(&["--database-url", &args.database_url])?;
-        let (pool, _) =
-            tollgate::store::connect(&args.database_url, args.pool, Duration::from_secs(30))
-                .await?;
-        let engine = Arc::new(tollgate::domain::usage::Engine::new(pool, &settings));
+        // Built as the server builds it (its pools, SQLite's writer connection and checkpointer).
+        let settings = Settings::parse_from_env_and(&[
+            "--database-url",
+            &args.database_url,
+            "--db-max-connections",
+            &args.pool.to_string(),
+        ])?;
+        let state = tollgate::app::AppState::new(settings, keys()).await?;
+        let engine = Arc::new(state.engine.clone());
         let viewers: Arc<Vec<tollgate::domain::Viewer>> = Arc::new(
             seeded
                 .orgs
