@@ -239,20 +239,13 @@ impl Subscription {
                             while rx.try_recv().is_ok() {}
                             // A handle for this round only: its transaction ends with it.
                             let db = engine.db.scoped(viewer.scope());
-                            let read = async {
-                                let orgs = crate::store::orgs::by_ids(&db, viewer.scope(), &[org])
-                                    .await
-                                    .map_err(crate::error::AppError::from)?;
-                                engine
-                                    .summaries(&db, viewer.scope(), orgs, Period::current())
-                                    .await
-                            }
-                            .await;
+                            // One statement (on Postgres, with the scope's).
+                            let read = engine
+                                .summary_of(&db, viewer.scope(), org, Period::current())
+                                .await;
                             db.release().await;
                             let item = match read {
-                                Ok(summary) => {
-                                    Ok(UsageSummary(Arc::new(summary.into_iter().next()?)))
-                                }
+                                Ok(summary) => Ok(UsageSummary(Arc::new(summary?))),
                                 // The database failed this round: the subscriber hears it, and the
                                 // next change tries again (the stream goes on).
                                 Err(e) => Err(async_graphql::Error::from(e)),

@@ -8,8 +8,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use entity::enums::{MetricKind, UsageEventKind};
 use entity::{organization_usage, subscription_history, usage_alert, usage_counter, usage_event};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
-    sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Value, sea_query::OnConflict,
 };
 use uuid::Uuid;
 
@@ -32,10 +32,9 @@ pub async fn counters<C: ConnectionTrait>(
     let sql = format!(
         "SELECT c.organization_id, c.period_start, c.metric_code, c.used, c.credits, c.updated_at \
          FROM usage_counters c JOIN metrics m ON m.code = c.metric_code \
-         WHERE c.organization_id IN ({}) AND (c.period_start = $1 OR (m.kind = 'GAUGE' AND c.period_start = \
-           (SELECT MAX(c2.period_start) FROM usage_counters c2 \
-            WHERE c2.organization_id = c.organization_id AND c2.metric_code = c.metric_code AND c2.period_start <= $1)))",
-        placeholders(2, orgs.len())
+         WHERE c.organization_id IN ({}) AND {}",
+        placeholders(2, orgs.len()),
+        in_period("$1")
     );
     let mut values: Vec<Value> = vec![period.start.into()];
     values.extend(orgs.iter().map(|o| Value::from(o.0)));
@@ -43,6 +42,99 @@ pub async fn counters<C: ConnectionTrait>(
         .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
         .all(db)
         .await
+}
+
+/// Which counter rows (`c`, joined to its metric `m`) count in the period given by parameter `period`:
+/// the period's own, and for a GAUGE without one, its latest earlier reading.
+fn in_period(period: &str) -> String {
+    format!(
+        "(c.period_start = {period} OR (m.kind = 'GAUGE' AND c.period_start = \
+           (SELECT MAX(c2.period_start) FROM usage_counters c2 \
+            WHERE c2.organization_id = c.organization_id AND c2.metric_code = c.metric_code \
+              AND c2.period_start <= {period})))"
+    )
+}
+
+/// Everything one organization's summary is built from, as `counters`, `period_rows` and the plan's
+/// limits would read it: the organization (in scope), its counters in `period`, when its period row
+/// last changed, and its plan's limits.
+#[derive(Debug, Clone)]
+pub struct UsageState {
+    pub org: entity::organization::Model,
+    pub counters: Vec<usage_counter::Model>,
+    pub row_updated_at: Option<DateTime<Utc>>,
+    pub limits: Vec<entity::plan_limit::Model>,
+}
+
+/// One organization's `UsageState` in one statement (a round of `usageUpdated` reads it after each
+/// change). None when the organization is missing or out of scope.
+pub async fn usage_state<C: ConnectionTrait>(
+    db: &C,
+    scope: Scope,
+    org: OrganizationId,
+    period: Period,
+) -> Result<Option<UsageState>, DbErr> {
+    if !scope.allows(org) {
+        return Ok(None);
+    }
+    // Three kinds of rows under the organization's: its counters (the same rule as `counters`), its
+    // period row, its plan's limits.
+    let sql = format!(
+        "SELECT o.*, t.t_kind, t.t_metric, t.t_period, t.t_used, t.t_credits, t.t_updated, \
+                 t.t_included, t.t_enforcement, t.t_price \
+               FROM organizations o LEFT JOIN ( \
+                 SELECT 'c' AS t_kind, c.organization_id AS t_org, c.metric_code AS t_metric, \
+                   c.period_start AS t_period, c.used AS t_used, c.credits AS t_credits, \
+                   c.updated_at AS t_updated, CAST(NULL AS BIGINT) AS t_included, \
+                   CAST(NULL AS TEXT) AS t_enforcement, CAST(NULL AS BIGINT) AS t_price \
+                 FROM usage_counters c JOIN metrics m ON m.code = c.metric_code \
+                 WHERE c.organization_id = $1 AND {} \
+                 UNION ALL \
+                 SELECT 'u', u.organization_id, NULL, NULL, NULL, NULL, u.updated_at, NULL, NULL, NULL \
+                 FROM organization_usage u WHERE u.organization_id = $1 AND u.period_start = $2 \
+                 UNION ALL \
+                 SELECT 'l', p.id, l.metric_code, NULL, NULL, NULL, NULL, l.included, l.enforcement, \
+                   l.overage_unit_price \
+                 FROM organizations p JOIN plan_limits l ON l.plan_id = p.plan_id WHERE p.id = $1 \
+               ) t ON t.t_org = o.id \
+               WHERE o.id = $1",
+        in_period("$2")
+    );
+    let rows = query_all(db, &sql, vec![org.0.into(), period.start.into()]).await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let model = entity::organization::Model::from_query_result(first, "")?;
+    let mut state = UsageState {
+        org: model,
+        counters: Vec::new(),
+        row_updated_at: None,
+        limits: Vec::new(),
+    };
+    for row in &rows {
+        match row.try_get::<Option<String>>("", "t_kind")?.as_deref() {
+            Some("c") => state.counters.push(usage_counter::Model {
+                organization_id: org.0,
+                period_start: row.try_get("", "t_period")?,
+                metric_code: row.try_get("", "t_metric")?,
+                used: row.try_get("", "t_used")?,
+                credits: row.try_get("", "t_credits")?,
+                updated_at: row.try_get("", "t_updated")?,
+            }),
+            Some("u") => state.row_updated_at = Some(row.try_get("", "t_updated")?),
+            Some("l") => state.limits.push(entity::plan_limit::Model {
+                plan_id: state.org.plan_id.unwrap_or_default(),
+                metric_code: row.try_get("", "t_metric")?,
+                included: row.try_get("", "t_included")?,
+                enforcement: sea_orm::ActiveEnum::try_from_value(
+                    &row.try_get::<String>("", "t_enforcement")?,
+                )?,
+                overage_unit_price: row.try_get("", "t_price")?,
+            }),
+            _ => {}
+        }
+    }
+    Ok(Some(state))
 }
 
 /// The period rows (flags) of `orgs` in `period`.

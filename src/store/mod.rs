@@ -154,6 +154,9 @@ async fn connect_counted(
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
     if is_sqlite {
+        // An embedded database's connection cannot have died while idle: no ping (a round trip to
+        // the connection's thread) before each use.
+        opts.test_before_acquire(false);
         // SQLite has no statement timeout; the same setting bounds the wait for the write lock.
         opts.map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)

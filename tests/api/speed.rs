@@ -146,6 +146,81 @@ both_engines!(
     super::a_recording_costs_a_pinned_number_of_statements
 );
 
+/// A round of usageUpdated reads the organization's summary in one statement (on Postgres, after
+/// the one that sets the caller's scope), and its result is what the query answers.
+async fn a_usage_update_reads_one_statement(app: TestApp) {
+    use crate::ws::{Event, Ws, bearer};
+    let org = app.create_org("rounds", "growth").await;
+    let service = app.tenant_token(&org, Role::Service);
+    let viewer = app.tenant_token(&org, Role::Viewer);
+    let selection = "{ periodStart hasExceededLimits exceededLimitsDetails updatedAt \
+        metrics { metric { code } used credits included allowance remaining exceeded exceededBy \
+        enforcement overageQuantity overageAmount utilizationPct } }";
+    // Past the allowance, with credits: every part of the summary is in play.
+    app.record(&service, "bookings", "1").await;
+    let platform = app.platform_token();
+    app.ok(
+        &platform,
+        "mutation($o: ID!) { grantCredit(input: {organizationId: $o, metric: \"bookings\", quantity: \"5\", reason: \"test\"}) { used } }",
+        json!({ "o": org }),
+    )
+    .await;
+    app.record(&service, "bookings", "1200").await;
+    app.until_team_read().await;
+    let before = app.state.engine.bus.listeners();
+    let mut ws = Ws::connect(app.addr, Some("graphql-transport-ws")).await;
+    ws.init(bearer(&viewer)).await;
+    ws.subscribe(
+        "u",
+        &format!("subscription {{ usageUpdated {selection} }}"),
+        json!({}),
+    )
+    .await;
+    app.until_listening(before + 1).await;
+
+    let steady = if app.state.engine.db.is_postgres() {
+        3
+    } else {
+        2
+    };
+    let start = app.state.statements.get();
+    // Past the allowance already: a steady recording (no new flag, no alert).
+    let body = app.record(&service, "bookings", "1").await;
+    assert_eq!(body["data"]["recordUsage"]["accepted"], true, "{body}");
+    let Some(Event::Msg(m)) = ws.next_within(std::time::Duration::from_secs(5)).await else {
+        panic!("no usageUpdated result");
+    };
+    let round = app.state.statements.get() - start - steady;
+    let expected = if app.state.engine.db.is_postgres() {
+        2
+    } else {
+        1
+    };
+    assert_eq!(
+        round, expected,
+        "a round of usageUpdated cost {round} statements"
+    );
+    let query = app
+        .ok(
+            &viewer,
+            &format!("{{ organization {{ usage {selection} }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        m["payload"]["data"]["usageUpdated"], query["organization"]["usage"],
+        "the subscription and the query disagree"
+    );
+    assert_eq!(
+        m["payload"]["data"]["usageUpdated"]["hasExceededLimits"], true,
+        "{m}"
+    );
+}
+both_engines!(
+    usage_update_round,
+    super::a_usage_update_reads_one_statement
+);
+
 /// Concurrent jobs share transactions, but one job's failure touches no other: a batch with an
 /// unknown organization fails alone while recordings around it commit, exactly.
 async fn a_failing_job_leaves_its_group_alone(app: TestApp) {

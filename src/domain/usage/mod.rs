@@ -149,18 +149,18 @@ pub async fn plan_rules<C: ConnectionTrait>(
     };
     let limits = store::catalog::limits_for_plans(db, &[plan_id]).await?;
     Ok(limits
-        .into_iter()
-        .map(|l| {
-            (
-                l.metric_code,
-                LimitRule {
-                    included: l.included.map(Amount::from_scaled),
-                    enforcement: l.enforcement,
-                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                },
-            )
-        })
+        .iter()
+        .map(|l| (l.metric_code.clone(), limit_rule(l)))
         .collect())
+}
+
+/// A plan's stored limit as the rule a recording and a summary apply.
+pub(crate) fn limit_rule(l: &entity::plan_limit::Model) -> LimitRule {
+    LimitRule {
+        included: l.included.map(Amount::from_scaled),
+        enforcement: l.enforcement,
+        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+    }
 }
 
 /// The metric catalogue, read once per process: metrics change only with migrations, which ship with

@@ -107,15 +107,11 @@ impl Engine {
         plan_ids.dedup();
         let limits = store::catalog::limits_for_plans(db, &plan_ids).await?;
         let mut by_plan: HashMap<Uuid, HashMap<String, LimitRule>> = HashMap::new();
-        for l in limits {
-            by_plan.entry(l.plan_id).or_default().insert(
-                l.metric_code,
-                LimitRule {
-                    included: l.included.map(Amount::from_scaled),
-                    enforcement: l.enforcement,
-                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                },
-            );
+        for l in &limits {
+            by_plan
+                .entry(l.plan_id)
+                .or_default()
+                .insert(l.metric_code.clone(), limit_rule(l));
         }
         let empty = HashMap::new();
         Ok(orgs
@@ -127,26 +123,71 @@ impl Engine {
                     .cloned()
                     .collect();
                 let rules = org.plan_id.and_then(|p| by_plan.get(&p)).unwrap_or(&empty);
-                let metrics = states_from(period, kinds, rules, &mine);
-                // A recording moves its counter and writes the period row only when the flags
-                // change: the summary changed when either last did.
-                let updated_at = rows
+                let row_updated_at = rows
                     .iter()
                     .filter(|r| r.organization_id == org.id)
                     .map(|r| r.updated_at)
-                    .chain(
-                        mine.iter()
-                            .filter(|c| c.period_start == period.start)
-                            .map(|c| c.updated_at),
-                    )
                     .max();
-                UsageSummary {
-                    org,
-                    period,
-                    metrics,
-                    updated_at,
-                }
+                summary_from(period, kinds, rules, org, &mine, row_updated_at)
             })
             .collect())
+    }
+
+    /// One organization's summary in one statement (`store::ledger::usage_state`), exactly as
+    /// `summaries` builds it; None when it is missing or out of scope.
+    pub async fn summary_of<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        scope: Scope,
+        org: OrganizationId,
+        period: Period,
+    ) -> AppResult<Option<UsageSummary>> {
+        let catalog = self.catalog().await?;
+        let Some(state) = store::ledger::usage_state(db, scope, org, period).await? else {
+            return Ok(None);
+        };
+        let rules: HashMap<String, LimitRule> = state
+            .limits
+            .iter()
+            .map(|l| (l.metric_code.clone(), limit_rule(l)))
+            .collect();
+        Ok(Some(summary_from(
+            period,
+            &catalog.kinds,
+            &rules,
+            state.org,
+            &state.counters,
+            state.row_updated_at,
+        )))
+    }
+}
+
+/// A summary from an organization's counters in the period, its plan's rules, and when its period
+/// row last changed.
+fn summary_from(
+    period: Period,
+    kinds: &HashMap<String, MetricKind>,
+    rules: &HashMap<String, LimitRule>,
+    org: organization::Model,
+    counters: &[entity::usage_counter::Model],
+    row_updated_at: Option<DateTime<Utc>>,
+) -> UsageSummary {
+    let metrics = states_from(period, kinds, rules, counters);
+    // A recording moves its counter and writes the period row only when the flags change: the
+    // summary changed when either last did.
+    let updated_at = row_updated_at
+        .into_iter()
+        .chain(
+            counters
+                .iter()
+                .filter(|c| c.period_start == period.start)
+                .map(|c| c.updated_at),
+        )
+        .max();
+    UsageSummary {
+        org,
+        period,
+        metrics,
+        updated_at,
     }
 }
