@@ -119,13 +119,23 @@ impl Checkpointer {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A failure is logged when it starts and when it ends, not every 100 ms.
+            let mut failing = false;
             loop {
                 tick.tick().await;
-                if let Err(e) = db
+                match db
                     .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
                     .await
                 {
-                    tracing::warn!(error = %e, "checkpointing the WAL failed; retrying");
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "checkpointing the WAL failed; retrying");
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("checkpointing the WAL works again");
+                    }
+                    _ => {}
                 }
             }
         });
