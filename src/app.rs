@@ -45,7 +45,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// On Postgres: whether LISTEN for other replicas' alerts is in place (part of readiness).
     pub listening: tokio::sync::watch::Sender<bool>,
-    /// SQLite: checkpoints the WAL for the writer, whose commits do not (`store::connect_writer`).
+    /// SQLite: checkpoints the WAL for the writer, whose commits do not (`store::connect_writer`);
+    /// it ends with the state.
     _checkpointer: Option<store::Checkpointer>,
 }
 
@@ -71,16 +72,11 @@ impl AppState {
             statements.clone(),
         )
         .await?;
-        let checkpointer = store::Checkpointer::start(
-            settings.database_url.expose_secret(),
-            settings.db_statement_timeout,
-        )
-        .await?;
         let mut state = Self::with_db(settings, keys, db, statements);
         if let Some(writer) = writer {
-            state.engine.db = state.engine.db.clone().with_writer(writer);
+            state.engine.db = state.engine.db.clone().with_writer(writer.db);
+            state._checkpointer = Some(writer.checkpointer);
         }
-        state._checkpointer = checkpointer;
         // The metric catalogue is read once per process: before the first request, so that a burst
         // of requests (each holding its read transaction's connection) never waits for a second
         // connection to read it.

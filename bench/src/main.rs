@@ -196,11 +196,7 @@ async fn with_cpu(server: &Server, secs: u64, row: impl std::future::Future<Outp
             (server1 - server0) / n * 1e6,
             (own1 - own0) / n * 1e6
         );
-        row.note = if row.note.is_empty() {
-            cpu
-        } else {
-            format!("{}; {cpu}", row.note)
-        };
+        row.add_note(cpu);
     }
     row
 }
@@ -308,6 +304,17 @@ struct Row {
     p50: Duration,
     p99: Duration,
     note: String,
+}
+
+impl Row {
+    /// Adds to the row's note, after what it already says.
+    fn add_note(&mut self, note: String) {
+        self.note = if self.note.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", self.note)
+        };
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -814,11 +821,7 @@ async fn main() -> Result<()> {
             let note = format!(
                 "counter update with its cap check + ledger insert, no HTTP/GraphQL; {conns}; {durability}"
             );
-            row.note = if row.note.is_empty() {
-                note
-            } else {
-                format!("{}; {note}", row.note)
-            };
+            row.add_note(note);
             rows.push(row);
         }
     }

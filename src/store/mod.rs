@@ -76,23 +76,30 @@ pub async fn connect(
     Ok((db, counter))
 }
 
+/// SQLite's writer connection, with the checkpointer its WAL needs (`connect_writer`).
+pub struct Writer {
+    pub db: DatabaseConnection,
+    pub checkpointer: Checkpointer,
+}
+
 /// SQLite: a pool of one connection for the writers (their turn is one at a time anyway), so the
 /// connection that writes keeps its page cache from one transaction to the next instead of
 /// finding it outdated by another connection's write. Its commits never checkpoint the WAL: a
 /// checkpoint (copying the WAL's pages into the database file, and its fsync) is a third of what the
 /// writer's thread would otherwise do under a steady load, and every writer waits for that thread.
-/// `Checkpointer` does it on a connection of its own. None on Postgres.
+/// Its `Checkpointer` does it on a connection of its own, and comes with it, so that no writer runs
+/// without one. None on Postgres.
 pub async fn connect_writer(
     url: &str,
     statement_timeout: Duration,
     counter: Arc<StatementCounter>,
-) -> Result<Option<DatabaseConnection>, DbErr> {
+) -> Result<Option<Writer>, DbErr> {
     if !url.starts_with("sqlite:") {
         return Ok(None);
     }
-    connect_counted(url, 1, statement_timeout, counter, false)
-        .await
-        .map(Some)
+    let db = connect_counted(url, 1, statement_timeout, counter, false).await?;
+    let checkpointer = Checkpointer::start(url, statement_timeout).await?;
+    Ok(Some(Writer { db, checkpointer }))
 }
 
 /// SQLite: checkpoints the WAL in the background, on a connection of its own, for the writer whose
@@ -104,10 +111,7 @@ pub struct Checkpointer(tokio::task::AbortHandle);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 impl Checkpointer {
-    pub async fn start(url: &str, statement_timeout: Duration) -> Result<Option<Self>, DbErr> {
-        if !url.starts_with("sqlite:") {
-            return Ok(None);
-        }
+    async fn start(url: &str, statement_timeout: Duration) -> Result<Self, DbErr> {
         let db = connect_counted(
             url,
             1,
@@ -139,7 +143,7 @@ impl Checkpointer {
                 }
             }
         });
-        Ok(Some(Checkpointer(task.abort_handle())))
+        Ok(Checkpointer(task.abort_handle()))
     }
 }
 
@@ -374,11 +378,11 @@ mod tests {
         let file = dir.path().join("wal.db");
         let url = format!("sqlite://{}?mode=rwc", file.display());
         let timeout = Duration::from_secs(5);
+        // The writer's connection alone first, then its checkpointer (`connect_writer` starts both).
         let counter = Arc::new(StatementCounter::default());
-        let writer = connect_writer(&url, timeout, counter)
+        let writer = connect_counted(&url, 1, timeout, counter, false)
             .await
-            .expect("writer")
-            .expect("SQLite has a writer");
+            .expect("writer");
         writer
             .execute_unprepared("CREATE TABLE t (b BLOB)")
             .await
@@ -402,8 +406,7 @@ mod tests {
         );
         let _checkpointer = Checkpointer::start(&url, timeout)
             .await
-            .expect("checkpointer")
-            .expect("SQLite has a checkpointer");
+            .expect("checkpointer");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while size() < before + 8_000_000 {
             assert!(

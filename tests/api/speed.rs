@@ -21,6 +21,16 @@ async fn cost(
     (app.state.statements.get() - before, body)
 }
 
+/// What a recording costs in steady state (no new flag, no alert): on Postgres the lock with the
+/// scope, the read, and one statement that writes; on SQLite the read and one script.
+fn steady_recording(app: &TestApp) -> u64 {
+    if app.state.engine.db.is_postgres() {
+        3
+    } else {
+        2
+    }
+}
+
 const RECORD: &str = "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { accepted duplicate usage { used } alerts { kind } } }";
 
 /// A recording costs a pinned number of statements on each engine: in steady state one read and the
@@ -47,8 +57,7 @@ async fn a_recording_costs_a_pinned_number_of_statements(app: TestApp) {
     // period row's flags and peak; on SQLite (no writes inside WITH) the read and one script of a
     // statement per table, sent as one. Background work (the team's refresh, the index's materialization) is counted apart.
     app.until_team_read().await;
-    let postgres = app.state.engine.db.is_postgres();
-    let steady = if postgres { 3 } else { 2 };
+    let steady = steady_recording(&app);
     for i in 0..5 {
         let key = format!("k-{i}");
         let (n, body) = cost(&app, &service, RECORD, rec("bookings", "1", Some(&key))).await;
@@ -178,11 +187,7 @@ async fn a_usage_update_reads_one_statement(app: TestApp) {
     .await;
     app.until_listening(before + 1).await;
 
-    let steady = if app.state.engine.db.is_postgres() {
-        3
-    } else {
-        2
-    };
+    let steady = steady_recording(&app);
     let start = app.state.statements.get();
     // Past the allowance already: a steady recording (no new flag, no alert).
     let body = app.record(&service, "bookings", "1").await;
