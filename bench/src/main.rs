@@ -764,15 +764,19 @@ async fn main() -> Result<()> {
     for c in [1, 16, 64] {
         let (h, t, run) = (http.clone(), tokens.clone(), run.clone());
         rows.push(
-            drive("recordUsage", c, secs, move |task, n| {
-                let (h, t, run) = (h.clone(), t.clone(), run.clone());
-                async move {
-                    let body = json!({ "query": "mutation($k: String!) { recordUsage(input: {metric: \"bookings\", quantity: \"1\", idempotencyKey: $k}) { accepted usage { used } } }",
-                                       "variables": { "k": format!("{run}-{c}-{task}-{n}") } });
-                    h.post(&t[task % t.len()].0, &body).await?;
-                    Ok(1)
-                }
-            })
+            with_cpu(
+                &server,
+                secs,
+                drive("recordUsage", c, secs, move |task, n| {
+                    let (h, t, run) = (h.clone(), t.clone(), run.clone());
+                    async move {
+                        let body = json!({ "query": "mutation($k: String!) { recordUsage(input: {metric: \"bookings\", quantity: \"1\", idempotencyKey: $k}) { accepted usage { used } } }",
+                                           "variables": { "k": format!("{run}-{c}-{task}-{n}") } });
+                        h.post(&t[task % t.len()].0, &body).await?;
+                        Ok(1)
+                    }
+                }),
+            )
             .await,
         );
     }

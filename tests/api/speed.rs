@@ -676,3 +676,203 @@ async fn kept_answers_never_hide_a_write(app: TestApp) {
     assert!(n > 0);
 }
 both_engines!(kept_answers, super::kept_answers_never_hide_a_write);
+
+/// A recording made before the group: metric, quantity, idempotency key.
+type Recorded = (&'static str, &'static str, Option<&'static str>);
+
+/// A group's transaction carries recordings of many organizations, each decided from its own view
+/// under its organization's lock. Whatever they cover (a plain recording, an alert crossed, the
+/// flags and two alerts past the allowance, a HARD refusal, a replay, a period without its row, a
+/// GAUGE whose reading lowers the period's peak, a GAUGE refused without a reading, an unlimited
+/// metric, a key), one batch across organizations answers and writes exactly what the same
+/// recordings made one by one do: answers, counters, flags, peaks, index rows, alerts, ledger.
+async fn a_group_across_organizations_answers_as_one_by_one(app: TestApp) {
+    let platform = app.platform_token();
+    app.upsert_plan(
+        "capped",
+        "Capped",
+        5,
+        "1",
+        "included: \"10\", enforcement: HARD",
+    )
+    .await;
+    // (plan, what the organization recorded before, the group's item)
+    let cases: Vec<(&str, Vec<Recorded>, serde_json::Value)> = vec![
+        (
+            "capped",
+            vec![("bookings", "7", None)],
+            json!({ "metric": "bookings", "quantity": "1" }),
+        ),
+        (
+            "capped",
+            vec![("bookings", "7", None)],
+            json!({ "metric": "bookings", "quantity": "5" }),
+        ),
+        (
+            "capped",
+            vec![("bookings", "2", Some("old"))],
+            json!({ "metric": "bookings", "quantity": "2", "idempotencyKey": "old" }),
+        ),
+        (
+            "capped",
+            vec![],
+            json!({ "metric": "bookings", "quantity": "3" }),
+        ),
+        (
+            "capped",
+            vec![("bookings", "1", None)],
+            json!({ "metric": "bookings", "quantity": "1", "idempotencyKey": "fresh" }),
+        ),
+        (
+            "growth",
+            vec![("bookings", "990", None)],
+            json!({ "metric": "bookings", "quantity": "20" }),
+        ),
+        (
+            "growth",
+            vec![("bookings", "5", None)],
+            json!({ "metric": "revenue", "quantity": "7.25" }),
+        ),
+        (
+            "growth",
+            vec![("bookings", "1", None)],
+            json!({ "metric": "venues", "quantity": "2" }),
+        ),
+        (
+            "growth",
+            vec![("venues", "4", None), ("bookings", "100", None)],
+            json!({ "metric": "venues", "quantity": "3" }),
+        ),
+        (
+            "growth",
+            vec![("bookings", "1", None)],
+            json!({ "metric": "venues", "quantity": "9" }),
+        ),
+    ];
+    let fields = "accepted duplicate rejectionReason usage { metric { code } used credits remaining utilizationPct exceeded } alerts { kind metric { code } used }";
+    let mut twins = Vec::new();
+    for (n, (plan, before, _)) in cases.iter().enumerate() {
+        let mut pair = Vec::new();
+        for side in ["a", "b"] {
+            let org = app.create_org(&format!("across-{side}-{n}"), plan).await;
+            for (metric, quantity, key) in before {
+                let item = json!({ "i": { "organizationId": org, "metric": metric, "quantity": quantity, "idempotencyKey": key } });
+                app.ok(&platform, RECORD, item).await;
+            }
+            pair.push(org);
+        }
+        twins.push(pair);
+    }
+    let with_org = |item: &serde_json::Value, org: &str| {
+        let mut item = item.clone();
+        item["organizationId"] = json!(org);
+        item
+    };
+    let items: Vec<_> = cases
+        .iter()
+        .zip(&twins)
+        .map(|((_, _, item), pair)| with_org(item, &pair[0]))
+        .collect();
+    let batch = format!(
+        "mutation($i: [RecordUsageInput!]!) {{ recordUsageBatch(inputs: $i) {{ {fields} }} }}"
+    );
+    let together = app.gql(&platform, &batch, json!({ "i": items })).await;
+    let mut one_by_one = Vec::new();
+    for ((_, _, item), pair) in cases.iter().zip(&twins) {
+        let data = app
+            .ok(
+                &platform,
+                &format!(
+                    "mutation($i: RecordUsageInput!) {{ recordUsage(input: $i) {{ {fields} }} }}"
+                ),
+                json!({ "i": with_org(item, &pair[1]) }),
+            )
+            .await;
+        one_by_one.push(data["recordUsage"].clone());
+    }
+    assert_eq!(
+        together["data"]["recordUsageBatch"],
+        json!(one_by_one),
+        "{together}"
+    );
+    // What the cases are meant to cover.
+    assert_eq!(one_by_one[0]["alerts"][0]["kind"], "NEAR_LIMIT");
+    assert_eq!(one_by_one[1]["accepted"], false);
+    assert_eq!(one_by_one[2]["duplicate"], true);
+    assert_eq!(one_by_one[5]["alerts"].as_array().unwrap().len(), 2);
+    assert_eq!(one_by_one[9]["accepted"], false);
+
+    // What each organization stored: the period row (flags, peak), the index, counters, ledger,
+    // alerts.
+    let stored = |org: &str| {
+        let org = uuid::Uuid::parse_str(org).unwrap();
+        let db = app.state.engine.db.clone();
+        async move {
+            let mut out = Vec::new();
+            for (table, columns) in [
+                (
+                    "organization_usage",
+                    "has_exceeded_limits, exceeded_limits_details, peak_utilization_pct, alert_epoch",
+                ),
+                (
+                    "usage_utilization",
+                    "metric_code, utilization_pct, exceeded",
+                ),
+                ("usage_counters", "metric_code, used, credits"),
+                (
+                    "usage_events",
+                    "metric_code, kind, quantity, idempotency_key",
+                ),
+                (
+                    "usage_alerts",
+                    "metric_code, kind, alert_epoch, used, allowance, utilization_pct",
+                ),
+            ] {
+                let columns: Vec<&str> = columns.split(", ").collect();
+                let select: Vec<String> = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("CAST({c} AS TEXT) AS c{i}"))
+                    .collect();
+                let sql = format!(
+                    "SELECT {} FROM {table} WHERE organization_id = $1",
+                    select.join(", ")
+                );
+                let mut rows: Vec<String> = tollgate::store::query_all(&db, &sql, vec![org.into()])
+                    .await
+                    .expect("read")
+                    .iter()
+                    .map(|r| {
+                        (0..columns.len())
+                            .map(|i| {
+                                format!(
+                                    "{:?}",
+                                    r.try_get::<Option<String>>("", &format!("c{i}")).unwrap()
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    })
+                    .collect();
+                rows.sort();
+                out.push((table, rows));
+            }
+            out
+        }
+    };
+    for (n, pair) in twins.iter().enumerate() {
+        let (a, b) = (stored(&pair[0]).await, stored(&pair[1]).await);
+        assert_eq!(a, b, "case {n}");
+    }
+    let state = "query($id: ID!) { organization(id: $id) { usage { hasExceededLimits exceededLimitsDetails \
+                 metrics { metric { code } used credits utilizationPct } } } }";
+    for pair in &twins {
+        let sa = app.ok(&platform, state, json!({ "id": pair[0] })).await;
+        let sb = app.ok(&platform, state, json!({ "id": pair[1] })).await;
+        assert_eq!(sa, sb);
+    }
+}
+both_engines!(
+    across_organizations,
+    super::a_group_across_organizations_answers_as_one_by_one
+);

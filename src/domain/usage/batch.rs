@@ -69,12 +69,7 @@ impl Engine {
                 };
                 if let Some(e) = earlier {
                     if e.metric_code != metric || e.quantity != amount {
-                        return Err(AppError::conflict(format!(
-                            "idempotency key {} was already used for another recording ({} of {})",
-                            crate::error::quote(key),
-                            Amount::from_scaled(e.quantity).to_decimal().normalize(),
-                            e.metric_code
-                        )));
+                        return Err(super::recording::reused_key(key, &e));
                     }
                     let outcome = if e.period_start == period.start {
                         RecordOutcome {
@@ -101,23 +96,11 @@ impl Engine {
                 );
             };
             if hard_cap.is_some_and(|cap| next - credits > cap) {
-                let current = state(used);
-                outcomes.push(RecordOutcome {
-                    accepted: false,
-                    duplicate: false,
-                    event: None,
-                    rejection_reason: Some(format!(
-                        "HARD limit: {} would reach {} of an allowance of {}",
-                        metric,
-                        Amount::from_scaled(next).to_decimal().normalize(),
-                        current.allowance().unwrap_or_default().normalize()
-                    )),
-                    usage: MetricUsage {
-                        metric: metric.to_owned(),
-                        state: current,
-                    },
-                    alerts: vec![],
-                });
+                let usage = MetricUsage {
+                    metric: metric.to_owned(),
+                    state: state(used),
+                };
+                outcomes.push(super::recording::refusal(p, usage));
                 continue;
             }
             used = next;

@@ -123,59 +123,36 @@ impl Engine {
             .locked_view(txn, scope, org, period, metric, &keys, in_group)
             .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
-
-        if let Some(key) = p
-            .key
-            .as_deref()
-            .filter(|k| view.taken.iter().any(|t| t == k))
-        {
-            let first = store::ledger::event_by_key(txn, scope, org, key)
-                .await?
-                .ok_or_else(|| AppError::internal(anyhow::anyhow!("a taken key has no event")))?;
-            // A replay adds nothing; the same key for another recording is the client's mistake,
-            // and answering `duplicate` would silently lose that recording.
-            if first.metric_code != metric || first.quantity != p.quantity.scaled() {
-                return Err(AppError::conflict(format!(
-                    "idempotency key {} was already used for another recording ({} of {})",
-                    crate::error::quote(key),
-                    Amount::from_scaled(first.quantity).to_decimal().normalize(),
-                    first.metric_code
-                )));
+        let (usage, change) = match decide(p, &view, rule)? {
+            Step::Taken(key) => {
+                let first = store::ledger::event_by_key(txn, scope, org, key)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::internal(anyhow::anyhow!("a taken key has no event"))
+                    })?;
+                // A replay adds nothing; the same key for another recording is the client's
+                // mistake, and answering `duplicate` would silently lose that recording.
+                if first.metric_code != metric || first.quantity != p.quantity.scaled() {
+                    return Err(reused_key(key, &first));
+                }
+                return self.duplicate(txn, scope, org, first, rule).await;
             }
-            return self.duplicate(txn, scope, org, first, rule).await;
-        }
-
+            Step::Refused => {
+                // Refused by a HARD limit: nothing of this item is written, and its key stays
+                // unused.
+                return self
+                    .refused(txn, scope, period, p, &rules, rule, view.counter)
+                    .await;
+            }
+            Step::Accepted { usage, change } => (usage, change),
+        };
+        let (next, credits) = (usage.state.used.scaled(), usage.state.credits.scaled());
         let hard_cap = hard_cap(&rule);
         let amount = p.quantity.scaled();
         let movement = match p.kind {
             MetricKind::Counter => store::recording::Move::Add(amount),
             MetricKind::Gauge => store::recording::Move::Set(amount),
         };
-        // Decided from the read under the lock (the statement checks the cap again).
-        let (used, credits) = view.counter.unwrap_or((0, 0));
-        let next = match movement {
-            store::recording::Move::Add(d) => used.checked_add(d).ok_or_else(|| {
-                AppError::from(sea_orm::DbErr::Custom(
-                    store::ledger::COUNTER_OVERFLOW.to_owned(),
-                ))
-            })?,
-            store::recording::Move::Set(v) => v,
-        };
-        if hard_cap.is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap)) {
-            // Refused by a HARD limit: nothing of this item is written, and its key stays unused.
-            return self
-                .refused(txn, scope, period, p, &rules, rule, view.counter)
-                .await;
-        }
-        let usage = MetricUsage {
-            metric: metric.to_owned(),
-            state: MetricState {
-                used: Amount::from_scaled(next),
-                credits: Amount::from_scaled(credits),
-                rule,
-            },
-        };
-        let change = Self::index_change(&view, &usage);
         let postgres = self.db.is_postgres();
         let now = Utc::now();
         let event = usage_event(viewer, p, period, now);
@@ -262,20 +239,7 @@ impl Engine {
         let view = store::recording::view(txn, scope, org, period, metric, keys)
             .await?
             .ok_or_else(|| AppError::not_found("organization"))?;
-        let rules: HashMap<String, LimitRule> = view
-            .limits
-            .iter()
-            .map(|(code, l)| {
-                (
-                    code.clone(),
-                    LimitRule {
-                        included: l.included.map(Amount::from_scaled),
-                        enforcement: l.enforcement,
-                        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                    },
-                )
-            })
-            .collect();
+        let rules = rules_of(&view);
         Ok((view, rules))
     }
 
@@ -291,26 +255,11 @@ impl Engine {
         rule: LimitRule,
         counter: Option<(i64, i64)>,
     ) -> AppResult<RecordOutcome> {
-        let metric = p.metric.as_str();
-        let usage = match (counter, p.kind) {
-            (Some((used, credits)), _) => MetricUsage {
-                metric: metric.to_owned(),
-                state: MetricState {
-                    used: Amount::from_scaled(used),
-                    credits: Amount::from_scaled(credits),
-                    rule,
-                },
-            },
-            (None, MetricKind::Counter) => MetricUsage {
-                metric: metric.to_owned(),
-                state: MetricState {
-                    used: Amount::ZERO,
-                    credits: Amount::ZERO,
-                    rule,
-                },
-            },
+        let usage = match refused_usage(p, rule, counter) {
+            Some(usage) => usage,
             // A GAUGE without a row in the period shows its latest earlier reading.
-            (None, MetricKind::Gauge) => {
+            None => {
+                let metric = p.metric.as_str();
                 let counters = store::ledger::counters(txn, scope, &[p.org], period).await?;
                 let catalog = self.catalog().await?;
                 states_from(period, &catalog.kinds, rules, &counters)
@@ -326,24 +275,7 @@ impl Engine {
                     })
             }
         };
-        let allowance = usage.state.allowance().unwrap_or_default();
-        Ok(RecordOutcome {
-            accepted: false,
-            duplicate: false,
-            event: None,
-            rejection_reason: Some(format!(
-                "HARD limit: {} would reach {} of an allowance of {}",
-                metric,
-                match p.kind {
-                    MetricKind::Counter => usage.state.used() + p.quantity.to_decimal(),
-                    MetricKind::Gauge => p.quantity.to_decimal(),
-                }
-                .normalize(),
-                allowance.normalize()
-            )),
-            usage,
-            alerts: vec![],
-        })
+        Ok(refusal(p, usage))
     }
 
     pub(super) async fn duplicate(
@@ -425,4 +357,128 @@ pub(super) fn count_recording(outcome: &RecordOutcome) {
         (true, false) => "accepted",
     };
     metrics::counter!("tollgate_recordings_total", "outcome" => label).increment(1);
+}
+
+/// What a recording does, decided from its view under the organization's lock.
+pub(super) enum Step<'a> {
+    /// Its key is taken: a replay, or the key reused for another recording (the first event
+    /// tells).
+    Taken(&'a str),
+    /// A HARD limit refuses it: nothing is written, and its key stays unused.
+    Refused,
+    /// Accepted: the metric's state once applied, and what that changes in the index and on the
+    /// period row (None: the period row's state is written whole, `write_flags_after`).
+    Accepted {
+        usage: MetricUsage,
+        change: Option<store::recording::IndexChange>,
+    },
+}
+
+/// Decides a recording from its view (the organization's lock held since the view was read).
+pub(super) fn decide<'a>(
+    p: &'a ParsedRecord,
+    view: &store::recording::RecordingView,
+    rule: LimitRule,
+) -> AppResult<Step<'a>> {
+    if let Some(key) = p
+        .key
+        .as_deref()
+        .filter(|k| view.taken.iter().any(|t| t == k))
+    {
+        return Ok(Step::Taken(key));
+    }
+    let amount = p.quantity.scaled();
+    let (used, credits) = view.counter.unwrap_or((0, 0));
+    let next = match p.kind {
+        MetricKind::Counter => used.checked_add(amount).ok_or_else(|| {
+            AppError::from(sea_orm::DbErr::Custom(
+                store::ledger::COUNTER_OVERFLOW.to_owned(),
+            ))
+        })?,
+        MetricKind::Gauge => amount,
+    };
+    if hard_cap(&rule).is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap)) {
+        return Ok(Step::Refused);
+    }
+    let usage = MetricUsage {
+        metric: p.metric.as_str().to_owned(),
+        state: MetricState {
+            used: Amount::from_scaled(next),
+            credits: Amount::from_scaled(credits),
+            rule,
+        },
+    };
+    let change = Engine::index_change(view, &usage);
+    Ok(Step::Accepted { usage, change })
+}
+
+/// The error of an idempotency key already used for another recording.
+pub(super) fn reused_key(key: &str, first: &usage_event::Model) -> AppError {
+    AppError::conflict(format!(
+        "idempotency key {} was already used for another recording ({} of {})",
+        crate::error::quote(key),
+        Amount::from_scaled(first.quantity).to_decimal().normalize(),
+        first.metric_code
+    ))
+}
+
+/// The metric's state a HARD refusal answers, when the view tells it (None: a GAUGE without a row
+/// in the period, which shows its latest earlier reading).
+pub(super) fn refused_usage(
+    p: &ParsedRecord,
+    rule: LimitRule,
+    counter: Option<(i64, i64)>,
+) -> Option<MetricUsage> {
+    let (used, credits) = match (counter, p.kind) {
+        (Some(c), _) => c,
+        (None, MetricKind::Counter) => (0, 0),
+        (None, MetricKind::Gauge) => return None,
+    };
+    Some(MetricUsage {
+        metric: p.metric.as_str().to_owned(),
+        state: MetricState {
+            used: Amount::from_scaled(used),
+            credits: Amount::from_scaled(credits),
+            rule,
+        },
+    })
+}
+
+/// The answer to a recording a HARD limit refused, with the metric's state as it stands.
+pub(super) fn refusal(p: &ParsedRecord, usage: MetricUsage) -> RecordOutcome {
+    let allowance = usage.state.allowance().unwrap_or_default();
+    RecordOutcome {
+        accepted: false,
+        duplicate: false,
+        event: None,
+        rejection_reason: Some(format!(
+            "HARD limit: {} would reach {} of an allowance of {}",
+            p.metric.as_str(),
+            match p.kind {
+                MetricKind::Counter => usage.state.used() + p.quantity.to_decimal(),
+                MetricKind::Gauge => p.quantity.to_decimal(),
+            }
+            .normalize(),
+            allowance.normalize()
+        )),
+        usage,
+        alerts: vec![],
+    }
+}
+
+/// The plan's limits of a view, as rules.
+pub(super) fn rules_of(view: &store::recording::RecordingView) -> HashMap<String, LimitRule> {
+    view.limits
+        .iter()
+        .map(|(code, l)| {
+            (
+                code.clone(),
+                LimitRule {
+                    included: l.included.map(Amount::from_scaled),
+                    enforcement: l.enforcement,
+                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+                },
+            )
+        })
+        .collect()
 }
