@@ -417,4 +417,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// A recording's event is written to no index it does not need: the ledger has no index on
+    /// recording time, and the one on references holds only events that carry one, yet can still
+    /// serve a lookup by reference.
+    #[tokio::test]
+    async fn the_ledger_indexes_only_what_is_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("ix.db").display());
+        let db = Database::connect(&url).await.expect("connect");
+        migrate(&db).await.expect("migrate");
+        let indexes = query_all(
+            &db,
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_events' \
+             AND sql IS NOT NULL",
+            vec![],
+        )
+        .await
+        .expect("indexes");
+        let sql_of = |name: &str| {
+            indexes.iter().find_map(|r| {
+                (r.try_get::<String>("", "name").ok()? == name)
+                    .then(|| r.try_get::<String>("", "sql").ok())
+                    .flatten()
+            })
+        };
+        assert_eq!(sql_of("idx_usage_events_recorded"), None);
+        let reference = sql_of("idx_usage_events_reference").expect("the reference index");
+        assert!(
+            reference.ends_with("WHERE reference IS NOT NULL"),
+            "{reference}"
+        );
+        // `reference = ?` implies the partial index's `reference IS NOT NULL`.
+        let plan: Vec<String> = query_all(
+            &db,
+            "EXPLAIN QUERY PLAN SELECT id FROM usage_events WHERE organization_id = $1 AND reference = $2",
+            vec![uuid::Uuid::nil().into(), "booking-1".into()],
+        )
+        .await
+        .expect("plan")
+        .iter()
+        .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+        .collect();
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("USING INDEX idx_usage_events_reference")),
+            "{plan:?}"
+        );
+    }
 }
