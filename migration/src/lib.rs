@@ -19,6 +19,7 @@ mod m20261129_000009_overage_charges;
 mod m20261129_000010_memberships;
 mod m20261130_000011_utilization_index;
 mod m20261130_000012_ledger_indexes;
+mod m20261130_000013_reversal_index;
 
 /// Row-level security on a tenant table, as m20261123_000003 set it on the first ones (Postgres;
 /// SQLite has no roles): a row is visible and writable when the transaction set the platform role
@@ -68,6 +69,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000010_memberships::Migration),
             Box::new(m20261130_000011_utilization_index::Migration),
             Box::new(m20261130_000012_ledger_indexes::Migration),
+            Box::new(m20261130_000013_reversal_index::Migration),
         ]
     }
 }

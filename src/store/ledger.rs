@@ -448,7 +448,17 @@ pub async fn event_by_key<C: ConnectionTrait>(
         .await
 }
 
-/// USAGE events carrying `reference` that no REVERSAL points at yet.
+/// The USAGE events of an organization carrying a reference that no REVERSAL points at yet: the
+/// partial index on references finds them, the one on `reverses_event_id` tells which are reversed.
+pub(crate) const UNREVERSED_BY_REFERENCE: &str = "SELECT e.* FROM usage_events e \
+     WHERE e.organization_id = $1 AND e.reference = $2 AND e.kind = 'USAGE' \
+     AND NOT EXISTS (SELECT 1 FROM usage_events r WHERE r.organization_id = e.organization_id \
+                     AND r.reverses_event_id = e.id)";
+
+/// USAGE events carrying `reference` that no REVERSAL points at yet, oldest first (not a
+/// membership's). The membership filter and the order are applied here rather than in SQL: there,
+/// without statistics, SQLite served `membership_id IS NULL` from the membership index and
+/// `ORDER BY id` from the primary key, each reading every event of the organization.
 pub async fn unreversed_by_reference<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
@@ -458,18 +468,17 @@ pub async fn unreversed_by_reference<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(vec![]);
     }
-    let sql = "SELECT e.* FROM usage_events e WHERE e.organization_id = $1 AND e.reference = $2 AND e.kind = 'USAGE' \
-               AND e.membership_id IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM usage_events r WHERE r.organization_id = e.organization_id \
-                               AND r.reverses_event_id = e.id) ORDER BY e.id";
-    usage_event::Entity::find()
+    let mut events = usage_event::Entity::find()
         .from_raw_sql(stmt(
             db.get_database_backend(),
-            sql,
+            UNREVERSED_BY_REFERENCE,
             vec![org.0.into(), reference.into()],
         ))
         .all(db)
-        .await
+        .await?;
+    events.retain(|e| e.membership_id.is_none());
+    events.sort_by_key(|e| e.id);
+    Ok(events)
 }
 
 /// Ledger events of one organization, newest first, after the event id `after`.

@@ -464,5 +464,28 @@ mod tests {
                 .any(|d| d.contains("USING INDEX idx_usage_events_reference")),
             "{plan:?}"
         );
+        // reverseUsage's lookup reads the events with the reference and, for each, whether a
+        // reversal points at it: two index searches, not the organization's whole ledger.
+        let plan: Vec<String> = query_all(
+            &db,
+            &format!("EXPLAIN QUERY PLAN {}", ledger::UNREVERSED_BY_REFERENCE),
+            vec![uuid::Uuid::nil().into(), "booking-1".into()],
+        )
+        .await
+        .expect("plan")
+        .iter()
+        .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+        .collect();
+        for (table, index) in [
+            ("e", "idx_usage_events_reference"),
+            ("r", "idx_usage_events_reversal"),
+        ] {
+            assert!(
+                plan.iter()
+                    .any(|d| d.starts_with(&format!("SEARCH {table} USING"))
+                        && d.contains(&format!("INDEX {index} "))),
+                "{plan:?}"
+            );
+        }
     }
 }
