@@ -448,17 +448,27 @@ mod tests {
             reference.ends_with("WHERE reference IS NOT NULL"),
             "{reference}"
         );
+        // SQLite's plan of a query by organization and reference.
+        let plan_of = |sql: String| {
+            let db = &db;
+            async move {
+                query_all(
+                    db,
+                    &format!("EXPLAIN QUERY PLAN {sql}"),
+                    vec![uuid::Uuid::nil().into(), "booking-1".into()],
+                )
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+                .collect::<Vec<String>>()
+            }
+        };
         // `reference = ?` implies the partial index's `reference IS NOT NULL`.
-        let plan: Vec<String> = query_all(
-            &db,
-            "EXPLAIN QUERY PLAN SELECT id FROM usage_events WHERE organization_id = $1 AND reference = $2",
-            vec![uuid::Uuid::nil().into(), "booking-1".into()],
+        let plan = plan_of(
+            "SELECT id FROM usage_events WHERE organization_id = $1 AND reference = $2".to_owned(),
         )
-        .await
-        .expect("plan")
-        .iter()
-        .map(|r| r.try_get::<String>("", "detail").expect("detail"))
-        .collect();
+        .await;
         assert!(
             plan.iter()
                 .any(|d| d.contains("USING INDEX idx_usage_events_reference")),
@@ -466,16 +476,7 @@ mod tests {
         );
         // reverseUsage's lookup reads the events with the reference and, for each, whether a
         // reversal points at it: two index searches, not the organization's whole ledger.
-        let plan: Vec<String> = query_all(
-            &db,
-            &format!("EXPLAIN QUERY PLAN {}", ledger::UNREVERSED_BY_REFERENCE),
-            vec![uuid::Uuid::nil().into(), "booking-1".into()],
-        )
-        .await
-        .expect("plan")
-        .iter()
-        .map(|r| r.try_get::<String>("", "detail").expect("detail"))
-        .collect();
+        let plan = plan_of(ledger::UNREVERSED_BY_REFERENCE.to_owned()).await;
         for (table, index) in [
             ("e", "idx_usage_events_reference"),
             ("r", "idx_usage_events_reversal"),
