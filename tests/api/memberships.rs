@@ -554,6 +554,50 @@ async fn normal_usage_flow(app: TestApp) {
 }
 both_engines!(seed_normal_usage, super::normal_usage_flow);
 
+/// reverseUsage undoes the organization's own recordings that carry a reference, never a
+/// membership's events with the same booking reference (those count against the membership).
+async fn reversing_a_reference_leaves_memberships_alone(app: TestApp) {
+    let t = tenant(&app, "reverse-member", "10").await;
+    membership_plan(&app, &t, "basic", 5, json!({})).await;
+    let alice = customer(&app, &t, "alice-reverse").await;
+    let mid = subscribe(&app, &t, &alice, "basic", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    book(&app, &t.service, &alice, "shared:1", "80.00").await;
+    move_to(&app, &t.service, "shared:1", "COMPLETED").await;
+    // The organization's backend records the same booking on its own plan.
+    app.ok(
+        &t.service,
+        "mutation { recordUsage(input: {metric: \"bookings\", quantity: \"1\", reference: \"shared:1\"}) { accepted } }",
+        json!({}),
+    )
+    .await;
+    let d = app
+        .ok(
+            &t.service,
+            "mutation { reverseUsage(input: {reference: \"shared:1\", reason: \"cancelled\"}) { \
+             reversedEvents { metric { code } quantity } } }",
+            json!({}),
+        )
+        .await;
+    let reversed = d["reverseUsage"]["reversedEvents"].as_array().unwrap();
+    assert_eq!(reversed.len(), 1, "{d}");
+    assert_eq!(reversed[0]["metric"]["code"], "bookings", "{d}");
+    assert_counts(
+        &usage(&app, &t.admin, &mid).await,
+        "1",
+        "0",
+        "4",
+        "after reversing the organization's recording",
+    );
+    assert_eq!(events(&app, &t.admin, &mid).await.len(), 1);
+}
+both_engines!(
+    reverse_leaves_memberships,
+    super::reversing_a_reference_leaves_memberships_alone
+);
+
 // ---- 2. the seed's scenario 2: overage, charged, counted and billed once ----
 
 /// Seed scenario 2: a member past its allowance with overage at 25.00: the third booking is OVERAGE

@@ -148,19 +148,32 @@ pub async fn plan_rules<C: ConnectionTrait>(
         return Ok(HashMap::new());
     };
     let limits = store::catalog::limits_for_plans(db, &[plan_id]).await?;
-    Ok(limits
-        .iter()
-        .map(|l| (l.metric_code.clone(), limit_rule(l)))
-        .collect())
+    Ok(rules_by_metric(&limits))
 }
 
-/// A plan's stored limit as the rule a recording and a summary apply.
-pub(crate) fn limit_rule(l: &entity::plan_limit::Model) -> LimitRule {
+/// A plan's stored limit (scaled amounts) as the rule a recording and a summary apply.
+pub(crate) fn stored_rule(
+    included: Option<i64>,
+    enforcement: entity::enums::Enforcement,
+    overage_unit_price: Option<i64>,
+) -> LimitRule {
     LimitRule {
-        included: l.included.map(Amount::from_scaled),
-        enforcement: l.enforcement,
-        overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
+        included: included.map(Amount::from_scaled),
+        enforcement,
+        overage_unit_price: overage_unit_price.map(Amount::from_scaled),
     }
+}
+
+pub(crate) fn limit_rule(l: &entity::plan_limit::Model) -> LimitRule {
+    stored_rule(l.included, l.enforcement, l.overage_unit_price)
+}
+
+/// A plan's limits as rules, by metric code.
+pub(crate) fn rules_by_metric(limits: &[entity::plan_limit::Model]) -> HashMap<String, LimitRule> {
+    limits
+        .iter()
+        .map(|l| (l.metric_code.clone(), limit_rule(l)))
+        .collect()
 }
 
 /// The metric catalogue, read once per process: metrics change only with migrations, which ship with

@@ -146,15 +146,10 @@ impl Engine {
         let Some(state) = store::ledger::usage_state(db, scope, org, period).await? else {
             return Ok(None);
         };
-        let rules: HashMap<String, LimitRule> = state
-            .limits
-            .iter()
-            .map(|l| (l.metric_code.clone(), limit_rule(l)))
-            .collect();
         Ok(Some(summary_from(
             period,
             &catalog.kinds,
-            &rules,
+            &rules_by_metric(&state.limits),
             state.org,
             &state.counters,
             state.row_updated_at,

@@ -471,14 +471,8 @@ pub(super) fn rules_of(view: &store::recording::RecordingView) -> HashMap<String
     view.limits
         .iter()
         .map(|(code, l)| {
-            (
-                code.clone(),
-                LimitRule {
-                    included: l.included.map(Amount::from_scaled),
-                    enforcement: l.enforcement,
-                    overage_unit_price: l.overage_unit_price.map(Amount::from_scaled),
-                },
-            )
+            let rule = stored_rule(l.included, l.enforcement, l.overage_unit_price);
+            (code.clone(), rule)
         })
         .collect()
 }
