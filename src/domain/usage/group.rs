@@ -10,10 +10,9 @@
 //! the group is rolled back and applied again without it. A recording is answered only after its
 //! commit, so an acknowledged recording survives kill -9.
 //!
-//! SQLite has one writer (writes are serialized by the engine anyway), on a thread of its own
-//! (`write_on_own_thread`); Postgres one for every two connections of the pool, each with its own
-//! group, so that one group's statements overlap another's (on 2 vCPUs, 8 writers carried about 1.7
-//! times what 1 did: BENCHMARKS.md).
+//! SQLite has one writer (writes are serialized by the engine anyway); Postgres one for every two
+//! connections of the pool, each with its own group, so that one group's statements overlap
+//! another's (on 2 vCPUs, 8 writers carried about 1.7 times what 1 did: BENCHMARKS.md).
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -88,42 +87,9 @@ impl Engine {
                 writers: Default::default(),
                 ..self.clone()
             };
-            if self.db.is_postgres() {
-                tokio::spawn(engine.write_loop(rx.clone()));
-            } else {
-                engine.write_on_own_thread(rx.clone());
-            }
+            tokio::spawn(engine.write_loop(rx.clone()));
         }
         tx
-    }
-
-    /// SQLite's writer runs on a thread of its own, in a runtime of its own: a group's statements
-    /// are a chain of round trips to the connection's thread, and on the shared runtime each step
-    /// of that chain waited in a worker's queue behind requests being parsed and answered
-    /// (recordUsageBatch carried 14 to 60% more on its own thread, single recordings the same:
-    /// BENCHMARKS.md, fifth pass). Postgres's writers stay on the shared runtime (not measured
-    /// there: its bound is the database's own CPU). Should the thread or its runtime fail to
-    /// start, the writer runs on the shared runtime. The thread ends with the queue.
-    fn write_on_own_thread(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        let (runtime, loop_rx) = match runtime {
-            Ok(runtime) => (runtime, rx.clone()),
-            Err(e) => {
-                tracing::warn!(error = %e, "the writer's runtime did not start; it shares the server's");
-                tokio::spawn(self.write_loop(rx));
-                return;
-            }
-        };
-        let engine = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tollgate-writer".into())
-            .spawn(move || runtime.block_on(engine.write_loop(loop_rx)));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "the writer's thread did not start; it shares the server's runtime");
-            tokio::spawn(self.write_loop(rx));
-        }
     }
 
     async fn write_loop(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
