@@ -436,11 +436,10 @@ mod tests {
         .await
         .expect("indexes");
         let sql_of = |name: &str| {
-            indexes.iter().find_map(|r| {
-                (r.try_get::<String>("", "name").ok()? == name)
-                    .then(|| r.try_get::<String>("", "sql").ok())
-                    .flatten()
-            })
+            indexes
+                .iter()
+                .find(|r| r.try_get::<String>("", "name").is_ok_and(|n| n == name))
+                .map(|r| r.try_get::<String>("", "sql").expect("sql"))
         };
         assert_eq!(sql_of("idx_usage_events_recorded"), None);
         let reference = sql_of("idx_usage_events_reference").expect("the reference index");

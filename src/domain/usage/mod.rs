@@ -164,6 +164,7 @@ pub(crate) fn stored_rule(
     }
 }
 
+/// A plan's limit row as its rule (`stored_rule`).
 pub(crate) fn limit_rule(l: &entity::plan_limit::Model) -> LimitRule {
     stored_rule(l.included, l.enforcement, l.overage_unit_price)
 }
