@@ -20,10 +20,33 @@ mod m20261129_000010_memberships;
 mod m20261130_000011_utilization_index;
 mod m20261130_000012_ledger_indexes;
 mod m20261130_000013_reversal_index;
+mod m20261130_000014_group_scope;
+
+/// The condition of a tenant policy: the transaction set the platform role or the row's organization,
+/// and with `groups` (m20261130_000014 on), or listed the organization in `tollgate.org_ids`. The
+/// comparisons keep the column bare, so the organization_id-first indexes still serve.
+pub(crate) fn tenant_visible(column: &str, groups: bool) -> String {
+    let mut visible = format!(
+        "current_setting('tollgate.platform', true) = 'on' \
+         OR {column} = NULLIF(current_setting('tollgate.org_id', true), '')::uuid"
+    );
+    if groups {
+        // A substring test, not a parsed array: the condition is evaluated for every row a
+        // statement reads or writes, and parsing the list each time cost a statement over n
+        // organizations O(n) for each row. The list holds ids alone, each 36 characters without a
+        // comma, joined by commas: an id found in it is one of its ids.
+        visible.push_str(&format!(
+            " OR strpos(current_setting('tollgate.org_ids', true), {column}::text) > 0"
+        ));
+    }
+    visible
+}
 
 /// Row-level security on a tenant table, as m20261123_000003 set it on the first ones (Postgres;
 /// SQLite has no roles): a row is visible and writable when the transaction set the platform role
-/// or the row's organization, and FORCE applies it to the table's owner too.
+/// or the row's organization, and FORCE applies it to the table's owner too. m20261130_000014 then
+/// widened every such policy to the group writer's list (`tenant_visible(column, true)`): a tenant
+/// table created after it must do the same.
 pub(crate) async fn tenant_rls(
     manager: &SchemaManager<'_>,
     table: &str,
@@ -33,10 +56,7 @@ pub(crate) async fn tenant_rls(
     if manager.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
-    let visible = format!(
-        "current_setting('tollgate.platform', true) = 'on' \
-         OR {column} = NULLIF(current_setting('tollgate.org_id', true), '')::uuid"
-    );
+    let visible = tenant_visible(column, false);
     manager
         .get_connection()
         .execute_unprepared(&format!(
@@ -70,6 +90,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000011_utilization_index::Migration),
             Box::new(m20261130_000012_ledger_indexes::Migration),
             Box::new(m20261130_000013_reversal_index::Migration),
+            Box::new(m20261130_000014_group_scope::Migration),
         ]
     }
 }

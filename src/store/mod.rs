@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod connect;
 pub mod db;
+pub mod group;
 pub mod ledger;
 pub mod memberships;
 pub mod orgs;
@@ -329,13 +330,26 @@ pub fn placeholders(start: usize, n: usize) -> String {
 /// Queues a notification on a Postgres channel; it is delivered when (and only if) the transaction
 /// commits.
 pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<(), DbErr> {
-    query_one(
-        db,
-        "SELECT pg_notify($1, $2)",
-        vec![channel.into(), payload.into()],
-    )
-    .await
-    .map(|_| ())
+    notify_all(db, channel, &[payload]).await
+}
+
+/// Queues several notifications on one channel, in one statement (`notify`).
+pub async fn notify_all<C: ConnectionTrait>(
+    db: &C,
+    channel: &str,
+    payloads: &[&str],
+) -> Result<(), DbErr> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    let calls: Vec<String> = (0..payloads.len())
+        .map(|i| format!("pg_notify($1, ${})", i + 2))
+        .collect();
+    let mut values: Vec<Value> = vec![channel.into()];
+    values.extend(payloads.iter().map(|p| Value::from(*p)));
+    query_one(db, &format!("SELECT {}", calls.join(", ")), values)
+        .await
+        .map(|_| ())
 }
 
 pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {

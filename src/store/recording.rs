@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use entity::enums::{AlertKind, Enforcement};
 use entity::{organization, usage_alert, usage_event};
-use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, FromQueryResult, Value};
+use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, FromQueryResult, QueryResult, Value};
 use uuid::Uuid;
 
 use super::{execute, query_all, query_one};
@@ -55,11 +55,12 @@ pub async fn enter<C: ConnectionTrait>(
         Scope::Platform => (String::new(), "on"),
         Scope::Tenant(o) => (o.0.to_string(), "off"),
     };
-    // The target list is evaluated left to right: the scope is set before the lock is taken.
+    // The target list is evaluated left to right: the scope is set before the lock is taken. The
+    // group's list of organizations (`group::enter`) is emptied: this caller sees its own scope.
     execute(
         db,
         "SELECT set_config('tollgate.org_id', $1, true), set_config('tollgate.platform', $2, true), \
-         pg_advisory_xact_lock($3)",
+         set_config('tollgate.org_ids', '', true), pg_advisory_xact_lock($3)",
         vec![org_setting.into(), platform.into(), lock_key(org).into()],
     )
     .await
@@ -117,41 +118,148 @@ pub async fn view<C: ConnectionTrait>(
     if !scope.allows(org) {
         return Ok(None);
     }
+    let ask = ViewAsk {
+        org,
+        period,
+        metric,
+        keys: keys.to_vec(),
+    };
+    Ok(views(db, &[ask]).await?.pop().flatten())
+}
+
+/// What one recording view reads: an organization's metric in a period, and the keys to look up.
+pub struct ViewAsk<'a> {
+    pub org: OrganizationId,
+    pub period: Period,
+    pub metric: &'a str,
+    pub keys: Vec<&'a str>,
+}
+
+/// The views of several recordings (`view`): one answer for each ask, in order, None where the
+/// organization is missing or hidden by the transaction's scope (row-level security; the caller
+/// checked each ask against its caller's scope). One statement; with several asks and keys, a second
+/// looks up each ask's keys in its own organization (in the first, every key would be looked up in
+/// every organization).
+pub async fn views<C: ConnectionTrait>(
+    db: &C,
+    asks: &[ViewAsk<'_>],
+) -> Result<Vec<Option<RecordingView>>, DbErr> {
+    if asks.is_empty() {
+        return Ok(vec![]);
+    }
     let fired = |kind: AlertKind| {
         format!(
-            "EXISTS (SELECT 1 FROM usage_alerts a WHERE a.organization_id = o.id AND a.period_start = $2 \
-             AND a.metric_code = $3 AND a.kind = '{}' AND a.alert_epoch = COALESCE(u.alert_epoch, 0)) AS fired_{}",
+            "EXISTS (SELECT 1 FROM usage_alerts a WHERE a.organization_id = o.id AND a.period_start = q.column2 \
+             AND a.metric_code = q.column3 AND a.kind = '{}' AND a.alert_epoch = COALESCE(u.alert_epoch, 0)) AS fired_{}",
             kind.to_value(),
             kind.to_value().to_lowercase()
         )
     };
+    let mut values: Vec<Value> = Vec::with_capacity(asks.len() * 4);
+    let mut rows = Vec::with_capacity(asks.len());
+    for (n, ask) in asks.iter().enumerate() {
+        rows.push(format!("({})", super::placeholders(values.len() + 1, 4)));
+        values.extend([
+            ask.org.0.into(),
+            ask.period.start.into(),
+            ask.metric.into(),
+            (n as i64).into(),
+        ]);
+    }
+    let keys: Vec<&str> = match asks {
+        [one] => one.keys.clone(),
+        _ => Vec::new(),
+    };
+    let keys_sql = if keys.is_empty() {
+        "NULL".to_owned()
+    } else {
+        super::placeholders(values.len() + 1, keys.len())
+    };
+    values.extend(keys.iter().map(|k| Value::from(*k)));
+    // CROSS JOIN keeps SQLite's planner on the asks first (a lookup by key in each table); Postgres
+    // plans it as the inner join it is.
     let sql = format!(
-        "SELECT o.*, \
+        "SELECT q.column4 AS q_n, o.*, \
            u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
            u.peak_utilization_pct AS u_peak, x.utilization_pct AS x_util, x.exceeded AS x_exceeded, \
            c.used AS c_used, c.credits AS c_credits, e.idempotency_key AS e_key, \
            {}, {}, {}, \
            l.metric_code AS l_metric, l.included AS l_included, l.enforcement AS l_enforcement, \
            l.overage_unit_price AS l_price \
-         FROM organizations o \
-         LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = $2 \
-         LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = $2 AND c.metric_code = $3 \
-         LEFT JOIN usage_utilization x ON x.organization_id = o.id AND x.period_start = $2 AND x.metric_code = $3 \
+         FROM (VALUES {}) AS q CROSS JOIN organizations o \
+         LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = q.column2 \
+         LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = q.column2 AND c.metric_code = q.column3 \
+         LEFT JOIN usage_utilization x ON x.organization_id = o.id AND x.period_start = q.column2 AND x.metric_code = q.column3 \
          LEFT JOIN plan_limits l ON l.plan_id = o.plan_id \
-         LEFT JOIN usage_events e ON e.organization_id = o.id AND e.idempotency_key IN ({}) \
-         WHERE o.id = $1",
+         LEFT JOIN usage_events e ON e.organization_id = o.id AND e.idempotency_key IN ({keys_sql}) \
+         WHERE o.id = q.column1",
         fired(AlertKind::NearLimit),
         fired(AlertKind::LimitExceeded),
         fired(AlertKind::OverageStarted),
-        if keys.is_empty() {
-            "NULL".to_owned()
-        } else {
-            super::placeholders(4, keys.len())
-        },
+        rows.join(", "),
     );
-    let mut values: Vec<Value> = vec![org.0.into(), period.start.into(), metric.into()];
-    values.extend(keys.iter().map(|k| Value::from(*k)));
-    let rows = query_all(db, &sql, values).await?;
+    let found = query_all(db, &sql, values).await?;
+    let mut by_ask: Vec<Vec<&QueryResult>> = vec![Vec::new(); asks.len()];
+    for row in &found {
+        let n = row.try_get::<i64>("", "q_n")?;
+        if let Some(rows) = usize::try_from(n).ok().and_then(|n| by_ask.get_mut(n)) {
+            rows.push(row);
+        }
+    }
+    let mut views = by_ask
+        .iter()
+        .zip(asks)
+        .map(|(rows, ask)| view_of(rows, &ask.keys))
+        .collect::<Result<Vec<_>, _>>()?;
+    if asks.len() > 1 {
+        for (n, key) in taken_keys(db, asks).await? {
+            if let Some(Some(view)) = views.get_mut(n)
+                && !view.taken.contains(&key)
+            {
+                view.taken.push(key);
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// Which asks' keys are taken in their organizations: (ask, key), one statement (none without keys).
+async fn taken_keys<C: ConnectionTrait>(
+    db: &C,
+    asks: &[ViewAsk<'_>],
+) -> Result<Vec<(usize, String)>, DbErr> {
+    let mut values: Vec<Value> = Vec::new();
+    let mut rows = Vec::new();
+    for (n, ask) in asks.iter().enumerate() {
+        for key in &ask.keys {
+            rows.push(format!("({})", super::placeholders(values.len() + 1, 3)));
+            values.extend([(n as i64).into(), ask.org.0.into(), (*key).into()]);
+        }
+    }
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    // As in `views`: CROSS JOIN keeps SQLite on the asks first, each a lookup in the key's index.
+    let sql = format!(
+        "SELECT k.column1 AS n, e.idempotency_key AS e_key FROM (VALUES {}) AS k CROSS JOIN usage_events e \
+         WHERE e.organization_id = k.column2 AND e.idempotency_key = k.column3",
+        rows.join(", ")
+    );
+    query_all(db, &sql, values)
+        .await?
+        .iter()
+        .map(|row| {
+            let n = row.try_get::<i64>("", "n")?;
+            Ok((
+                usize::try_from(n).unwrap_or(usize::MAX),
+                row.try_get("", "e_key")?,
+            ))
+        })
+        .collect()
+}
+
+/// One ask's rows of `views`, as its view (None without rows: no such organization in scope).
+fn view_of(rows: &[&QueryResult], keys: &[&str]) -> Result<Option<RecordingView>, DbErr> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -174,8 +282,10 @@ pub async fn view<C: ConnectionTrait>(
         None => None,
     };
     let mut taken = Vec::new();
-    for row in &rows {
+    for row in rows {
+        // The statement looked up every ask's keys: this ask's alone count.
         if let Some(key) = row.try_get::<Option<String>>("", "e_key")?
+            && keys.contains(&key.as_str())
             && !taken.contains(&key)
         {
             taken.push(key);
@@ -193,7 +303,7 @@ pub async fn view<C: ConnectionTrait>(
         }
     }
     let mut limits = HashMap::new();
-    for row in &rows {
+    for row in rows {
         let Some(code) = row.try_get::<Option<String>>("", "l_metric")? else {
             continue;
         };

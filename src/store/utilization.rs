@@ -85,17 +85,7 @@ pub async fn write_period_state<C: ConnectionTrait>(
             values.push(m.utilization_pct.into());
             values.push(m.exceeded.into());
         }
-        execute(
-            db,
-            &format!(
-                "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
-                 VALUES {} ON CONFLICT (organization_id, period_start, metric_code) \
-                 DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded",
-                rows.join(", ")
-            ),
-            values,
-        )
-        .await?;
+        execute(db, &upsert_index(&rows), values).await?;
     }
     execute(
         db,
@@ -559,4 +549,15 @@ pub async fn count<C: ConnectionTrait>(
         .transpose()?
         .unwrap_or(0)
         .max(0) as u64)
+}
+
+/// The upsert of rows of the utilization index, `(organization_id, period_start, metric_code,
+/// utilization_pct, exceeded)` each.
+pub(super) fn upsert_index(rows: &[String]) -> String {
+    format!(
+        "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
+         VALUES {} ON CONFLICT (organization_id, period_start, metric_code) \
+         DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded",
+        rows.join(", ")
+    )
 }

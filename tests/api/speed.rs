@@ -155,6 +155,81 @@ both_engines!(
     super::a_recording_costs_a_pinned_number_of_statements
 );
 
+/// On Postgres a group's recordings of many organizations go in waves of multi-row statements: the
+/// locks with the group's scope, one read of every view, one of every key, the counters, the ledger,
+/// the index rows, the peaks and the usage changes' NOTIFY. So a batch over 3 organizations and one
+/// over 12 cost the same. On SQLite each organization's run goes with its own two statements. On
+/// both, every count is exact and a replay is answered from its own organization's ledger.
+async fn a_wave_costs_constant_statements(app: TestApp) {
+    let platform = app.platform_token();
+    let mut orgs = Vec::new();
+    for i in 0..12 {
+        let org = app.create_org(&format!("wave-{i}"), "growth").await;
+        // The period's first recording writes its period row whole: later ones are steady.
+        let item = json!({ "i": { "organizationId": org, "metric": "bookings", "quantity": "1" } });
+        app.ok(&platform, RECORD, item).await;
+        orgs.push(org);
+    }
+    app.until_team_read().await;
+    let batch = "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted duplicate usage { used } } }";
+    let mut costs = Vec::new();
+    for (round, n) in [3usize, 12].into_iter().enumerate() {
+        let items: Vec<_> = orgs[..n]
+            .iter()
+            .map(|org| json!({ "organizationId": org, "metric": "bookings", "quantity": "2", "idempotencyKey": format!("w-{round}") }))
+            .collect();
+        let (cost, body) = cost(&app, &platform, batch, json!({ "i": items })).await;
+        let answers = body["data"]["recordUsageBatch"].as_array().unwrap();
+        assert_eq!(answers.len(), n, "{body}");
+        for a in answers {
+            assert_eq!(a["accepted"], true, "{body}");
+            assert_eq!(a["duplicate"], false, "{body}");
+            // 1, then 2 in the first round; 1, 2 (first round or not) then 2 more.
+            let used = a["usage"]["used"].as_str().unwrap();
+            assert!(used == "3" || used == "5", "{body}");
+        }
+        costs.push(cost);
+    }
+    if app.state.engine.db.is_postgres() {
+        assert_eq!(
+            costs[0], costs[1],
+            "statements for 3 and 12 organizations: {costs:?}"
+        );
+        assert!(costs[1] <= 8, "a wave cost {} statements", costs[1]);
+    } else {
+        assert_eq!(
+            costs,
+            vec![3 * 2, 12 * 2],
+            "statements for 3 and 12 organizations"
+        );
+    }
+    // The same keys again: replays, each answered from its own organization's ledger.
+    let items: Vec<_> = orgs
+        .iter()
+        .map(|org| json!({ "organizationId": org, "metric": "bookings", "quantity": "2", "idempotencyKey": "w-1" }))
+        .collect();
+    let body = app.gql(&platform, batch, json!({ "i": items })).await;
+    let answers = body["data"]["recordUsageBatch"].as_array().unwrap();
+    assert!(answers.iter().all(|a| a["duplicate"] == true), "{body}");
+    for org in &orgs {
+        let data = app
+            .ok(
+                &platform,
+                "query($id: ID!) { organization(id: $id) { usage { metrics { metric { code } used } } } }",
+                json!({ "id": org }),
+            )
+            .await;
+        let metrics = data["organization"]["usage"]["metrics"].as_array().unwrap();
+        let bookings = metrics
+            .iter()
+            .find(|m| m["metric"]["code"] == "bookings")
+            .unwrap();
+        let expected = if orgs[..3].contains(org) { "5" } else { "3" };
+        assert_eq!(bookings["used"], expected, "{data}");
+    }
+}
+both_engines!(wave_statements, super::a_wave_costs_constant_statements);
+
 /// A round of usageUpdated reads the organization's summary in one statement (on Postgres, after
 /// the one that sets the caller's scope), and its result is what the query answers.
 async fn a_usage_update_reads_one_statement(app: TestApp) {

@@ -1,12 +1,27 @@
-//! A run of a batch: its recordings of one COUNTER of one organization in one period, applied in
-//! multi-row statements. Under the organization's lock, one read answers for the whole run; each
-//! recording is then decided in order in memory (its replay, its HARD refusal, its alerts), exactly as
-//! one recording after another would be; then one counter upsert adds the accepted total (its HARD
-//! cap checked again in the statement), one insert appends the run's events, the flags are written
-//! once if they changed, and the new alerts go in one insert.
+//! A run of a batch: its recordings of one metric of one organization in one period. Under the
+//! organization's lock, one read answers for the whole run, and `plan_run` decides each recording in
+//! order in memory (its replay, its HARD refusal, its alerts), exactly as one recording after another
+//! would be. `record_run` then writes a COUNTER's run alone: one counter upsert adds the accepted
+//! total (its HARD cap checked again in the statement), one insert appends the run's events, the
+//! flags are written once if they changed, and the new alerts go in one insert. A group writes the
+//! runs of several organizations together (`wave`).
 
 use super::recording::{hard_cap, usage_event};
 use super::*;
+
+/// A run decided under its organization's lock, before anything of it is written.
+pub(super) struct RunPlan {
+    /// Each recording's answer, in the run's order (the alerts are those not fired yet; the caller
+    /// keeps those its insert wrote).
+    pub outcomes: Vec<RecordOutcome>,
+    /// The ledger events of the accepted recordings.
+    pub events: Vec<usage_event::Model>,
+    /// The counter's `used` once they are applied (as read when none is).
+    pub used: i64,
+    pub credits: i64,
+    /// The metric's state once they are applied.
+    pub last: MetricUsage,
+}
 
 impl Engine {
     pub(super) async fn record_run(
@@ -35,9 +50,103 @@ impl Engine {
             .locked_view(txn, scope, org, period, metric, &keys, in_group)
             .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
+        let RunPlan {
+            mut outcomes,
+            events,
+            used,
+            credits,
+            last,
+        } = self.plan_run(txn, viewer, run, &view, &rules, rule).await?;
+        if events.is_empty() {
+            return Ok(outcomes);
+        }
+        let overflow = || {
+            AppError::from(sea_orm::DbErr::Custom(
+                store::ledger::COUNTER_OVERFLOW.to_owned(),
+            ))
+        };
+        let total = used
+            .checked_sub(view.counter.map_or(0, |c| c.0))
+            .ok_or_else(overflow)?;
+        let announce = in_group && self.db.is_postgres();
+        let notify = announce.then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org)));
+        let Some(stored) = store::recording::add_to_counter(
+            txn,
+            scope,
+            org,
+            period,
+            metric,
+            total,
+            hard_cap(&rule),
+            notify,
+        )
+        .await?
+        else {
+            return Err(AppError::internal(anyhow::anyhow!(
+                "the counter refused what its lock's view allowed"
+            )));
+        };
+        if stored != (used, credits) {
+            return Err(AppError::internal(anyhow::anyhow!(
+                "the counter moved under its lock"
+            )));
+        }
+        if store::recording::insert_events(txn, scope, &events).await? != events.len() as u64 {
+            // Taken by a writer outside the lock: the caller undoes the transaction.
+            return Err(AppError::conflict(
+                "an idempotency key was used concurrently; retry",
+            ));
+        }
+        let change = Self::index_change(&view, &last);
+        self.write_flags_after(
+            txn,
+            scope,
+            org,
+            period,
+            &view,
+            &rules,
+            &last,
+            change.as_ref(),
+            false,
+        )
+        .await?;
+        let alerts: Vec<usage_alert::Model> = outcomes
+            .iter()
+            .flat_map(|o| o.alerts.iter().cloned())
+            .collect();
+        let inserted = self
+            .insert_new_alerts(txn, scope, org, alerts, announce)
+            .await?;
+        keep_inserted(&mut outcomes, &inserted);
+        Ok(outcomes)
+    }
+
+    /// Decides a run's recordings in order from its view (read under the organization's lock),
+    /// writing nothing: a key of an earlier recording of the run or of the ledger is a replay (or the
+    /// client's mistake, an error), a HARD limit refuses what would pass it, and an accepted recording
+    /// moves the metric (a COUNTER adds, a GAUGE reading replaces) and raises the alerts that did not
+    /// fire yet in the period's epoch. A replay or refusal may read (the first event, an earlier
+    /// state).
+    pub(super) async fn plan_run(
+        &self,
+        txn: &DatabaseTransaction,
+        viewer: &Viewer,
+        run: &[&ParsedRecord],
+        view: &store::recording::RecordingView,
+        rules: &HashMap<String, LimitRule>,
+        rule: LimitRule,
+    ) -> AppResult<RunPlan> {
+        let [first, ..] = run else {
+            return Err(AppError::internal(anyhow::anyhow!("an empty run")));
+        };
+        let scope = viewer.scope();
+        let org = first.org;
+        let period = Period::of_instant(first.occurred_at);
+        let metric = first.metric.as_str();
         let hard_cap = hard_cap(&rule);
         let epoch = view.period.as_ref().map_or(0, |p| p.epoch);
-        let (mut used, credits) = view.counter.unwrap_or((0, 0));
+        let mut counter = view.counter;
+        let (mut used, credits) = counter.unwrap_or((0, 0));
         let state = |used: i64| MetricState {
             used: Amount::from_scaled(used),
             credits: Amount::from_scaled(credits),
@@ -46,13 +155,10 @@ impl Engine {
         let mut fired = view.fired.clone();
         let mut events: Vec<usage_event::Model> = Vec::new();
         let mut outcomes: Vec<RecordOutcome> = Vec::with_capacity(run.len());
-        let mut total: i64 = 0;
         let now = Utc::now();
         for p in run {
             let amount = p.quantity.scaled();
             if let Some(key) = p.key.as_deref() {
-                // A key of an earlier recording of this run, or of the ledger: a replay, or the
-                // client's mistake.
                 let earlier = match events
                     .iter()
                     .find(|e| e.idempotency_key.as_deref() == Some(key))
@@ -68,10 +174,12 @@ impl Engine {
                     None => None,
                 };
                 if let Some(e) = earlier {
+                    // A replay adds nothing; the same key for another recording is the client's
+                    // mistake, and answering `duplicate` would silently lose that recording.
                     if e.metric_code != metric || e.quantity != amount {
                         return Err(super::recording::reused_key(key, &e));
                     }
-                    let outcome = if e.period_start == period.start {
+                    let outcome = if e.period_start == period.start && counter.is_some() {
                         RecordOutcome {
                             accepted: true,
                             duplicate: true,
@@ -90,21 +198,18 @@ impl Engine {
                     continue;
                 }
             }
-            let Some(next) = used.checked_add(amount) else {
-                return Err(
-                    sea_orm::DbErr::Custom(store::ledger::COUNTER_OVERFLOW.to_owned()).into(),
-                );
-            };
-            if hard_cap.is_some_and(|cap| next - credits > cap) {
-                let usage = MetricUsage {
-                    metric: metric.to_owned(),
-                    state: state(used),
-                };
-                outcomes.push(super::recording::refusal(p, usage));
+            let next = super::recording::next_used(p, used)?;
+            if hard_cap.is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap))
+            {
+                // Nothing of this recording is written, and its key stays unused.
+                let refused = self
+                    .refused(txn, scope, period, p, rules, rule, counter)
+                    .await?;
+                outcomes.push(refused);
                 continue;
             }
             used = next;
-            total += amount;
+            counter = Some((used, credits));
             let event = usage_event(viewer, p, period, now);
             events.push(event.clone());
             let usage = MetricUsage {
@@ -127,58 +232,22 @@ impl Engine {
                 rejection_reason: None,
             });
         }
-        if events.is_empty() {
-            return Ok(outcomes);
-        }
-        let announce = in_group && self.db.is_postgres();
-        let notify = announce.then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org)));
-        let Some((stored, stored_credits)) = store::recording::add_to_counter(
-            txn, scope, org, period, metric, total, hard_cap, notify,
-        )
-        .await?
-        else {
-            return Err(AppError::internal(anyhow::anyhow!(
-                "the counter refused what its lock's view allowed"
-            )));
-        };
-        if (stored, stored_credits) != (used, credits) {
-            return Err(AppError::internal(anyhow::anyhow!(
-                "the counter moved under its lock"
-            )));
-        }
-        if store::recording::insert_events(txn, scope, &events).await? != events.len() as u64 {
-            // Taken by a writer outside the lock: the caller undoes the transaction.
-            return Err(AppError::conflict(
-                "an idempotency key was used concurrently; retry",
-            ));
-        }
-        let last = MetricUsage {
-            metric: metric.to_owned(),
-            state: state(used),
-        };
-        let change = Self::index_change(&view, &last);
-        self.write_flags_after(
-            txn,
-            scope,
-            org,
-            period,
-            &view,
-            &rules,
-            &last,
-            change.as_ref(),
-            false,
-        )
-        .await?;
-        let alerts: Vec<usage_alert::Model> = outcomes
-            .iter()
-            .flat_map(|o| o.alerts.iter().cloned())
-            .collect();
-        let inserted = self
-            .insert_new_alerts(txn, scope, org, alerts, announce)
-            .await?;
-        for o in &mut outcomes {
-            o.alerts.retain(|a| inserted.iter().any(|i| i.id == a.id));
-        }
-        Ok(outcomes)
+        Ok(RunPlan {
+            outcomes,
+            events,
+            used,
+            credits,
+            last: MetricUsage {
+                metric: metric.to_owned(),
+                state: state(used),
+            },
+        })
+    }
+}
+
+/// Keeps in each answer the alerts that the insert wrote (one fired concurrently is not new).
+pub(super) fn keep_inserted(outcomes: &mut [RecordOutcome], inserted: &[usage_alert::Model]) {
+    for o in outcomes {
+        o.alerts.retain(|a| inserted.iter().any(|i| i.id == a.id));
     }
 }

@@ -114,6 +114,20 @@ impl Engine {
         )
     }
 
+    /// Whether the period row of a view was written whole (created, materialized or re-evaluated
+    /// under this plan): its peak is set (or the plan limits nothing) and the metric under `rule`
+    /// has its index row when limited. Then a recording changes only the recorded metric's part.
+    pub(super) fn period_row_whole(
+        view: &store::recording::RecordingView,
+        rule: &LimitRule,
+    ) -> bool {
+        let limits_nothing = view.limits.values().all(|l| l.included.is_none());
+        let limited = rule.included.is_some();
+        view.period.as_ref().is_some_and(|row| {
+            (row.peak.is_some() || limits_nothing) && (!limited || view.indexed.is_some())
+        })
+    }
+
     /// What a recording that moved one metric to `usage` changes in the period row (flags, peak) and
     /// the metric's index row; None when the period row's state was not written whole yet (then the
     /// whole state is written: `write_flags_after`). Decided from the read under the lock.
@@ -122,14 +136,10 @@ impl Engine {
         usage: &MetricUsage,
     ) -> Option<store::recording::IndexChange> {
         use store::recording::Peak;
-        let limits_nothing = view.limits.values().all(|l| l.included.is_none());
-        let limited = usage.state.rule.included.is_some();
-        // Written whole (created, materialized or re-evaluated under this plan) when its peak is set
-        // (or the plan limits nothing) and the metric has its index row: then only the recorded
-        // metric's part can change.
-        let row = view.period.as_ref().filter(|row| {
-            (row.peak.is_some() || limits_nothing) && (!limited || view.indexed.is_some())
-        })?;
+        if !Self::period_row_whole(view, &usage.state.rule) {
+            return None;
+        }
+        let row = view.period.as_ref()?;
         let mut details = row.details.as_object().cloned().unwrap_or_default();
         let before = details.get(&usage.metric).cloned();
         let entry = exceeded_details([(usage.metric.as_str(), &usage.state)]);

@@ -4,19 +4,30 @@
 //! (`store::recording::lock_key`, so two writers never deadlock), commits once, then invalidates the
 //! caches, publishes, and answers each job.
 //!
+//! The group's recordings fall into runs (a job's recordings of one metric of one organization in
+//! one period). A group of one run, and every group on SQLite, applies its runs one by one with their
+//! own statements (`record_run`: the fewest for a single recording). On Postgres a group of several
+//! takes every organization's lock at once, in the global order, with the group's scope
+//! (`store::group::enter`), then applies its runs in waves
+//! (`wave`): the k-th run of each organization goes in the k-th wave, so a run reads what the runs
+//! before it wrote, and a wave's runs, all of distinct organizations, share its multi-row
+//! statements (a few for the whole wave, where each run alone costs three or more).
+//!
 //! A job is atomic, and one job never touches another: a HARD refusal or a replay writes nothing (it
 //! is decided under the organization's lock before any write), and a job that fails (an unknown
 //! organization, a key reused for another recording) is answered with its error while the rest of
 //! the group is rolled back and applied again without it. A recording is answered only after its
 //! commit, so an acknowledged recording survives kill -9.
 //!
-//! SQLite has one writer (writes are serialized by the engine anyway); Postgres one for every two
-//! connections of the pool, each with its own group, so that one group's statements overlap
-//! another's (on 2 vCPUs, 8 writers carried about 1.7 times what 1 did: BENCHMARKS.md).
+//! SQLite has one writer (writes are serialized by the engine anyway); Postgres one for each CPU
+//! (at most one for every two connections of the pool), each with its own group, so that one
+//! group's statements overlap another's. With waves, fewer writers make larger groups: on 2 vCPUs
+//! 2 writers carried more than 8 did (BENCHMARKS.md, sixth pass).
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::recording::count_recording;
+use super::wave::{WaveDone, WaveRun};
 use super::*;
 use crate::store::db::WriteTxn;
 
@@ -33,7 +44,7 @@ pub(super) struct Job {
     reply: oneshot::Sender<AppResult<Vec<RecordOutcome>>>,
 }
 
-enum GroupError {
+pub(super) enum GroupError {
     /// A job failed: it alone is answered with the error; the group was rolled back.
     Job(usize, AppError),
     /// The group could not run or commit: every job is answered with the error.
@@ -165,6 +176,32 @@ impl Engine {
             })
             .collect();
         order.sort();
+        // The runs: each run of one metric in one period also keeps to one organization (two
+        // could share a lock key).
+        let mut runs: Vec<WaveRun> = Vec::new();
+        let mut places: Vec<Vec<usize>> = Vec::new();
+        for &(_, j, period, metric, i) in &order {
+            let item = &jobs[j].items[i];
+            let same = runs.last().is_some_and(|run: &WaveRun| {
+                let p = run.items[0];
+                run.job == j
+                    && p.org == item.org
+                    && Period::of_instant(p.occurred_at) == period
+                    && p.metric.as_str() == metric
+            });
+            if !same {
+                runs.push(WaveRun {
+                    job: j,
+                    viewer: &jobs[j].viewer,
+                    items: Vec::new(),
+                });
+                places.push(Vec::new());
+            }
+            if let (Some(run), Some(place)) = (runs.last_mut(), places.last_mut()) {
+                run.items.push(item);
+                place.push(i);
+            }
+        }
         let txn: WriteTxn = self
             .db
             .begin_group()
@@ -174,36 +211,69 @@ impl Engine {
             .iter()
             .map(|j| j.items.iter().map(|_| None).collect())
             .collect();
-        let mut rest = order.as_slice();
-        while let Some(&(key, j, period, metric, _)) = rest.first() {
-            let len = rest
-                .iter()
-                .take_while(|(k, jj, p, m, _)| (*k, *jj, *p, *m) == (key, j, period, metric))
-                .count();
-            let (run, next) = rest.split_at(len);
-            rest = next;
-            // A run also keeps to one organization (two could share a lock key).
-            let mut start = 0;
-            while start < run.len() {
-                let org = jobs[j].items[run[start].4].org;
-                let end = start
-                    + run[start..]
-                        .iter()
-                        .take_while(|r| jobs[j].items[r.4].org == org)
-                        .count();
-                let items: Vec<&ParsedRecord> = run[start..end]
-                    .iter()
-                    .map(|r| &jobs[j].items[r.4])
-                    .collect();
-                // `Err` drops the transaction: nothing of the group is kept.
+        // Each run's answers, by run.
+        let mut answers: Vec<Option<Vec<RecordOutcome>>> = runs.iter().map(|_| None).collect();
+        let in_waves = runs.len() > 1 && self.db.is_postgres();
+        if !in_waves {
+            // Run by run, each with its own statements: the fewest for a single recording, and on
+            // SQLite, where a statement is a hop to the connection's thread rather than a round trip
+            // to a server, waves did not pay (BENCHMARKS.md, sixth pass).
+            // `Err` drops the transaction: nothing of the group is kept.
+            for (answer, run) in answers.iter_mut().zip(&runs) {
                 let outcomes = self
-                    .record_run(&txn, &jobs[j].viewer, &items, true)
+                    .record_run(&txn, run.viewer, &run.items, true)
                     .await
-                    .map_err(|e| GroupError::Job(j, e))?;
-                for (r, outcome) in run[start..end].iter().zip(outcomes) {
-                    slots[j][r.4] = Some(outcome);
+                    .map_err(|e| GroupError::Job(run.job, e))?;
+                *answer = Some(outcomes);
+            }
+        } else {
+            // Every organization's lock at once, in the global order, with the group's scope;
+            // then waves: the k-th run of each organization goes in the k-th wave, so a run reads
+            // what the runs before it in the group wrote.
+            let mut orgs: Vec<OrganizationId> = runs.iter().map(|r| r.items[0].org).collect();
+            orgs.sort_unstable_by_key(|o| (store::recording::lock_key(*o), o.0));
+            orgs.dedup();
+            store::group::enter(&txn, &orgs, true)
+                .await
+                .map_err(|e| GroupError::Group(e.into()))?;
+            let mut wave_of = Vec::with_capacity(runs.len());
+            let mut seen: HashMap<OrganizationId, usize> = HashMap::new();
+            for run in &runs {
+                let k = seen.entry(run.items[0].org).or_insert(0);
+                wave_of.push(*k);
+                *k += 1;
+            }
+            let mut rescoped = false;
+            for k in 0..seen.values().max().copied().unwrap_or(0) {
+                let members: Vec<usize> = (0..runs.len()).filter(|&r| wave_of[r] == k).collect();
+                if rescoped {
+                    store::group::enter(&txn, &orgs, false)
+                        .await
+                        .map_err(|e| GroupError::Group(e.into()))?;
                 }
-                start = end;
+                let wave: Vec<&WaveRun> = members.iter().map(|&r| &runs[r]).collect();
+                let done = if let [run] = wave.as_slice() {
+                    // A wave of one run: its own statements (they set its caller's scope).
+                    let outcomes = self
+                        .record_run(&txn, run.viewer, &run.items, true)
+                        .await
+                        .map_err(|e| GroupError::Job(run.job, e))?;
+                    WaveDone {
+                        outcomes: vec![outcomes],
+                        rescoped: true,
+                    }
+                } else {
+                    self.record_wave(&txn, &wave).await?
+                };
+                rescoped = done.rescoped;
+                for (&r, outcomes) in members.iter().zip(done.outcomes) {
+                    answers[r] = Some(outcomes);
+                }
+            }
+        }
+        for ((run, place), outcomes) in runs.iter().zip(&places).zip(answers) {
+            for (&i, outcome) in place.iter().zip(outcomes.unwrap_or_default()) {
+                slots[run.job][i] = Some(outcome);
             }
         }
         let outcomes: Vec<Vec<RecordOutcome>> = slots
@@ -221,6 +291,18 @@ impl Engine {
                     None => changes.push((item.org, outcome.alerts.clone())),
                 }
             }
+        }
+        if in_waves && !changes.is_empty() {
+            // A wave's statements do not announce its usage changes: one statement for the group
+            // (Postgres delivers a payload once per transaction, so a run alone's is not doubled).
+            let payloads: Vec<String> = changes
+                .iter()
+                .map(|(org, _)| crate::alerts::encode_usage(*org))
+                .collect();
+            let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            store::notify_all(&txn, crate::alerts::CHANNEL, &payloads)
+                .await
+                .map_err(|e| GroupError::Group(e.into()))?;
         }
         if changes.is_empty() {
             // Replays and refusals only: nothing to keep, nobody to tell.

@@ -12,6 +12,7 @@ pub mod index;
 mod publish;
 mod reads;
 mod recording;
+mod wave;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ pub struct Engine {
     pub guest_surcharge_pct: Decimal,
     /// The group-commit writers' queue, started on the first recording (`group`).
     writers: Arc<tokio::sync::OnceCell<group::Queue>>,
-    /// How many group-commit writers run on Postgres: one for every two connections of the pool.
+    /// How many group-commit writers run on Postgres: one for each CPU, at most one for every two
+    /// connections of the pool.
     writers_on_postgres: usize,
     /// The latest period whose utilization index is known complete, as days from the common era
     /// (0: none yet); see `index::index_complete`.
@@ -235,7 +237,9 @@ impl Engine {
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
             writers: Default::default(),
-            writers_on_postgres: (settings.db_max_connections as usize / 2).max(1),
+            writers_on_postgres: std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .clamp(1, (settings.db_max_connections as usize / 2).max(1)),
             indexed_period: Default::default(),
         }
     }

@@ -245,7 +245,7 @@ impl Engine {
 
     /// The answer to a recording a HARD limit refused: the metric's state as it stands.
     #[allow(clippy::too_many_arguments)]
-    async fn refused(
+    pub(super) async fn refused(
         &self,
         txn: &DatabaseTransaction,
         scope: Scope,
@@ -387,16 +387,8 @@ pub(super) fn decide<'a>(
     {
         return Ok(Step::Taken(key));
     }
-    let amount = p.quantity.scaled();
     let (used, credits) = view.counter.unwrap_or((0, 0));
-    let next = match p.kind {
-        MetricKind::Counter => used.checked_add(amount).ok_or_else(|| {
-            AppError::from(sea_orm::DbErr::Custom(
-                store::ledger::COUNTER_OVERFLOW.to_owned(),
-            ))
-        })?,
-        MetricKind::Gauge => amount,
-    };
+    let next = next_used(p, used)?;
     if hard_cap(&rule).is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap)) {
         return Ok(Step::Refused);
     }
@@ -410,6 +402,20 @@ pub(super) fn decide<'a>(
     };
     let change = Engine::index_change(view, &usage);
     Ok(Step::Accepted { usage, change })
+}
+
+/// A metric's `used` once a recording applies: a COUNTER adds (BAD_USER_INPUT past BIGINT), a GAUGE
+/// reading replaces.
+pub(super) fn next_used(p: &ParsedRecord, used: i64) -> AppResult<i64> {
+    let amount = p.quantity.scaled();
+    match p.kind {
+        MetricKind::Counter => used.checked_add(amount).ok_or_else(|| {
+            AppError::from(sea_orm::DbErr::Custom(
+                store::ledger::COUNTER_OVERFLOW.to_owned(),
+            ))
+        }),
+        MetricKind::Gauge => Ok(amount),
+    }
 }
 
 /// The error of an idempotency key already used for another recording.

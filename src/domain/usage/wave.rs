@@ -1,0 +1,203 @@
+//! A wave of a group commit (`group`): runs of distinct organizations, applied together. One
+//! statement reads every run's view (`store::recording::views`, under the locks the group took);
+//! each run is decided in memory (`plan_run`), exactly as it would be alone; then the wave's writes go
+//! in multi-row statements: the counters (each only if it still holds what was read), the ledger's
+//! events, the utilization index, the period rows' peaks, and the new alerts. A period row whose
+//! flags change is written on its own (rare: a metric crosses its limit).
+//!
+//! A run whose period row is not written whole yet (its first recording in the period), or a GAUGE
+//! reading in an earlier period (the current period may carry it), goes alone (`record_run`) after the
+//! others: those write more than the wave's statements do.
+
+use super::batch::{RunPlan, keep_inserted};
+use super::group::GroupError;
+use super::*;
+use crate::store::group::CounterWrite;
+use crate::store::recording::{IndexChange, Peak, ViewAsk};
+
+/// A run of a wave: a job's recordings of one metric of one organization in one period.
+pub(super) struct WaveRun<'a> {
+    pub job: usize,
+    pub viewer: &'a Viewer,
+    pub items: Vec<&'a ParsedRecord>,
+}
+
+impl WaveRun<'_> {
+    fn ask(&self) -> AppResult<ViewAsk<'_>> {
+        let first = self
+            .items
+            .first()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("an empty run")))?;
+        Ok(ViewAsk {
+            org: first.org,
+            period: Period::of_instant(first.occurred_at),
+            metric: first.metric.as_str(),
+            keys: self.items.iter().filter_map(|p| p.key.as_deref()).collect(),
+        })
+    }
+}
+
+/// What a wave did: each run's answers, and whether a run that went alone set the transaction's
+/// scope to its caller's (the group's must be set again before its next statement).
+pub(super) struct WaveDone {
+    pub outcomes: Vec<Vec<RecordOutcome>>,
+    pub rescoped: bool,
+}
+
+impl Engine {
+    /// Applies a wave inside the group's transaction, under the locks and scope the group took.
+    pub(super) async fn record_wave(
+        &self,
+        txn: &DatabaseTransaction,
+        runs: &[&WaveRun<'_>],
+    ) -> Result<WaveDone, GroupError> {
+        let group = |e: AppError| GroupError::Group(e);
+        let asks = runs
+            .iter()
+            .map(|r| r.ask())
+            .collect::<AppResult<Vec<_>>>()
+            .map_err(group)?;
+        let views = store::recording::views(txn, &asks)
+            .await
+            .map_err(|e| group(e.into()))?;
+        let current = Period::current();
+        let mut alone = Vec::new();
+        let mut planned: Vec<(usize, store::recording::RecordingView, RunPlan)> = Vec::new();
+        for (i, (run, view)) in runs.iter().zip(views).enumerate() {
+            let job = |e: AppError| GroupError::Job(run.job, e);
+            let ask = &asks[i];
+            // Checked when queued; checked again, as every statement of the store does.
+            let view = view
+                .filter(|_| run.viewer.scope().allows(ask.org))
+                .ok_or_else(|| job(AppError::not_found("organization")))?;
+            let rules = recording::rules_of(&view);
+            let rule = rules
+                .get(ask.metric)
+                .copied()
+                .unwrap_or(LimitRule::UNLIMITED);
+            let gauge_before = run.items[0].kind == MetricKind::Gauge && ask.period < current;
+            if gauge_before || !Self::period_row_whole(&view, &rule) {
+                alone.push(i);
+                continue;
+            }
+            let plan = self
+                .plan_run(txn, run.viewer, &run.items, &view, &rules, rule)
+                .await
+                .map_err(job)?;
+            planned.push((i, view, plan));
+        }
+
+        let mut counters = Vec::new();
+        let mut events: Vec<(usize, usage_event::Model)> = Vec::new();
+        let mut index = Vec::new();
+        let mut peaks = Vec::new();
+        let mut states = Vec::new();
+        let mut alerts = Vec::new();
+        for (i, view, plan) in &planned {
+            if plan.events.is_empty() {
+                continue;
+            }
+            let ask = &asks[*i];
+            counters.push(CounterWrite {
+                org: ask.org,
+                period: ask.period,
+                metric: ask.metric,
+                before: view.counter,
+                used: plan.used,
+            });
+            events.extend(plan.events.iter().map(|e| (runs[*i].job, e.clone())));
+            let change = Self::index_change(view, &plan.last).ok_or_else(|| {
+                group(AppError::internal(anyhow::anyhow!(
+                    "a period row written whole has no change"
+                )))
+            })?;
+            if let Some((utilization, exceeded)) = change.index {
+                index.push((ask.org, ask.period, ask.metric, utilization, exceeded));
+            }
+            match (&change.flags, change.peak) {
+                (None, Peak::Keep) => {}
+                (None, Peak::Set(peak)) => peaks.push((ask.org, ask.period, peak)),
+                // The flags, or the highest of the index rows once the wave's are written.
+                (flags, peak) => states.push((
+                    ask,
+                    IndexChange {
+                        index: None,
+                        flags: flags.clone(),
+                        peak,
+                    },
+                )),
+            }
+            alerts.extend(plan.outcomes.iter().flat_map(|o| o.alerts.iter().cloned()));
+        }
+        let db = |e: sea_orm::DbErr| group(e.into());
+        if !store::group::write_counters(txn, &counters)
+            .await
+            .map_err(db)?
+        {
+            return Err(group(AppError::internal(anyhow::anyhow!(
+                "a counter moved under its lock"
+            ))));
+        }
+        let models: Vec<usage_event::Model> = events.iter().map(|(_, e)| e.clone()).collect();
+        let inserted = store::recording::insert_events(txn, Scope::Platform, &models)
+            .await
+            .map_err(db)?;
+        if inserted != models.len() as u64 {
+            // A key taken by a writer outside the lock: the job of the first event missing fails,
+            // and the group runs again without it.
+            let kept = store::group::events_present(txn, &models)
+                .await
+                .map_err(db)?;
+            let job = events
+                .iter()
+                .find(|(_, e)| !kept.contains(&e.id))
+                .map_or(runs[0].job, |(job, _)| *job);
+            return Err(GroupError::Job(
+                job,
+                AppError::conflict("an idempotency key was used concurrently; retry"),
+            ));
+        }
+        store::group::write_index(txn, &index).await.map_err(db)?;
+        store::group::write_peaks(txn, &peaks).await.map_err(db)?;
+        for (ask, change) in &states {
+            store::recording::write_metric_state(
+                txn,
+                Scope::Platform,
+                ask.org,
+                ask.period,
+                ask.metric,
+                change,
+            )
+            .await
+            .map_err(db)?;
+        }
+        let channel = self.db.is_postgres().then_some(crate::alerts::CHANNEL);
+        let inserted =
+            store::recording::insert_alerts(txn, Scope::Platform, alerts, channel, |a| {
+                crate::alerts::encode_alert(OrganizationId(a.organization_id), a)
+            })
+            .await
+            .map_err(db)?;
+
+        let mut outcomes: Vec<Option<Vec<RecordOutcome>>> = runs.iter().map(|_| None).collect();
+        for (i, _, mut plan) in planned {
+            keep_inserted(&mut plan.outcomes, &inserted);
+            outcomes[i] = Some(plan.outcomes);
+        }
+        for &i in &alone {
+            let run = &runs[i];
+            let done = self
+                .record_run(txn, run.viewer, &run.items, true)
+                .await
+                .map_err(|e| GroupError::Job(run.job, e))?;
+            outcomes[i] = Some(done);
+        }
+        Ok(WaveDone {
+            outcomes: outcomes
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
+            rescoped: !alone.is_empty(),
+        })
+    }
+}
