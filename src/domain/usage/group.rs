@@ -27,7 +27,7 @@
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::recording::count_recording;
-use super::wave::{WaveDone, WaveRun};
+use super::wave::WaveRun;
 use super::*;
 use crate::store::db::WriteTxn;
 
@@ -179,7 +179,6 @@ impl Engine {
         // The runs: each run of one metric in one period also keeps to one organization (two
         // could share a lock key).
         let mut runs: Vec<WaveRun> = Vec::new();
-        let mut places: Vec<Vec<usize>> = Vec::new();
         for &(_, j, period, metric, i) in &order {
             let item = &jobs[j].items[i];
             let same = runs.last().is_some_and(|run: &WaveRun| {
@@ -189,17 +188,17 @@ impl Engine {
                     && Period::of_instant(p.occurred_at) == period
                     && p.metric.as_str() == metric
             });
-            if !same {
-                runs.push(WaveRun {
+            match runs.last_mut() {
+                Some(run) if same => {
+                    run.items.push(item);
+                    run.places.push(i);
+                }
+                _ => runs.push(WaveRun {
                     job: j,
                     viewer: &jobs[j].viewer,
-                    items: Vec::new(),
-                });
-                places.push(Vec::new());
-            }
-            if let (Some(run), Some(place)) = (runs.last_mut(), places.last_mut()) {
-                run.items.push(item);
-                place.push(i);
+                    items: vec![item],
+                    places: vec![i],
+                }),
             }
         }
         let txn: WriteTxn = self
@@ -211,20 +210,23 @@ impl Engine {
             .iter()
             .map(|j| j.items.iter().map(|_| None).collect())
             .collect();
-        // Each run's answers, by run.
-        let mut answers: Vec<Option<Vec<RecordOutcome>>> = runs.iter().map(|_| None).collect();
+        let mut fill = |run: &WaveRun, outcomes: Vec<RecordOutcome>| {
+            for (&i, outcome) in run.places.iter().zip(outcomes) {
+                slots[run.job][i] = Some(outcome);
+            }
+        };
         let in_waves = runs.len() > 1 && self.db.is_postgres();
         if !in_waves {
             // Run by run, each with its own statements: the fewest for a single recording, and on
             // SQLite, where a statement is a hop to the connection's thread rather than a round trip
             // to a server, waves did not pay (BENCHMARKS.md, sixth pass).
             // `Err` drops the transaction: nothing of the group is kept.
-            for (answer, run) in answers.iter_mut().zip(&runs) {
+            for run in &runs {
                 let outcomes = self
                     .record_run(&txn, run.viewer, &run.items, true)
                     .await
                     .map_err(|e| GroupError::Job(run.job, e))?;
-                *answer = Some(outcomes);
+                fill(run, outcomes);
             }
         } else {
             // Every organization's lock at once, in the global order, with the group's scope;
@@ -236,44 +238,28 @@ impl Engine {
             store::group::enter(&txn, &orgs, true)
                 .await
                 .map_err(|e| GroupError::Group(e.into()))?;
-            let mut wave_of = Vec::with_capacity(runs.len());
+            let mut waves: Vec<Vec<&WaveRun>> = Vec::new();
             let mut seen: HashMap<OrganizationId, usize> = HashMap::new();
             for run in &runs {
                 let k = seen.entry(run.items[0].org).or_insert(0);
-                wave_of.push(*k);
+                if *k == waves.len() {
+                    waves.push(Vec::new());
+                }
+                waves[*k].push(run);
                 *k += 1;
             }
             let mut rescoped = false;
-            for k in 0..seen.values().max().copied().unwrap_or(0) {
-                let members: Vec<usize> = (0..runs.len()).filter(|&r| wave_of[r] == k).collect();
+            for wave in waves {
                 if rescoped {
                     store::group::enter(&txn, &orgs, false)
                         .await
                         .map_err(|e| GroupError::Group(e.into()))?;
                 }
-                let wave: Vec<&WaveRun> = members.iter().map(|&r| &runs[r]).collect();
-                let done = if let [run] = wave.as_slice() {
-                    // A wave of one run: its own statements (they set its caller's scope).
-                    let outcomes = self
-                        .record_run(&txn, run.viewer, &run.items, true)
-                        .await
-                        .map_err(|e| GroupError::Job(run.job, e))?;
-                    WaveDone {
-                        outcomes: vec![outcomes],
-                        rescoped: true,
-                    }
-                } else {
-                    self.record_wave(&txn, &wave).await?
-                };
+                let done = self.record_wave(&txn, &wave).await?;
                 rescoped = done.rescoped;
-                for (&r, outcomes) in members.iter().zip(done.outcomes) {
-                    answers[r] = Some(outcomes);
+                for (run, outcomes) in wave.into_iter().zip(done.outcomes) {
+                    fill(run, outcomes);
                 }
-            }
-        }
-        for ((run, place), outcomes) in runs.iter().zip(&places).zip(answers) {
-            for (&i, outcome) in place.iter().zip(outcomes.unwrap_or_default()) {
-                slots[run.job][i] = Some(outcome);
             }
         }
         let outcomes: Vec<Vec<RecordOutcome>> = slots

@@ -15,11 +15,13 @@ use super::*;
 use crate::store::group::CounterWrite;
 use crate::store::recording::{IndexChange, Peak, ViewAsk};
 
-/// A run of a wave: a job's recordings of one metric of one organization in one period.
+/// A run of a group: a job's recordings of one metric of one organization in one period.
 pub(super) struct WaveRun<'a> {
     pub job: usize,
     pub viewer: &'a Viewer,
     pub items: Vec<&'a ParsedRecord>,
+    /// Each item's place in its job.
+    pub places: Vec<usize>,
 }
 
 impl WaveRun<'_> {
@@ -45,12 +47,24 @@ pub(super) struct WaveDone {
 }
 
 impl Engine {
-    /// Applies a wave inside the group's transaction, under the locks and scope the group took.
+    /// Applies a wave inside the group's transaction, under the locks and scope the group took. A
+    /// wave of one run goes with that run's own statements (fewer than the wave's).
     pub(super) async fn record_wave(
         &self,
         txn: &DatabaseTransaction,
         runs: &[&WaveRun<'_>],
     ) -> Result<WaveDone, GroupError> {
+        if let [run] = runs {
+            let outcomes = self
+                .record_run(txn, run.viewer, &run.items, true)
+                .await
+                .map_err(|e| GroupError::Job(run.job, e))?;
+            // Its statements set its caller's scope.
+            return Ok(WaveDone {
+                outcomes: vec![outcomes],
+                rescoped: true,
+            });
+        }
         let group = |e: AppError| GroupError::Group(e);
         let asks = runs
             .iter()
@@ -88,12 +102,14 @@ impl Engine {
         }
 
         let mut counters = Vec::new();
-        let mut events: Vec<(usize, usage_event::Model)> = Vec::new();
+        // The wave's events, and each one's job.
+        let mut events: Vec<usage_event::Model> = Vec::new();
+        let mut event_jobs: Vec<usize> = Vec::new();
         let mut index = Vec::new();
         let mut peaks = Vec::new();
         let mut states = Vec::new();
         let mut alerts = Vec::new();
-        for (i, view, plan) in &planned {
+        for (i, view, plan) in &mut planned {
             if plan.events.is_empty() {
                 continue;
             }
@@ -105,7 +121,9 @@ impl Engine {
                 before: view.counter,
                 used: plan.used,
             });
-            events.extend(plan.events.iter().map(|e| (runs[*i].job, e.clone())));
+            event_jobs.extend(plan.events.iter().map(|_| runs[*i].job));
+            // The answers hold their own copies.
+            events.append(&mut plan.events);
             let change = Self::index_change(view, &plan.last).ok_or_else(|| {
                 group(AppError::internal(anyhow::anyhow!(
                     "a period row written whole has no change"
@@ -138,20 +156,20 @@ impl Engine {
                 "a counter moved under its lock"
             ))));
         }
-        let models: Vec<usage_event::Model> = events.iter().map(|(_, e)| e.clone()).collect();
-        let inserted = store::recording::insert_events(txn, Scope::Platform, &models)
+        let inserted = store::recording::insert_events(txn, Scope::Platform, &events)
             .await
             .map_err(db)?;
-        if inserted != models.len() as u64 {
+        if inserted != events.len() as u64 {
             // A key taken by a writer outside the lock: the job of the first event missing fails,
             // and the group runs again without it.
-            let kept = store::group::events_present(txn, &models)
+            let kept = store::group::events_present(txn, &events)
                 .await
                 .map_err(db)?;
             let job = events
                 .iter()
-                .find(|(_, e)| !kept.contains(&e.id))
-                .map_or(runs[0].job, |(job, _)| *job);
+                .zip(&event_jobs)
+                .find(|(e, _)| !kept.contains(&e.id))
+                .map_or(runs[0].job, |(_, job)| *job);
             return Err(GroupError::Job(
                 job,
                 AppError::conflict("an idempotency key was used concurrently; retry"),
