@@ -289,6 +289,9 @@ impl quick_cache::Weighter<Key, Arc<Kept>> for Weight {
 pub struct ResponseCache {
     entries: Option<quick_cache::sync::Cache<Key, Arc<Kept>, Weight>>,
     ttl: Duration,
+    /// Answers served from the cache by this instance (the process-wide metric counts every
+    /// instance's, which tests running several servers in one process cannot tell apart).
+    hits: std::sync::atomic::AtomicU64,
 }
 
 /// A request that may be kept: its key, and what the entitlement cache said before it executed.
@@ -306,11 +309,20 @@ impl ResponseCache {
             let items = (bytes / 4096).clamp(16, 1 << 20) as usize;
             quick_cache::sync::Cache::with_weighter(items, bytes, Weight)
         });
-        ResponseCache { entries, ttl }
+        ResponseCache {
+            entries,
+            ttl,
+            hits: Default::default(),
+        }
     }
 
     pub fn enabled(&self) -> bool {
         self.entries.is_some()
+    }
+
+    /// How many answers this cache has served.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The kept answer to `key`, if nothing it depends on changed since it was computed.
@@ -321,6 +333,7 @@ impl ResponseCache {
             && kept.period == Period::current()
             && state.unchanged_since(kept.ticket, key.depends())
         {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Some(kept.body.clone())
         } else {
             entries.remove(key);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tollgate::app::{AppState, Application};
 use tollgate::auth::JwtKeys;
 use tollgate::config::Settings;
-use tollgate::domain::Role;
+use tollgate::domain::{Period, Role};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 pub const PLATFORM_SUB: &str = "platform-admin";
@@ -121,6 +121,7 @@ pub async fn spawn_app_with_keys(
     let addr = app.local_addr().expect("addr");
     let state = app.state();
     tokio::spawn(app.run_until(std::future::pending()));
+    until_index_materialized(&state).await;
     Some(TestApp {
         addr,
         client: reqwest::Client::new(),
@@ -129,6 +130,23 @@ pub async fn spawn_app_with_keys(
         database_url: url,
         _dir: dir,
     })
+}
+
+/// Waits until the server's first materialization of the current period's utilization index (a
+/// background task at start, once the period is a minute old) is done, so that a test editing index
+/// rows is never raced by it. Bounded: a server that never completes it is the test's to find.
+async fn until_index_materialized(state: &AppState) {
+    let period = Period::current();
+    let age = chrono::Utc::now().naive_utc() - period.start.and_hms_opt(0, 0, 0).unwrap();
+    if age < tollgate::domain::usage::index::MATERIALIZE_GRACE {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !state.engine.index_complete(period).await.unwrap_or(false) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }
 
 impl TestApp {
