@@ -21,6 +21,7 @@ mod m20261130_000011_utilization_index;
 mod m20261130_000012_ledger_indexes;
 mod m20261130_000013_reversal_index;
 mod m20261130_000014_group_scope;
+mod m20261130_000015_scope_once;
 
 /// The condition of a tenant policy: the transaction set the platform role or the row's organization,
 /// and with `groups` (m20261130_000014 on), or listed the organization in `tollgate.org_ids`. The
@@ -42,11 +43,29 @@ pub(crate) fn tenant_visible(column: &str, groups: bool) -> String {
     visible
 }
 
+/// The condition of a tenant policy since m20261130_000015: the same three disjuncts as
+/// `tenant_visible(column, true)`, each setting read once per statement rather than once per row.
+/// A scalar subquery that refers to no column of the row is an InitPlan: Postgres evaluates it once
+/// when the statement first needs it, so the row's test is a boolean, a uuid comparison, and a
+/// search of the group's parsed ids (O(group), with no parsing or text search per row).
+/// The outer `::uuid[]` keeps `= ANY (..)` an array comparison, not the `= ANY (subquery)` form.
+/// Every statement that sets these settings reads no tenant table itself (`set_config` runs
+/// in a statement of its own, before the ones it scopes), so once per statement is the same as
+/// once per row.
+pub(crate) fn tenant_visible_once(column: &str) -> String {
+    format!(
+        "(SELECT current_setting('tollgate.platform', true) = 'on') \
+         OR {column} = (SELECT NULLIF(current_setting('tollgate.org_id', true), '')::uuid) \
+         OR {column} = ANY ((SELECT string_to_array(NULLIF(current_setting('tollgate.org_ids', true), ''), ',')::uuid[])::uuid[])"
+    )
+}
+
 /// Row-level security on a tenant table, as m20261123_000003 set it on the first ones (Postgres;
 /// SQLite has no roles): a row is visible and writable when the transaction set the platform role
 /// or the row's organization, and FORCE applies it to the table's owner too. m20261130_000014 then
-/// widened every such policy to the group writer's list (`tenant_visible(column, true)`): a tenant
-/// table created after it must do the same.
+/// widened every such policy to the group writer's list (`tenant_visible(column, true)`), and
+/// m20261130_000015 made each one read its settings once per statement (`tenant_visible_once`): a
+/// tenant table created after them must set that condition too.
 pub(crate) async fn tenant_rls(
     manager: &SchemaManager<'_>,
     table: &str,
@@ -91,6 +110,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000012_ledger_indexes::Migration),
             Box::new(m20261130_000013_reversal_index::Migration),
             Box::new(m20261130_000014_group_scope::Migration),
+            Box::new(m20261130_000015_scope_once::Migration),
         ]
     }
 }

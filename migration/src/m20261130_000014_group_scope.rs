@@ -47,12 +47,16 @@ async fn tenant_tables(manager: &SchemaManager<'_>) -> Result<Vec<(String, &'sta
         .collect()
 }
 
-async fn set_policies(manager: &SchemaManager<'_>, groups: bool) -> Result<(), DbErr> {
+/// Sets every tenant policy's condition to `visible(column)` (Postgres).
+pub(crate) async fn set_policies(
+    manager: &SchemaManager<'_>,
+    visible: impl Fn(&str) -> String,
+) -> Result<(), DbErr> {
     if manager.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
     for (table, column) in tenant_tables(manager).await? {
-        let visible = crate::tenant_visible(column, groups);
+        let visible = visible(column);
         manager
             .get_connection()
             .execute_unprepared(&format!(
@@ -66,10 +70,10 @@ async fn set_policies(manager: &SchemaManager<'_>, groups: bool) -> Result<(), D
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        set_policies(manager, true).await
+        set_policies(manager, |c| crate::tenant_visible(c, true)).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        set_policies(manager, false).await
+        set_policies(manager, |c| crate::tenant_visible(c, false)).await
     }
 }

@@ -7,7 +7,7 @@ use tollgate::store;
 
 use crate::helpers::{Engine, TestApp, spawn_app};
 
-async fn organization_ids_in(db: &store::db::Db, sql: &str) -> Vec<uuid::Uuid> {
+async fn organization_ids_in<C: sea_orm::ConnectionTrait>(db: &C, sql: &str) -> Vec<uuid::Uuid> {
     let rows = store::query_all(db, sql, vec![]).await.expect("query");
     let mut ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.try_get("", "o").unwrap()).collect();
     ids.sort();
@@ -124,6 +124,92 @@ async fn row_level_security_hides_other_tenants_from_unscoped_queries() {
     .unwrap();
     assert!(!row.try_get::<bool>("", "bypass").unwrap());
     assert!(!store::bypasses_rls(base.pool()).await.unwrap());
+}
+
+/// The group writer's scope (`tollgate.org_ids`, m20261130_000014 and _000015) is a wall too: a
+/// transaction scoped to a group of organizations reads and writes those, and no other; a caller's
+/// own scope set afterwards (`recording::enter`) empties the list. And every policy reads the scope
+/// once per statement: no row filter calls `current_setting`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_scope_reaches_its_organizations_and_no_other() {
+    let Some(app) = spawn_app(Engine::Postgres, &[]).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        let org = app.create_org(name, "basic").await;
+        app.record(&app.tenant_token(&org, Role::Service), "bookings", "5")
+            .await;
+        ids.push(uuid::Uuid::parse_str(&org).unwrap());
+    }
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut group = vec![a, b];
+    group.sort();
+    let base = &app.state.engine.db;
+    let txn = base.begin_write().await.unwrap();
+    store::group::enter(&*txn, &[OrganizationId(a), OrganizationId(b)], true)
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT organization_id AS o FROM usage_events",
+        "SELECT organization_id AS o FROM usage_counters",
+        "SELECT organization_id AS o FROM organization_usage",
+        "SELECT id AS o FROM organizations",
+    ] {
+        assert_eq!(organization_ids_in(&*txn, sql).await, group, "{sql}");
+    }
+    let moved = store::execute(
+        &*txn,
+        "UPDATE usage_counters SET used = used WHERE organization_id = ANY($1)",
+        vec![vec![a, b, c].into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 2, "the group's two counters, not the third's");
+    let plan = store::query_all(
+        &*txn,
+        "EXPLAIN (VERBOSE) SELECT organization_id FROM usage_counters",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get_by_index::<String>(0).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let filter = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("Filter:"))
+        .unwrap_or_else(|| panic!("no row filter: {plan}"));
+    assert!(
+        !filter.contains("current_setting"),
+        "the scope is read once per statement, not per row: {plan}"
+    );
+    // The caller's own scope, as a run that goes alone sets it: the list is emptied.
+    store::recording::enter(&*txn, Scope::Tenant(OrganizationId(a)), OrganizationId(a))
+        .await
+        .unwrap();
+    assert_eq!(
+        organization_ids_in(&*txn, "SELECT organization_id AS o FROM usage_counters").await,
+        [a]
+    );
+    // Back to the group: a row of an organization outside it is refused (WITH CHECK).
+    store::group::enter(&*txn, &[OrganizationId(a), OrganizationId(b)], false)
+        .await
+        .unwrap();
+    let insert = store::execute(
+        &*txn,
+        "INSERT INTO usage_alerts (organization_id, id, metric_code, kind, period_start, alert_epoch, \
+         threshold_pct, used, allowance, utilization_pct, created_at) \
+         VALUES ($1, $2, 'bookings', 'NEAR_LIMIT', '2026-01-01', 0, 0, 0, 0, 0, now())",
+        vec![c.into(), uuid::Uuid::now_v7().into()],
+    )
+    .await;
+    assert!(
+        insert.is_err(),
+        "WITH CHECK refuses a row outside the group"
+    );
+    txn.rollback().await.unwrap();
 }
 
 async fn metrics_are_exposed(app: TestApp) {
