@@ -13,6 +13,10 @@
 //!   zero turns the cache off), which bounds how stale a write made outside the server (a
 //!   `tollgate recompute` from the command line, a manual SQL fix) can be seen.
 //!
+//! It also keeps the plans with their limits, by id (`plan`, `put_plans`): they are the same for
+//! every caller, and change only by upsertPlan, which empties the cache on every replica as above;
+//! the same time to live bounds an edit made outside the server.
+//!
 //! A reader takes a ticket before reading the database and stores its result only if nothing was
 //! invalidated meanwhile, so a read that raced a commit can never park a stale value.
 
@@ -22,11 +26,17 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
+use uuid::Uuid;
+
+use super::plans::PlanWithLimits;
 use super::usage::UsageSummary;
 use super::{OrganizationId, Period};
 
 /// How long an entry is trusted without an invalidation, unless configured.
 pub const TTL: Duration = Duration::from_secs(1);
+
+/// Plans kept at most: a catalogue is a handful, so past this one nothing more is kept.
+const PLANS: usize = 1024;
 
 /// Organizations kept, unless configured: past it the least useful entries are evicted (a miss
 /// just reads the database).
@@ -49,6 +59,8 @@ pub struct StateCache {
     /// The newest invalidation among evicted entries: a reader whose organization is not in the
     /// cache cannot tell whether it was invalidated after its ticket, unless its ticket is newer.
     evicted: Arc<AtomicU64>,
+    /// Plans with their limits, each with when it was read; emptied by `clear`.
+    plans: Mutex<std::collections::HashMap<Uuid, (Instant, Arc<PlanWithLimits>)>>,
     ttl: Duration,
 }
 
@@ -108,6 +120,7 @@ impl StateCache {
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             evicted,
+            plans: Mutex::default(),
             ttl,
         }
     }
@@ -196,6 +209,40 @@ impl StateCache {
         if let Ok(_writes) = self.writes.lock() {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             self.entries.clear();
+            if let Ok(mut plans) = self.plans.lock() {
+                plans.clear();
+            }
+        }
+    }
+
+    /// A plan with its limits, when kept and fresh.
+    pub fn plan(&self, id: Uuid) -> Option<Arc<PlanWithLimits>> {
+        let plans = self.plans.lock().ok()?;
+        let (at, plan) = plans.get(&id)?;
+        (at.elapsed() < self.ttl).then(|| plan.clone())
+    }
+
+    /// Taken before reading plans from the database.
+    pub fn plans_ticket(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps plans read after `ticket`, unless the cache was emptied meanwhile (a plan changed).
+    pub fn put_plans(&self, ticket: u64, read: &[Arc<PlanWithLimits>]) {
+        let Ok(_writes) = self.writes.lock() else {
+            return;
+        };
+        if self.ttl.is_zero() || self.epoch.load(Ordering::Acquire) != ticket {
+            return;
+        }
+        let Ok(mut plans) = self.plans.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        for p in read {
+            if plans.len() < PLANS || plans.contains_key(&p.plan.id) {
+                plans.insert(p.plan.id, (now, p.clone()));
+            }
         }
     }
 
@@ -250,6 +297,61 @@ mod tests {
         cache.clear();
         cache.put(ticket, summary(id));
         assert!(cache.get(org).is_none(), "a clear voids older tickets");
+    }
+
+    fn plan(name: &str) -> Arc<PlanWithLimits> {
+        let now = chrono::Utc::now();
+        Arc::new(PlanWithLimits {
+            plan: entity::plan::Model {
+                id: uuid::Uuid::new_v4(),
+                code: name.into(),
+                name: name.into(),
+                rank: 0,
+                price_monthly: 0,
+                currency: "usd".into(),
+                trial_days: 0,
+                application_fee_pct: 0,
+                active: true,
+                stripe_price_id: None,
+                created_at: now,
+                updated_at: now,
+            },
+            limits: vec![],
+        })
+    }
+
+    #[test]
+    fn plans_are_kept_until_a_plan_changes() {
+        let cache = StateCache::default();
+        let basic = plan("basic");
+        let id = basic.plan.id;
+        assert!(cache.plan(id).is_none());
+        cache.put_plans(cache.plans_ticket(), std::slice::from_ref(&basic));
+        assert_eq!(cache.plan(id).unwrap().plan.name, "basic");
+        // A plan changes (upsertPlan, or its notification from another replica): all are dropped.
+        cache.clear();
+        assert!(cache.plan(id).is_none());
+        // A read that began before the change is not kept.
+        let ticket = cache.plans_ticket();
+        cache.clear();
+        cache.put_plans(ticket, std::slice::from_ref(&basic));
+        assert!(
+            cache.plan(id).is_none(),
+            "a read that raced a plan's change"
+        );
+        // An organization's change leaves the plans kept.
+        cache.put_plans(cache.plans_ticket(), std::slice::from_ref(&basic));
+        cache.invalidate(OrganizationId(uuid::Uuid::new_v4()));
+        assert!(cache.plan(id).is_some());
+        // Turned off, nothing is kept; otherwise each lives for the time to live.
+        let off = StateCache::new(Duration::ZERO);
+        off.put_plans(off.plans_ticket(), std::slice::from_ref(&basic));
+        assert!(off.plan(id).is_none());
+        let short = StateCache::new(Duration::from_millis(30));
+        short.put_plans(short.plans_ticket(), std::slice::from_ref(&basic));
+        assert!(short.plan(id).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(short.plan(id).is_none(), "expired");
     }
 
     #[test]

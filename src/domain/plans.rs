@@ -15,6 +15,13 @@ use super::{Amount, CODE_RULE, MetricCode, OrganizationId, Viewer, optional_text
 use crate::error::{AppError, AppResult};
 use crate::store;
 
+/// A plan with its limits.
+#[derive(Debug, Clone)]
+pub struct PlanWithLimits {
+    pub plan: plan::Model,
+    pub limits: Vec<entity::plan_limit::Model>,
+}
+
 pub struct LimitInput {
     pub metric: String,
     pub included: Option<Decimal>,

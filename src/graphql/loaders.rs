@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 use chrono::NaiveDate;
-use entity::{organization, plan, plan_limit};
+use entity::organization;
 use uuid::Uuid;
 
 use crate::domain::usage::{Engine, UsageSummary};
@@ -18,12 +18,7 @@ pub struct Loaders {
     pub scope: Scope,
 }
 
-/// A plan with its limits.
-#[derive(Debug, Clone)]
-pub struct PlanWithLimits {
-    pub plan: plan::Model,
-    pub limits: Vec<plan_limit::Model>,
-}
+pub use crate::domain::plans::PlanWithLimits;
 
 fn gql(e: crate::error::AppError) -> async_graphql::Error {
     e.into()
@@ -33,15 +28,32 @@ impl Loader<Uuid> for Loaders {
     type Value = Arc<PlanWithLimits>;
     type Error = async_graphql::Error;
 
+    /// Plans from the entitlement cache when it holds them (a plan changes only by upsertPlan,
+    /// which empties it on every replica), the rest from the database.
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+        let cache = &self.engine.cache;
+        let mut found = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for &id in keys {
+            match cache.plan(id) {
+                Some(p) => {
+                    found.insert(id, p);
+                }
+                None => missing.push(id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let ticket = cache.plans_ticket();
         let db = &self.engine.db;
-        let plans = store::catalog::plans_by_ids(db, keys)
+        let plans = store::catalog::plans_by_ids(db, &missing)
             .await
             .map_err(|e| gql(e.into()))?;
-        let limits = store::catalog::limits_for_plans(db, keys)
+        let limits = store::catalog::limits_for_plans(db, &missing)
             .await
             .map_err(|e| gql(e.into()))?;
-        Ok(plans
+        let read: Vec<Arc<PlanWithLimits>> = plans
             .into_iter()
             .map(|p| {
                 let mine = limits
@@ -49,15 +61,15 @@ impl Loader<Uuid> for Loaders {
                     .filter(|l| l.plan_id == p.id)
                     .cloned()
                     .collect();
-                (
-                    p.id,
-                    Arc::new(PlanWithLimits {
-                        plan: p,
-                        limits: mine,
-                    }),
-                )
+                Arc::new(PlanWithLimits {
+                    plan: p,
+                    limits: mine,
+                })
             })
-            .collect())
+            .collect();
+        cache.put_plans(ticket, &read);
+        found.extend(read.into_iter().map(|p| (p.plan.id, p)));
+        Ok(found)
     }
 }
 
