@@ -17,7 +17,7 @@ use super::request_ctx;
 use super::types::{AlertKind, UsageAlert, UsageSummary};
 use crate::alerts::BusEvent;
 use crate::domain::access::{self, Action};
-use crate::domain::{OrganizationId, Period, Scope};
+use crate::domain::{OrganizationId, Scope};
 
 pub struct Subscription;
 
@@ -237,15 +237,11 @@ impl Subscription {
                             // so the stream always ends on the latest state.
                             throttle(last).await;
                             while rx.try_recv().is_ok() {}
-                            // A handle for this round only: its transaction ends with it.
-                            let db = engine.db.scoped(viewer.scope());
-                            // One statement (on Postgres, with the scope's).
-                            let read = engine
-                                .summary_of(&db, viewer.scope(), org, Period::current())
-                                .await;
-                            db.release().await;
+                            // Read with the other rounds queued meanwhile, in one statement (on
+                            // Postgres, with the one that sets their scope).
+                            let read = engine.round_summary(viewer.scope(), org).await;
                             let item = match read {
-                                Ok(summary) => Ok(UsageSummary(Arc::new(summary?))),
+                                Ok(summary) => Ok(UsageSummary(summary?)),
                                 // The database failed this round: the subscriber hears it, and the
                                 // next change tries again (the stream goes on).
                                 Err(e) => Err(async_graphql::Error::from(e)),

@@ -4,6 +4,8 @@
 //! Ids of ledger events, alerts and history rows are UUIDv7: time-ordered, so "newest first" pages are
 //! keyset scans on the primary key.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use entity::enums::{MetricKind, UsageEventKind};
 use entity::{organization_usage, subscription_history, usage_alert, usage_counter, usage_event};
@@ -66,19 +68,22 @@ pub struct UsageState {
     pub limits: Vec<entity::plan_limit::Model>,
 }
 
-/// One organization's `UsageState` in one statement (a round of `usageUpdated` reads it after each
-/// change). None when the organization is missing or out of scope.
-pub async fn usage_state<C: ConnectionTrait>(
+/// Organizations' `UsageState`s in one statement (subscriptions' rounds read them after each change,
+/// those queued together at once: `domain::usage::rounds`). The organizations missing or out of
+/// scope are absent from the answer.
+pub async fn usage_states<C: ConnectionTrait>(
     db: &C,
     scope: Scope,
-    org: OrganizationId,
+    orgs: &[OrganizationId],
     period: Period,
-) -> Result<Option<UsageState>, DbErr> {
-    if !scope.allows(org) {
-        return Ok(None);
+) -> Result<HashMap<OrganizationId, UsageState>, DbErr> {
+    let orgs = scoped_ids(scope, orgs);
+    if orgs.is_empty() {
+        return Ok(HashMap::new());
     }
-    // Three kinds of rows under the organization's: its counters (the same rule as `counters`), its
-    // period row, its plan's limits.
+    // Three kinds of rows under each organization's: its counters (the same rule as `counters`),
+    // its period row, its plan's limits.
+    let list = placeholders(2, orgs.len());
     let sql = format!(
         "SELECT o.*, t.t_kind, t.t_metric, t.t_period, t.t_used, t.t_credits, t.t_updated, \
                  t.t_included, t.t_enforcement, t.t_price \
@@ -88,33 +93,36 @@ pub async fn usage_state<C: ConnectionTrait>(
                    c.updated_at AS t_updated, CAST(NULL AS BIGINT) AS t_included, \
                    CAST(NULL AS TEXT) AS t_enforcement, CAST(NULL AS BIGINT) AS t_price \
                  FROM usage_counters c JOIN metrics m ON m.code = c.metric_code \
-                 WHERE c.organization_id = $1 AND {} \
+                 WHERE c.organization_id IN ({list}) AND {} \
                  UNION ALL \
                  SELECT 'u', u.organization_id, NULL, NULL, NULL, NULL, u.updated_at, NULL, NULL, NULL \
-                 FROM organization_usage u WHERE u.organization_id = $1 AND u.period_start = $2 \
+                 FROM organization_usage u WHERE u.organization_id IN ({list}) AND u.period_start = $1 \
                  UNION ALL \
                  SELECT 'l', p.id, l.metric_code, NULL, NULL, NULL, NULL, l.included, l.enforcement, \
                    l.overage_unit_price \
-                 FROM organizations p JOIN plan_limits l ON l.plan_id = p.plan_id WHERE p.id = $1 \
+                 FROM organizations p JOIN plan_limits l ON l.plan_id = p.plan_id WHERE p.id IN ({list}) \
                ) t ON t.t_org = o.id \
-               WHERE o.id = $1",
-        in_period("$2")
+               WHERE o.id IN ({list})",
+        in_period("$1")
     );
-    let rows = query_all(db, &sql, vec![org.0.into(), period.start.into()]).await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let model = entity::organization::Model::from_query_result(first, "")?;
-    let mut state = UsageState {
-        org: model,
-        counters: Vec::new(),
-        row_updated_at: None,
-        limits: Vec::new(),
-    };
+    let mut values: Vec<Value> = vec![period.start.into()];
+    values.extend(orgs.iter().map(|o| Value::from(o.0)));
+    let rows = query_all(db, &sql, values).await?;
+    let mut states: HashMap<OrganizationId, UsageState> = HashMap::with_capacity(orgs.len());
     for row in &rows {
+        let id = OrganizationId(row.try_get("", "id")?);
+        let state = match states.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(UsageState {
+                org: entity::organization::Model::from_query_result(row, "")?,
+                counters: Vec::new(),
+                row_updated_at: None,
+                limits: Vec::new(),
+            }),
+        };
         match row.try_get::<Option<String>>("", "t_kind")?.as_deref() {
             Some("c") => state.counters.push(usage_counter::Model {
-                organization_id: org.0,
+                organization_id: id.0,
                 period_start: row.try_get("", "t_period")?,
                 metric_code: row.try_get("", "t_metric")?,
                 used: row.try_get("", "t_used")?,
@@ -134,7 +142,7 @@ pub async fn usage_state<C: ConnectionTrait>(
             _ => {}
         }
     }
-    Ok(Some(state))
+    Ok(states)
 }
 
 /// The period rows (flags) of `orgs` in `period`.

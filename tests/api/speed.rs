@@ -231,13 +231,15 @@ async fn a_wave_costs_constant_statements(app: TestApp) {
 both_engines!(wave_statements, super::a_wave_costs_constant_statements);
 
 /// A round of usageUpdated reads the organization's summary in one statement (on Postgres, after
-/// the one that sets the caller's scope), and its result is what the query answers.
+/// the one that sets the round's scope), its plan from the entitlement cache, and its result is
+/// what the query answers.
 async fn a_usage_update_reads_one_statement(app: TestApp) {
     use crate::ws::{Event, Ws, bearer};
     let org = app.create_org("rounds", "growth").await;
     let service = app.tenant_token(&org, Role::Service);
     let viewer = app.tenant_token(&org, Role::Viewer);
     let selection = "{ periodStart hasExceededLimits exceededLimitsDetails updatedAt \
+        plan { code name currency limits { metric { code } included enforcement } } \
         metrics { metric { code } used credits included allowance remaining exceeded exceededBy \
         enforcement overageQuantity overageAmount utilizationPct } }";
     // Past the allowance, with credits: every part of the summary is in play.
@@ -262,6 +264,9 @@ async fn a_usage_update_reads_one_statement(app: TestApp) {
     .await;
     app.until_listening(before + 1).await;
 
+    // Any read of the plan keeps it (for the minute this server's cache is set to trust it).
+    app.ok(&viewer, "{ organization { plan { code } } }", json!({}))
+        .await;
     let steady = steady_recording(&app);
     let start = app.state.statements.get();
     // Past the allowance already: a steady recording (no new flag, no alert).
@@ -298,7 +303,8 @@ async fn a_usage_update_reads_one_statement(app: TestApp) {
 }
 both_engines!(
     usage_update_round,
-    super::a_usage_update_reads_one_statement
+    super::a_usage_update_reads_one_statement,
+    &["--entitlement-cache-ttl", "60s"]
 );
 
 /// Concurrent jobs share transactions, but one job's failure touches no other: a batch with an

@@ -12,6 +12,7 @@ pub mod index;
 mod publish;
 mod reads;
 mod recording;
+mod rounds;
 mod wave;
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ pub struct Engine {
     pub guest_surcharge_pct: Decimal,
     /// The group-commit writers' queue, started on the first recording (`group`).
     writers: Arc<tokio::sync::OnceCell<group::Queue>>,
+    /// The subscriptions' rounds' reader, started on the first round (`rounds`).
+    rounds: Arc<tokio::sync::OnceCell<rounds::Queue>>,
     /// How many group-commit writers run on Postgres: one for each CPU, at most one for every two
     /// connections of the pool.
     writers_on_postgres: usize,
@@ -237,6 +240,7 @@ impl Engine {
             clock: crate::clock::Clock::default(),
             guest_surcharge_pct: settings.guest_surcharge_pct,
             writers: Default::default(),
+            rounds: Default::default(),
             writers_on_postgres: std::thread::available_parallelism()
                 .map_or(1, usize::from)
                 .clamp(1, (settings.db_max_connections as usize / 2).max(1)),

@@ -133,27 +133,31 @@ impl Engine {
             .collect())
     }
 
-    /// One organization's summary in one statement (`store::ledger::usage_state`), exactly as
-    /// `summaries` builds it; None when it is missing or out of scope.
-    pub async fn summary_of<C: ConnectionTrait>(
+    /// Organizations' summaries in one statement (`store::ledger::usage_states`), exactly as
+    /// `summaries` builds them; those missing or out of scope are absent.
+    pub async fn summaries_of<C: ConnectionTrait>(
         &self,
         db: &C,
         scope: Scope,
-        org: OrganizationId,
+        orgs: &[OrganizationId],
         period: Period,
-    ) -> AppResult<Option<UsageSummary>> {
+    ) -> AppResult<HashMap<OrganizationId, UsageSummary>> {
         let catalog = self.catalog().await?;
-        let Some(state) = store::ledger::usage_state(db, scope, org, period).await? else {
-            return Ok(None);
-        };
-        Ok(Some(summary_from(
-            period,
-            &catalog.kinds,
-            &rules_by_metric(&state.limits),
-            state.org,
-            &state.counters,
-            state.row_updated_at,
-        )))
+        let states = store::ledger::usage_states(db, scope, orgs, period).await?;
+        Ok(states
+            .into_iter()
+            .map(|(id, state)| {
+                let summary = summary_from(
+                    period,
+                    &catalog.kinds,
+                    &rules_by_metric(&state.limits),
+                    state.org,
+                    &state.counters,
+                    state.row_updated_at,
+                );
+                (id, summary)
+            })
+            .collect())
     }
 }
 
