@@ -255,11 +255,15 @@ pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
 /// Forwards the channel's notifications to this replica's bus, for as long as the process runs. It
 /// reconnects after its connection drops; what was committed meanwhile is read with the catch-up
 /// query (`usageAlerts(since:)`). `ready` turns true each time LISTEN is in place.
+/// `clear` empties the entitlement cache: on each connect (notifications may have been missed), and
+/// when the plans changed, before that notification or any after it reaches the bus, so a round that
+/// a later change wakes cannot read a plan kept from before (upsertPlan notifies the plans' change
+/// first, then its organizations').
 pub async fn listen(
     url: String,
     bus: AlertBus,
     ready: tokio::sync::watch::Sender<bool>,
-    on_connect: impl Fn() + Send + 'static,
+    clear: impl Fn() + Send + 'static,
 ) {
     use sea_orm::sqlx::postgres::PgListener;
     loop {
@@ -278,13 +282,18 @@ pub async fn listen(
         };
         if let Some(mut listener) = listener {
             // Notifications may have been missed while disconnected.
-            on_connect();
+            clear();
             ready.send_replace(true);
             tracing::info!(channel = CHANNEL, "listening for alerts from every replica");
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) => match decode(n.payload()) {
-                        Some(events) => events.into_iter().for_each(|e| bus.send(e)),
+                        Some(events) => {
+                            if events.iter().any(|e| matches!(e, BusEvent::PlansChanged)) {
+                                clear();
+                            }
+                            events.into_iter().for_each(|e| bus.send(e));
+                        }
                         None => tracing::warn!("an unreadable notification was ignored"),
                     },
                     Ok(None) => {

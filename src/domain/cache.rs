@@ -239,6 +239,10 @@ impl StateCache {
             return;
         };
         let now = Instant::now();
+        if plans.len() >= PLANS {
+            let ttl = self.ttl;
+            plans.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
         for p in read {
             if plans.len() < PLANS || plans.contains_key(&p.plan.id) {
                 plans.insert(p.plan.id, (now, p.clone()));

@@ -134,19 +134,21 @@ pub async fn spawn_app_with_keys(
 
 /// Waits until the server's first materialization of the current period's utilization index (a
 /// background task at start, once the period is a minute old) is done, so that a test editing index
-/// rows is never raced by it. Bounded: a server that never completes it is the test's to find.
+/// rows is never raced by it. In a period's first minute the server does not materialize at start
+/// (its next look is a minute later), and a test then runs without waiting.
 async fn until_index_materialized(state: &AppState) {
     let period = Period::current();
     let age = chrono::Utc::now().naive_utc() - period.start.and_hms_opt(0, 0, 0).unwrap();
     if age < tollgate::domain::usage::index::MATERIALIZE_GRACE {
         return;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(Duration::from_secs(60), async {
         while !state.engine.index_complete(period).await.unwrap_or(false) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
-    .await;
+    .await
+    .expect("the server materializes the period's utilization index at start");
 }
 
 impl TestApp {

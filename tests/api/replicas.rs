@@ -307,6 +307,22 @@ async fn two_replicas_share_alerts_exactly_once() {
     // cache would keep them an hour otherwise).
     let viewer = token("viewer", Some(&org1), Some(Role::Viewer));
     assert_eq!(bookings_allowance(&b, &viewer).await, "100"); // cached on B now
+    // The plan is kept on B too, and a usageUpdated subscriber on B shows it: the round that the
+    // plan's change wakes there shows the new limits, both the plan's and the summary's.
+    let plan_limit = "{ organization { plan { limits { metric { code } included } } } }";
+    b.gql(&viewer, plan_limit, json!({})).await;
+    let on_b = b.listeners().await;
+    let mut updated_b = Ws::connect(b.addr, Some("graphql-transport-ws")).await;
+    updated_b.init(bearer(&viewer)).await;
+    updated_b
+        .subscribe(
+            "u",
+            "subscription { usageUpdated { plan { limits { metric { code } included } } \
+             metric(code: \"bookings\") { included } } }",
+            json!({}),
+        )
+        .await;
+    b.until_listening(on_b + 1.0).await;
     let upsert = a
         .gql(
             &token(PLATFORM_SUB, None, None),
@@ -316,6 +332,20 @@ async fn two_replicas_share_alerts_exactly_once() {
         )
         .await;
     assert_eq!(upsert["data"]["upsertPlan"]["code"], "basic", "{upsert}");
+    let m = updated_b.message().await;
+    assert_eq!(m["type"], "next", "{m}");
+    let round = &m["payload"]["data"]["usageUpdated"];
+    let plan_bookings = round["plan"]["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["metric"]["code"] == "bookings")
+        .unwrap();
+    assert_eq!(
+        (&plan_bookings["included"], &round["metric"]["included"]),
+        (&json!("150"), &json!("150")),
+        "the round after the plan's change: {round}"
+    );
     let changed = std::time::Instant::now();
     loop {
         if bookings_allowance(&b, &viewer).await == "150" {

@@ -37,14 +37,16 @@ impl Engine {
             }
         };
         if self.db.is_postgres() {
+            // The plans' change first: every replica empties its cache when it arrives
+            // (`alerts::listen`), before the organizations' changes wake their subscribers' rounds.
+            if plans_changed {
+                let payload = crate::alerts::encode_plans_changed();
+                store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
+            }
             for (org, alerts) in changes {
                 for payload in crate::alerts::encode(*org, alerts) {
                     store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
                 }
-            }
-            if plans_changed {
-                let payload = crate::alerts::encode_plans_changed();
-                store::notify(&txn, crate::alerts::CHANNEL, &payload).await?;
             }
             txn.commit().await?;
             // Before the answer leaves: this replica's next read sees the write.
