@@ -255,15 +255,17 @@ pub fn decode(payload: &str) -> Option<Vec<BusEvent>> {
 /// Forwards the channel's notifications to this replica's bus, for as long as the process runs. It
 /// reconnects after its connection drops; what was committed meanwhile is read with the catch-up
 /// query (`usageAlerts(since:)`). `ready` turns true each time LISTEN is in place.
-/// `clear` empties the entitlement cache: on each connect (notifications may have been missed), and
-/// when the plans changed, before that notification or any after it reaches the bus, so a round that
-/// a later change wakes cannot read a plan kept from before (upsertPlan notifies the plans' change
-/// first, then its organizations').
+///
+/// It also keeps this replica's entitlement `cache` in step with every replica's commits, before
+/// their events reach the bus: an organization's change invalidates it, a plan's change empties the
+/// cache, and so does each connect (notifications may have been missed). So no subscriber woken by
+/// an event can read what the event's commit replaced (upsertPlan notifies the plans' change first,
+/// then its organizations').
 pub async fn listen(
     url: String,
     bus: AlertBus,
     ready: tokio::sync::watch::Sender<bool>,
-    clear: impl Fn() + Send + 'static,
+    cache: std::sync::Arc<crate::domain::cache::StateCache>,
 ) {
     use sea_orm::sqlx::postgres::PgListener;
     loop {
@@ -282,15 +284,21 @@ pub async fn listen(
         };
         if let Some(mut listener) = listener {
             // Notifications may have been missed while disconnected.
-            clear();
+            cache.clear();
             ready.send_replace(true);
             tracing::info!(channel = CHANNEL, "listening for alerts from every replica");
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) => match decode(n.payload()) {
                         Some(events) => {
-                            if events.iter().any(|e| matches!(e, BusEvent::PlansChanged)) {
-                                clear();
+                            for e in &events {
+                                match e {
+                                    BusEvent::UsageChanged(org) => cache.invalidate(*org),
+                                    BusEvent::PlansChanged => cache.clear(),
+                                    BusEvent::Alert(_)
+                                    | BusEvent::MembershipChanged(..)
+                                    | BusEvent::TeamChanged => {}
+                                }
                             }
                             events.into_iter().for_each(|e| bus.send(e));
                         }

@@ -200,7 +200,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    /// Background tasks that live as long as the server: LISTEN, cache invalidation.
+    /// Background tasks that live as long as the server: LISTEN (which also keeps the cache in step).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -213,33 +213,27 @@ impl Application {
         let state = Arc::new(state);
         let notifications = if state.engine.db.is_postgres() {
             let url = state.settings.database_url.expose_secret().to_owned();
-            let cache = state.engine.cache.clone();
+            // Commits of other replicas reach this one's cache through LISTEN (this replica's own
+            // commits invalidate directly, before they answer).
             let task = tokio::spawn(crate::alerts::listen(
                 url,
                 state.engine.bus.clone(),
                 state.listening.clone(),
-                move || cache.clear(),
+                state.engine.cache.clone(),
             ));
             let mut ready = state.listening.subscribe();
             tokio::time::timeout(std::time::Duration::from_secs(30), ready.wait_for(|l| *l))
                 .await
                 .map_err(|_| anyhow::anyhow!("LISTEN did not start within 30s"))?
                 .map_err(|_| anyhow::anyhow!("the LISTEN task ended"))?;
-            // Commits of other replicas reach this one's cache only through the bus (this
-            // replica's own commits invalidate directly, before they answer).
-            // Subscribed here, before the task first runs, so no change is missed meanwhile.
-            let invalidation = tokio::spawn(invalidate_on_changes(
-                state.engine.bus.subscribe(None),
-                state.engine.cache.clone(),
-            ));
-            Some([task, invalidation])
+            Some(task)
         } else {
             None
         };
         Ok(Application {
             listener,
             state,
-            tasks: notifications.into_iter().flatten().collect(),
+            tasks: notifications.into_iter().collect(),
         })
     }
 
@@ -328,28 +322,6 @@ async fn watch_platform_team(state: Arc<AppState>) {
             }
             changed
         });
-    }
-}
-
-/// Drops an organization's cached entitlement state whenever a committed change of it arrives through
-/// LISTEN (from any replica); everything when the bus lagged or the plans changed.
-async fn invalidate_on_changes(
-    mut rx: tokio::sync::broadcast::Receiver<crate::alerts::BusEvent>,
-    cache: Arc<crate::domain::cache::StateCache>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match rx.recv().await {
-            Ok(crate::alerts::BusEvent::UsageChanged(org)) => cache.invalidate(org),
-            Ok(crate::alerts::BusEvent::PlansChanged) => cache.clear(),
-            Ok(
-                crate::alerts::BusEvent::Alert(_)
-                | crate::alerts::BusEvent::MembershipChanged(..)
-                | crate::alerts::BusEvent::TeamChanged,
-            ) => {}
-            Err(RecvError::Lagged(_)) => cache.clear(),
-            Err(RecvError::Closed) => return,
-        }
     }
 }
 

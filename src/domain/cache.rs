@@ -6,8 +6,9 @@
 //! Invalidation:
 //! - every commit that changes an organization invalidates it on the replica that wrote it, right
 //!   after the commit and before the answer leaves, so a client reads its own writes;
-//! - other replicas invalidate when the commit's notification arrives (Postgres LISTEN), and drop
-//!   everything when LISTEN reconnects (notifications may have been missed);
+//! - other replicas invalidate when the commit's notification arrives (Postgres LISTEN: the listener
+//!   itself, before the event reaches the bus and wakes a subscriber), and drop everything when
+//!   LISTEN reconnects (notifications may have been missed);
 //! - a plan's limits changing (upsertPlan) drops everything, on every replica (it notifies too);
 //! - entries also expire after a time to live (`--entitlement-cache-ttl`, one second unless set;
 //!   zero turns the cache off), which bounds how stale a write made outside the server (a

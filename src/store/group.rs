@@ -13,7 +13,7 @@ use entity::usage_event;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
 use uuid::Uuid;
 
-use super::{execute, placeholders, query_all, query_one};
+use super::{execute, placeholders, push_row, query_all, query_one};
 use crate::domain::{OrganizationId, Period};
 
 /// Sets the transaction's scope to the group's organizations (Postgres; SQLite has no row-level
@@ -79,15 +79,18 @@ pub async fn write_counters<C: ConnectionTrait>(
         let mut rows = Vec::with_capacity(chunk.len());
         for w in chunk {
             let (used, credits) = w.before.unwrap_or_default();
-            rows.push(format!("({})", placeholders(values.len() + 1, 6)));
-            values.extend([
-                w.org.0.into(),
-                w.period.start.into(),
-                w.metric.into(),
-                used.into(),
-                credits.into(),
-                w.used.into(),
-            ]);
+            push_row(
+                &mut rows,
+                &mut values,
+                [
+                    w.org.0.into(),
+                    w.period.start.into(),
+                    w.metric.into(),
+                    used.into(),
+                    credits.into(),
+                    w.used.into(),
+                ],
+            );
         }
         let changed = execute(
             db,
@@ -144,14 +147,17 @@ pub async fn write_index<C: ConnectionTrait>(
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         let mut tuples = Vec::with_capacity(chunk.len());
         for (org, period, metric, utilization, exceeded) in chunk {
-            tuples.push(format!("({})", placeholders(values.len() + 1, 5)));
-            values.extend([
-                org.0.into(),
-                period.start.into(),
-                (*metric).into(),
-                (*utilization).into(),
-                (*exceeded).into(),
-            ]);
+            push_row(
+                &mut tuples,
+                &mut values,
+                [
+                    org.0.into(),
+                    period.start.into(),
+                    (*metric).into(),
+                    (*utilization).into(),
+                    (*exceeded).into(),
+                ],
+            );
         }
         execute(db, &super::utilization::upsert_index(&tuples), values).await?;
     }
@@ -169,8 +175,11 @@ pub async fn write_peaks<C: ConnectionTrait>(
         let mut values: Vec<Value> = vec![now.into()];
         let mut tuples = Vec::with_capacity(chunk.len());
         for (org, period, peak) in chunk {
-            tuples.push(format!("({})", placeholders(values.len() + 1, 3)));
-            values.extend([org.0.into(), period.start.into(), (*peak).into()]);
+            push_row(
+                &mut tuples,
+                &mut values,
+                [org.0.into(), period.start.into(), (*peak).into()],
+            );
         }
         execute(
             db,
@@ -197,8 +206,11 @@ pub async fn events_present<C: ConnectionTrait>(
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
         let mut tuples = Vec::with_capacity(chunk.len());
         for e in chunk {
-            tuples.push(format!("({})", placeholders(values.len() + 1, 2)));
-            values.extend([e.organization_id.into(), e.id.into()]);
+            push_row(
+                &mut tuples,
+                &mut values,
+                [e.organization_id.into(), e.id.into()],
+            );
         }
         let rows = query_all(
             db,

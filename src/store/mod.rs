@@ -327,6 +327,13 @@ pub fn placeholders(start: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Appends one row to a multi-row `VALUES` list: its placeholders, numbered after `values`, to
+/// `rows`, and its values to `values`.
+pub fn push_row<const N: usize>(rows: &mut Vec<String>, values: &mut Vec<Value>, row: [Value; N]) {
+    rows.push(format!("({})", placeholders(values.len() + 1, N)));
+    values.extend(row);
+}
+
 /// Queues a notification on a Postgres channel; it is delivered when (and only if) the transaction
 /// commits.
 pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<(), DbErr> {

@@ -158,13 +158,16 @@ pub async fn views<C: ConnectionTrait>(
     let mut values: Vec<Value> = Vec::with_capacity(asks.len() * 4);
     let mut rows = Vec::with_capacity(asks.len());
     for (n, ask) in asks.iter().enumerate() {
-        rows.push(format!("({})", super::placeholders(values.len() + 1, 4)));
-        values.extend([
-            ask.org.0.into(),
-            ask.period.start.into(),
-            ask.metric.into(),
-            (n as i64).into(),
-        ]);
+        super::push_row(
+            &mut rows,
+            &mut values,
+            [
+                ask.org.0.into(),
+                ask.period.start.into(),
+                ask.metric.into(),
+                (n as i64).into(),
+            ],
+        );
     }
     let keys: Vec<&str> = match asks {
         [one] => one.keys.clone(),
@@ -232,8 +235,11 @@ async fn taken_keys<C: ConnectionTrait>(
     let mut rows = Vec::new();
     for (n, ask) in asks.iter().enumerate() {
         for key in &ask.keys {
-            rows.push(format!("({})", super::placeholders(values.len() + 1, 3)));
-            values.extend([(n as i64).into(), ask.org.0.into(), (*key).into()]);
+            super::push_row(
+                &mut rows,
+                &mut values,
+                [(n as i64).into(), ask.org.0.into(), (*key).into()],
+            );
         }
     }
     if rows.is_empty() {

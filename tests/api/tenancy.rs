@@ -299,3 +299,46 @@ both_engines!(
     super::a_page_of_organizations_costs_constant_statements,
     &["--entitlement-cache-ttl", "0s"]
 );
+
+/// Subscriptions' rounds queued together share one read (`domain/usage/rounds.rs`): each round is
+/// answered with its own organization's summary, never a neighbour's, and a round its caller's scope
+/// does not allow with nothing.
+async fn rounds_read_together_answer_each_its_own(app: TestApp) {
+    use tollgate::domain::{OrganizationId, Scope};
+    let mut orgs = Vec::new();
+    for i in 0..6 {
+        let id = app.create_org(&format!("round-{i}"), "growth").await;
+        let service = app.tenant_token(&id, Role::Service);
+        app.record(&service, "bookings", &(i + 1).to_string()).await;
+        orgs.push(OrganizationId(id.parse().unwrap()));
+    }
+    let engine = &app.state.engine;
+    // Asked at once, several of each, so that reads gather rounds of several organizations.
+    let asks: Vec<(usize, OrganizationId)> = (0..36).map(|n| (n % 6, orgs[n % 6])).collect();
+    let answers = futures_util::future::join_all(
+        asks.iter()
+            .map(|&(_, org)| engine.round_summary(Scope::Tenant(org), org)),
+    )
+    .await;
+    for ((i, org), answer) in asks.iter().zip(answers) {
+        let summary = answer.unwrap().expect("the organization's summary");
+        assert_eq!(summary.org.id, org.0);
+        let bookings = summary
+            .metrics
+            .iter()
+            .find(|m| m.metric == "bookings")
+            .unwrap();
+        assert_eq!(bookings.state.used.scaled(), (*i as i64 + 1) * 10_000);
+    }
+    let platform = engine
+        .round_summary(Scope::Platform, orgs[2])
+        .await
+        .unwrap();
+    assert_eq!(platform.map(|s| s.org.id), Some(orgs[2].0));
+    let foreign = engine
+        .round_summary(Scope::Tenant(orgs[0]), orgs[1])
+        .await
+        .unwrap();
+    assert!(foreign.is_none(), "a round outside its caller's scope");
+}
+both_engines!(rounds, super::rounds_read_together_answer_each_its_own);

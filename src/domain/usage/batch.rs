@@ -6,7 +6,7 @@
 //! flags are written once if they changed, and the new alerts go in one insert. A group writes the
 //! runs of several organizations together (`wave`).
 
-use super::recording::{hard_cap, usage_event};
+use super::recording::{counter_overflow, hard_cap, passes_cap, usage_event};
 use super::*;
 
 /// A run decided under its organization's lock, before anything of it is written.
@@ -60,14 +60,9 @@ impl Engine {
         if events.is_empty() {
             return Ok(outcomes);
         }
-        let overflow = || {
-            AppError::from(sea_orm::DbErr::Custom(
-                store::ledger::COUNTER_OVERFLOW.to_owned(),
-            ))
-        };
         let total = used
             .checked_sub(view.counter.map_or(0, |c| c.0))
-            .ok_or_else(overflow)?;
+            .ok_or_else(counter_overflow)?;
         let announce = in_group && self.db.is_postgres();
         let notify = announce.then(|| (crate::alerts::CHANNEL, crate::alerts::encode_usage(org)));
         let Some(stored) = store::recording::add_to_counter(
@@ -114,9 +109,7 @@ impl Engine {
             .iter()
             .flat_map(|o| o.alerts.iter().cloned())
             .collect();
-        let inserted = self
-            .insert_new_alerts(txn, scope, org, alerts, announce)
-            .await?;
+        let inserted = self.insert_new_alerts(txn, scope, alerts, announce).await?;
         keep_inserted(&mut outcomes, &inserted);
         Ok(outcomes)
     }
@@ -199,8 +192,7 @@ impl Engine {
                 }
             }
             let next = super::recording::next_used(p, used)?;
-            if hard_cap.is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap))
-            {
+            if passes_cap(hard_cap, next, credits) {
                 // Nothing of this recording is written, and its key stays unused.
                 let refused = self
                     .refused(txn, scope, period, p, rules, rule, counter)

@@ -89,16 +89,15 @@ impl Engine {
                 alerts.push(self.alert_model(org, period, epoch, usage, kind)?);
             }
         }
-        self.insert_new_alerts(txn, scope, org, alerts, announce)
-            .await
+        self.insert_new_alerts(txn, scope, alerts, announce).await
     }
 
-    /// Inserts alerts that did not fire yet (one statement, with their NOTIFYs when `announce`).
+    /// Inserts alerts that did not fire yet, of one organization or several (a wave's): one
+    /// statement, with each one's NOTIFY, to its own organization's subscribers, when `announce`.
     pub(super) async fn insert_new_alerts(
         &self,
         txn: &DatabaseTransaction,
         scope: Scope,
-        org: OrganizationId,
         alerts: Vec<usage_alert::Model>,
         announce: bool,
     ) -> AppResult<Vec<usage_alert::Model>> {
@@ -108,7 +107,7 @@ impl Engine {
         let channel = announce.then_some(crate::alerts::CHANNEL);
         Ok(
             store::recording::insert_alerts(txn, scope, alerts, channel, |a| {
-                crate::alerts::encode_alert(org, a)
+                crate::alerts::encode_alert(OrganizationId(a.organization_id), a)
             })
             .await?,
         )

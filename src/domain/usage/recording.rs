@@ -349,6 +349,19 @@ pub(super) fn hard_cap(rule: &LimitRule) -> Option<i64> {
     }
 }
 
+/// Whether moving the metric to `next` (with `credits` on top of the allowance) would pass a HARD
+/// cap. Computed wide: no `used`, `credits` or cap can overflow it.
+pub(super) fn passes_cap(cap: Option<i64>, next: i64, credits: i64) -> bool {
+    cap.is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap))
+}
+
+/// The error of a counter that would pass BIGINT (BAD_USER_INPUT).
+pub(super) fn counter_overflow() -> AppError {
+    AppError::from(sea_orm::DbErr::Custom(
+        store::ledger::COUNTER_OVERFLOW.to_owned(),
+    ))
+}
+
 /// Counts a recording by outcome, for /metrics.
 pub(super) fn count_recording(outcome: &RecordOutcome) {
     let label = match (outcome.accepted, outcome.duplicate) {
@@ -389,7 +402,7 @@ pub(super) fn decide<'a>(
     }
     let (used, credits) = view.counter.unwrap_or((0, 0));
     let next = next_used(p, used)?;
-    if hard_cap(&rule).is_some_and(|cap| i128::from(next) - i128::from(credits) > i128::from(cap)) {
+    if passes_cap(hard_cap(&rule), next, credits) {
         return Ok(Step::Refused);
     }
     let usage = MetricUsage {
@@ -409,11 +422,7 @@ pub(super) fn decide<'a>(
 pub(super) fn next_used(p: &ParsedRecord, used: i64) -> AppResult<i64> {
     let amount = p.quantity.scaled();
     match p.kind {
-        MetricKind::Counter => used.checked_add(amount).ok_or_else(|| {
-            AppError::from(sea_orm::DbErr::Custom(
-                store::ledger::COUNTER_OVERFLOW.to_owned(),
-            ))
-        }),
+        MetricKind::Counter => used.checked_add(amount).ok_or_else(counter_overflow),
         MetricKind::Gauge => Ok(amount),
     }
 }

@@ -189,13 +189,11 @@ impl Engine {
             .await
             .map_err(db)?;
         }
-        let channel = self.db.is_postgres().then_some(crate::alerts::CHANNEL);
-        let inserted =
-            store::recording::insert_alerts(txn, Scope::Platform, alerts, channel, |a| {
-                crate::alerts::encode_alert(OrganizationId(a.organization_id), a)
-            })
+        // Waves run on Postgres alone: each alert is announced with its insert.
+        let inserted = self
+            .insert_new_alerts(txn, Scope::Platform, alerts, true)
             .await
-            .map_err(db)?;
+            .map_err(group)?;
 
         let mut outcomes: Vec<Option<Vec<RecordOutcome>>> = runs.iter().map(|_| None).collect();
         for (i, _, mut plan) in planned {
