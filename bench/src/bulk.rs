@@ -262,6 +262,14 @@ pub async fn bulk_orgs(db: &Db, n: usize) -> Result<BulkOrgs> {
         .context("bulk usage_utilization")?;
         filled.push("usage_utilization");
     }
+    if db.is_postgres() {
+        // The statistics the planner would have at this size: autovacuum analyzes a table within
+        // a minute of a tenfold growth, and a page measured before then is planned for 1,000
+        // organizations (one page alone took 234 ms instead of a few; BENCHMARKS.md, eighth pass).
+        tollgate::store::execute(db, "ANALYZE", vec![])
+            .await
+            .context("analyze after the bulk insert")?;
+    }
     Ok(BulkOrgs {
         added: add,
         total: n,
