@@ -266,7 +266,12 @@ pub async fn bulk_orgs(db: &Db, n: usize) -> Result<BulkOrgs> {
         // The statistics the planner would have at this size: autovacuum analyzes a table within
         // a minute of a tenfold growth, and a page measured before then is planned for 1,000
         // organizations (one page alone took 234 ms instead of a few; BENCHMARKS.md, eighth pass).
-        tollgate::store::execute(db, "ANALYZE", vec![])
+        // The tables written above, and no other (the whole database holds the big ledger too).
+        let mut tables = vec!["organizations", "usage_counters", "organization_usage"];
+        if filled.contains(&"usage_utilization") {
+            tables.push("usage_utilization");
+        }
+        tollgate::store::execute(db, &format!("ANALYZE {}", tables.join(", ")), vec![])
             .await
             .context("analyze after the bulk insert")?;
     }

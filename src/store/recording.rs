@@ -554,21 +554,23 @@ pub async fn insert_alerts<C: ConnectionTrait>(
     let mut values: Vec<Value> = Vec::new();
     let mut rows = Vec::new();
     for a in &alerts {
-        let base = values.len();
-        values.extend([
-            a.organization_id.into(),
-            a.id.into(),
-            a.metric_code.clone().into(),
-            a.kind.to_value().into(),
-            a.period_start.into(),
-            a.alert_epoch.into(),
-            a.threshold_pct.into(),
-            a.used.into(),
-            a.allowance.into(),
-            a.utilization_pct.into(),
-            a.created_at.into(),
-        ]);
-        rows.push(format!("({})", super::placeholders(base + 1, 11)));
+        super::push_row(
+            &mut rows,
+            &mut values,
+            [
+                a.organization_id.into(),
+                a.id.into(),
+                a.metric_code.clone().into(),
+                a.kind.to_value().into(),
+                a.period_start.into(),
+                a.alert_epoch.into(),
+                a.threshold_pct.into(),
+                a.used.into(),
+                a.allowance.into(),
+                a.utilization_pct.into(),
+                a.created_at.into(),
+            ],
+        );
     }
     let notify = match channel {
         Some(channel) if db.get_database_backend() == DbBackend::Postgres => {
@@ -677,25 +679,25 @@ pub async fn insert_events<C: ConnectionTrait>(
             if !scope.allows(OrganizationId(e.organization_id)) {
                 continue;
             }
-            rows.push(format!(
-                "({})",
-                super::placeholders(values.len() + 1, COLUMNS)
-            ));
-            values.extend([
-                e.organization_id.into(),
-                e.id.into(),
-                e.metric_code.clone().into(),
-                e.kind.to_value().into(),
-                e.quantity.into(),
-                e.period_start.into(),
-                e.idempotency_key.clone().into(),
-                e.reference.clone().into(),
-                e.actor.clone().into(),
-                e.overage.into(),
-                e.charge.into(),
-                e.occurred_at.into(),
-                e.recorded_at.into(),
-            ]);
+            super::push_row::<COLUMNS>(
+                &mut rows,
+                &mut values,
+                [
+                    e.organization_id.into(),
+                    e.id.into(),
+                    e.metric_code.clone().into(),
+                    e.kind.to_value().into(),
+                    e.quantity.into(),
+                    e.period_start.into(),
+                    e.idempotency_key.clone().into(),
+                    e.reference.clone().into(),
+                    e.actor.clone().into(),
+                    e.overage.into(),
+                    e.charge.into(),
+                    e.occurred_at.into(),
+                    e.recorded_at.into(),
+                ],
+            );
         }
         if rows.is_empty() {
             continue;
