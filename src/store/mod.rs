@@ -190,6 +190,10 @@ async fn connect_counted(
                 ("idle_in_transaction_session_timeout", ms.as_str()),
             ])
             .application_name("tollgate")
+            // The statements a connection keeps prepared (sqlx's default is 100): every read and
+            // write of the service, with each multi-row statement in its padded sizes
+            // (`pad_rows`), without pushing one another out.
+            .statement_cache_capacity(STATEMENT_CACHE)
         });
     }
     let mut db = Database::connect(opts).await?;
@@ -334,6 +338,73 @@ pub fn push_row<const N: usize>(rows: &mut Vec<String>, values: &mut Vec<Value>,
     values.extend(row);
 }
 
+/// Prepared statements kept by each Postgres connection.
+const STATEMENT_CACHE: usize = 400;
+
+/// The number of rows a multi-row list of `n` rows is padded to on Postgres (`pad_rows`): `n` up
+/// to 3, then the next of 4, 6, 8, 12, 16, 24, ... (two sizes for each doubling, so at most a third
+/// of a list is padding).
+pub fn padded_len(n: usize) -> usize {
+    if n <= 3 {
+        return n;
+    }
+    let next = n.next_power_of_two();
+    let between = next / 4 * 3;
+    if n <= between { between } else { next }
+}
+
+/// The longest list `pad_rows` pads: a wave of single recordings. Longer lists (a batch's) spend
+/// their time executing, not planning, and padding them cost the batch about a sixth of its
+/// throughput (BENCHMARKS.md, ninth pass).
+const PAD_MAX: usize = 64;
+
+/// Pads a multi-row `VALUES` list of at most `PAD_MAX` rows on Postgres to `padded_len` rows, and
+/// says whether it did. Postgres parses and plans a statement once for each text on each connection
+/// (sqlx keeps it prepared), so a statement whose row count follows the load would be planned again
+/// for every size on every connection, and its sizes would crowd the connection's cache of prepared
+/// statements.
+///
+/// The rows added copy the first row's values, with column `null_column` (0-based; a key that is
+/// never NULL, such as the organization's id) set to NULL: they match no row of a join or an
+/// `UPDATE .. FROM`, and an insert filters them out (`insert_source`). `first` is the position in
+/// `values` of the list's first value, `width` its number of columns. SQLite, whose statements are
+/// not a round trip to prepare, keeps the list as it is.
+pub fn pad_rows(
+    backend: DbBackend,
+    rows: &mut Vec<String>,
+    values: &mut Vec<Value>,
+    first: usize,
+    width: usize,
+    null_column: usize,
+) -> bool {
+    if backend != DbBackend::Postgres || rows.is_empty() || rows.len() > PAD_MAX {
+        return false;
+    }
+    let Some(template) = values.get(first..first + width) else {
+        return false;
+    };
+    let mut template = template.to_vec();
+    template[null_column] = template[null_column].as_null();
+    while rows.len() < padded_len(rows.len()) {
+        rows.push(format!("({})", placeholders(values.len() + 1, width)));
+        values.extend(template.iter().cloned());
+    }
+    true
+}
+
+/// What an `INSERT` takes its rows from: the list itself, or, when `pad_rows` padded it, the list
+/// with the padding (NULL in its first column) filtered out.
+pub fn insert_source(padded: bool, rows: &[String]) -> String {
+    if padded {
+        format!(
+            "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
+            rows.join(", ")
+        )
+    } else {
+        format!("VALUES {}", rows.join(", "))
+    }
+}
+
 /// Queues a notification on a Postgres channel; it is delivered when (and only if) the transaction
 /// commits.
 pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<(), DbErr> {
@@ -349,14 +420,23 @@ pub async fn notify_all<C: ConnectionTrait>(
     if payloads.is_empty() {
         return Ok(());
     }
-    let calls: Vec<String> = (0..payloads.len())
-        .map(|i| format!("pg_notify($1, ${})", i + 2))
-        .collect();
-    let mut values: Vec<Value> = vec![channel.into()];
-    values.extend(payloads.iter().map(|p| Value::from(*p)));
-    query_one(db, &format!("SELECT {}", calls.join(", ")), values)
-        .await
-        .map(|_| ())
+    if let [payload] = payloads {
+        let values: Vec<Value> = vec![channel.into(), (*payload).into()];
+        return query_one(db, "SELECT pg_notify($1, $2)", values)
+            .await
+            .map(|_| ());
+    }
+    // Several in one text whatever their number (`pad_rows` says why), as one JSON array: the
+    // function scan yields its elements in order, and the aggregate calls pg_notify on each as it
+    // comes, so they are queued in the order given.
+    let list = serde_json::to_string(payloads).map_err(|e| DbErr::Custom(e.to_string()))?;
+    query_one(
+        db,
+        "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p",
+        vec![channel.into(), list.into()],
+    )
+    .await
+    .map(|_| ())
 }
 
 pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
@@ -366,6 +446,79 @@ pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_pad_to_two_sizes_a_doubling() {
+        let sizes: Vec<usize> = (1..=33).map(padded_len).collect();
+        assert_eq!(
+            sizes,
+            [
+                1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16, 24, 24, 24, 24, 24, 24, 24,
+                24, 32, 32, 32, 32, 32, 32, 32, 32, 48
+            ]
+        );
+        for n in 1..5000 {
+            let p = padded_len(n);
+            assert!(p >= n && (p - n) * 3 <= p, "{n} pads to {p}");
+        }
+    }
+
+    #[test]
+    fn padding_rows_copy_the_first_with_its_key_null_on_postgres_only() {
+        let build = || {
+            let mut rows = Vec::new();
+            let mut values: Vec<Value> = vec![0i64.into()];
+            for i in 1..=5i64 {
+                push_row(
+                    &mut rows,
+                    &mut values,
+                    [uuid::Uuid::from_u128(i as u128).into(), i.into()],
+                );
+            }
+            (rows, values)
+        };
+        let (mut rows, mut values) = build();
+        assert!(!pad_rows(
+            DbBackend::Sqlite,
+            &mut rows,
+            &mut values,
+            1,
+            2,
+            0
+        ));
+        assert_eq!((rows.len(), values.len()), (5, 11));
+
+        assert!(pad_rows(
+            DbBackend::Postgres,
+            &mut rows,
+            &mut values,
+            1,
+            2,
+            0
+        ));
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[5], "($12, $13)");
+        assert_eq!(values[11], Value::Uuid(None));
+        assert_eq!(values[12], Value::from(1i64));
+        assert_eq!(
+            insert_source(true, &rows[..1]),
+            "SELECT * FROM (VALUES ($2, $3)) AS v WHERE v.column1 IS NOT NULL"
+        );
+        assert_eq!(insert_source(false, &rows[..1]), "VALUES ($2, $3)");
+
+        // A batch's long lists stay as they are.
+        let mut rows = vec!["($1)".to_owned(); PAD_MAX + 1];
+        let mut values: Vec<Value> = vec![1i64.into(); PAD_MAX + 1];
+        assert!(!pad_rows(
+            DbBackend::Postgres,
+            &mut rows,
+            &mut values,
+            0,
+            1,
+            0
+        ));
+        assert_eq!(rows.len(), PAD_MAX + 1);
+    }
 
     #[test]
     fn sqlite_binds_each_parameter_where_it_appears() {

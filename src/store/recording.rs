@@ -169,6 +169,7 @@ pub async fn views<C: ConnectionTrait>(
             ],
         );
     }
+    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 0, 4, 0);
     let keys: Vec<&str> = match asks {
         [one] => one.keys.clone(),
         _ => Vec::new(),
@@ -245,6 +246,7 @@ async fn taken_keys<C: ConnectionTrait>(
     if rows.is_empty() {
         return Ok(vec![]);
     }
+    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 0, 3, 1);
     // As in `views`: CROSS JOIN keeps SQLite on the asks first, each a lookup in the key's index.
     let sql = format!(
         "SELECT k.column1 AS n, e.idempotency_key AS e_key FROM (VALUES {}) AS k CROSS JOIN usage_events e \
@@ -702,13 +704,21 @@ pub async fn insert_events<C: ConnectionTrait>(
         if rows.is_empty() {
             continue;
         }
+        let padded = super::pad_rows(
+            db.get_database_backend(),
+            &mut rows,
+            &mut values,
+            0,
+            COLUMNS,
+            0,
+        );
         inserted += execute(
             db,
             &format!(
                 "INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, \
-                   idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) VALUES {} \
+                   idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) {} \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING",
-                rows.join(", ")
+                super::insert_source(padded, &rows)
             ),
             values,
         )

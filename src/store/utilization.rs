@@ -85,7 +85,7 @@ pub async fn write_period_state<C: ConnectionTrait>(
             values.push(m.utilization_pct.into());
             values.push(m.exceeded.into());
         }
-        execute(db, &upsert_index(&rows), values).await?;
+        execute(db, &upsert_index(false, &rows), values).await?;
     }
     execute(
         db,
@@ -553,11 +553,11 @@ pub async fn count<C: ConnectionTrait>(
 
 /// The upsert of rows of the utilization index, `(organization_id, period_start, metric_code,
 /// utilization_pct, exceeded)` each.
-pub(super) fn upsert_index(rows: &[String]) -> String {
+pub(super) fn upsert_index(padded: bool, rows: &[String]) -> String {
     format!(
         "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
-         VALUES {} ON CONFLICT (organization_id, period_start, metric_code) \
+         {} ON CONFLICT (organization_id, period_start, metric_code) \
          DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded",
-        rows.join(", ")
+        super::insert_source(padded, rows)
     )
 }
