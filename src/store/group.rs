@@ -92,7 +92,7 @@ pub async fn write_counters<C: ConnectionTrait>(
                 ],
             );
         }
-        super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 1, 6, 0);
+        super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 6, 0);
         let changed = execute(
             db,
             &format!(
@@ -160,7 +160,7 @@ pub async fn write_index<C: ConnectionTrait>(
                 ],
             );
         }
-        let padded = super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 0, 5, 0);
+        let padded = super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 5, 0);
         execute(
             db,
             &super::utilization::upsert_index(padded, &tuples),
@@ -188,7 +188,7 @@ pub async fn write_peaks<C: ConnectionTrait>(
                 [org.0.into(), period.start.into(), (*peak).into()],
             );
         }
-        super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 1, 3, 0);
+        super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 3, 0);
         execute(
             db,
             &format!(

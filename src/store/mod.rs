@@ -29,6 +29,9 @@ use sea_orm::{
 
 use crate::domain::{OrganizationId, Scope};
 
+/// Prepared statements kept by each Postgres connection (`connect_counted`).
+const STATEMENT_CACHE: usize = 400;
+
 /// Counts SQL statements, so tests can prove what a request costs (a page of organizations with
 /// DataLoaders, a recording). Statements of background work (`background`) are counted apart.
 #[derive(Debug, Default)]
@@ -338,9 +341,6 @@ pub fn push_row<const N: usize>(rows: &mut Vec<String>, values: &mut Vec<Value>,
     values.extend(row);
 }
 
-/// Prepared statements kept by each Postgres connection.
-const STATEMENT_CACHE: usize = 400;
-
 /// The number of rows a multi-row list of `n` rows is padded to on Postgres (`pad_rows`): `n` up
 /// to 3, then the next of 4, 6, 8, 12, 16, 24, ... (two sizes for each doubling, so at most a third
 /// of a list is padding).
@@ -366,26 +366,31 @@ const PAD_MAX: usize = 64;
 ///
 /// The rows added copy the first row's values, with column `null_column` (0-based; a key that is
 /// never NULL, such as the organization's id) set to NULL: they match no row of a join or an
-/// `UPDATE .. FROM`, and an insert filters them out (`insert_source`). `first` is the position in
-/// `values` of the list's first value, `width` its number of columns. SQLite, whose statements are
-/// not a round trip to prepare, keeps the list as it is.
+/// `UPDATE .. FROM`, and an insert filters them out (`insert_source`). The list's rows are the last
+/// `rows.len() * width` of `values` (`push_row`; values before them are the statement's own), each
+/// `width` wide. SQLite, whose statements are not a round trip to prepare, keeps the list as it is.
 pub fn pad_rows(
     backend: DbBackend,
     rows: &mut Vec<String>,
     values: &mut Vec<Value>,
-    first: usize,
     width: usize,
     null_column: usize,
 ) -> bool {
     if backend != DbBackend::Postgres || rows.is_empty() || rows.len() > PAD_MAX {
         return false;
     }
-    let Some(template) = values.get(first..first + width) else {
+    let first = values.len().checked_sub(rows.len() * width);
+    let Some(mut template) = first
+        .and_then(|f| values.get(f..f + width))
+        .map(<[Value]>::to_vec)
+    else {
         return false;
     };
-    let mut template = template.to_vec();
-    template[null_column] = template[null_column].as_null();
-    while rows.len() < padded_len(rows.len()) {
+    let Some(key) = template.get_mut(null_column) else {
+        return false;
+    };
+    *key = key.as_null();
+    for _ in rows.len()..padded_len(rows.len()) {
         rows.push(format!("({})", placeholders(values.len() + 1, width)));
         values.extend(template.iter().cloned());
     }
@@ -478,24 +483,10 @@ mod tests {
             (rows, values)
         };
         let (mut rows, mut values) = build();
-        assert!(!pad_rows(
-            DbBackend::Sqlite,
-            &mut rows,
-            &mut values,
-            1,
-            2,
-            0
-        ));
+        assert!(!pad_rows(DbBackend::Sqlite, &mut rows, &mut values, 2, 0));
         assert_eq!((rows.len(), values.len()), (5, 11));
 
-        assert!(pad_rows(
-            DbBackend::Postgres,
-            &mut rows,
-            &mut values,
-            1,
-            2,
-            0
-        ));
+        assert!(pad_rows(DbBackend::Postgres, &mut rows, &mut values, 2, 0));
         assert_eq!(rows.len(), 6);
         assert_eq!(rows[5], "($12, $13)");
         assert_eq!(values[11], Value::Uuid(None));
@@ -509,14 +500,7 @@ mod tests {
         // A batch's long lists stay as they are.
         let mut rows = vec!["($1)".to_owned(); PAD_MAX + 1];
         let mut values: Vec<Value> = vec![1i64.into(); PAD_MAX + 1];
-        assert!(!pad_rows(
-            DbBackend::Postgres,
-            &mut rows,
-            &mut values,
-            0,
-            1,
-            0
-        ));
+        assert!(!pad_rows(DbBackend::Postgres, &mut rows, &mut values, 1, 0));
         assert_eq!(rows.len(), PAD_MAX + 1);
     }
 

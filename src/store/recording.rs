@@ -169,7 +169,7 @@ pub async fn views<C: ConnectionTrait>(
             ],
         );
     }
-    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 0, 4, 0);
+    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 4, 0);
     let keys: Vec<&str> = match asks {
         [one] => one.keys.clone(),
         _ => Vec::new(),
@@ -246,7 +246,7 @@ async fn taken_keys<C: ConnectionTrait>(
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 0, 3, 1);
+    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 3, 1);
     // As in `views`: CROSS JOIN keeps SQLite on the asks first, each a lookup in the key's index.
     let sql = format!(
         "SELECT k.column1 AS n, e.idempotency_key AS e_key FROM (VALUES {}) AS k CROSS JOIN usage_events e \
@@ -708,7 +708,6 @@ pub async fn insert_events<C: ConnectionTrait>(
             db.get_database_backend(),
             &mut rows,
             &mut values,
-            0,
             COLUMNS,
             0,
         );

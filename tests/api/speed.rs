@@ -162,15 +162,7 @@ both_engines!(
 /// both, every count is exact and a replay is answered from its own organization's ledger.
 async fn a_wave_costs_constant_statements(app: TestApp) {
     let platform = app.platform_token();
-    let mut orgs = Vec::new();
-    for i in 0..12 {
-        let org = app.create_org(&format!("wave-{i}"), "growth").await;
-        // The period's first recording writes its period row whole: later ones are steady.
-        let item = json!({ "i": { "organizationId": org, "metric": "bookings", "quantity": "1" } });
-        app.ok(&platform, RECORD, item).await;
-        orgs.push(org);
-    }
-    app.until_team_read().await;
+    let orgs = steady_orgs(&app, &platform, "wave", 12).await;
     let batch = "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted duplicate usage { used } } }";
     let mut costs = Vec::new();
     for (round, n) in [3usize, 12].into_iter().enumerate() {
@@ -212,23 +204,101 @@ async fn a_wave_costs_constant_statements(app: TestApp) {
     let answers = body["data"]["recordUsageBatch"].as_array().unwrap();
     assert!(answers.iter().all(|a| a["duplicate"] == true), "{body}");
     for org in &orgs {
-        let data = app
-            .ok(
-                &platform,
-                "query($id: ID!) { organization(id: $id) { usage { metrics { metric { code } used } } } }",
-                json!({ "id": org }),
-            )
-            .await;
-        let metrics = data["organization"]["usage"]["metrics"].as_array().unwrap();
-        let bookings = metrics
-            .iter()
-            .find(|m| m["metric"]["code"] == "bookings")
-            .unwrap();
         let expected = if orgs[..3].contains(org) { "5" } else { "3" };
-        assert_eq!(bookings["used"], expected, "{data}");
+        assert_eq!(bookings_used(&app, &platform, org).await, expected, "{org}");
     }
 }
 both_engines!(wave_statements, super::a_wave_costs_constant_statements);
+
+/// `n` organizations on Growth, each with a booking recorded: the period's first recording writes
+/// its period row whole, so later ones go in waves.
+async fn steady_orgs(app: &TestApp, token: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut orgs = Vec::new();
+    for i in 0..n {
+        let org = app.create_org(&format!("{prefix}-{i}"), "growth").await;
+        let item = json!({ "i": { "organizationId": org, "metric": "bookings", "quantity": "1" } });
+        app.ok(token, RECORD, item).await;
+        orgs.push(org);
+    }
+    app.until_team_read().await;
+    orgs
+}
+
+/// An organization's bookings used this period, read through the API.
+async fn bookings_used(app: &TestApp, token: &str, org: &str) -> serde_json::Value {
+    let data = app
+        .ok(
+            token,
+            "query($id: ID!) { organization(id: $id) { usage { metrics { metric { code } used } } } }",
+            json!({ "id": org }),
+        )
+        .await;
+    let metrics = data["organization"]["usage"]["metrics"].as_array().unwrap();
+    metrics
+        .iter()
+        .find(|m| m["metric"]["code"] == "bookings")
+        .map(|m| m["used"].clone())
+        .unwrap_or_else(|| panic!("no bookings in {data}"))
+}
+
+/// On Postgres a wave's lists are padded to a few sizes with rows that match nothing
+/// (`store::pad_rows`): waves of 5 and 7 organizations (padded to 6 and 8) write exactly their own
+/// counters, events and index rows, and their keys replay as duplicates. SQLite, unpadded, answers
+/// the same.
+async fn a_padded_wave_writes_only_its_own_rows(app: TestApp) {
+    let platform = app.platform_token();
+    let orgs = steady_orgs(&app, &platform, "padded", 12).await;
+    let batch = "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted duplicate usage { used utilizationPct } } }";
+    let (first, second) = orgs.split_at(5);
+    let mut utilization = None;
+    for (group, key) in [(first, "p-5"), (second, "p-7")] {
+        let items: Vec<_> = group
+            .iter()
+            .map(|org| json!({ "organizationId": org, "metric": "bookings", "quantity": "4", "idempotencyKey": key }))
+            .collect();
+        for (round, duplicate) in [(0, false), (1, true)] {
+            let body = app.gql(&platform, batch, json!({ "i": items })).await;
+            let answers = body["data"]["recordUsageBatch"].as_array().unwrap();
+            assert_eq!(answers.len(), group.len(), "round {round}: {body}");
+            for a in answers {
+                assert_eq!(a["accepted"], true, "{body}");
+                assert_eq!(a["duplicate"], duplicate, "{body}");
+                assert_eq!(a["usage"]["used"], "5", "{body}");
+                utilization = Some(a["usage"]["utilizationPct"].clone());
+            }
+        }
+    }
+    for org in &orgs {
+        assert_eq!(bookings_used(&app, &platform, org).await, "5", "{org}");
+    }
+    // Every organization is on the platform's page with its own utilization, and no other row.
+    let data = app
+        .ok(
+            &platform,
+            "{ usageSummaries(metric: \"bookings\", first: 100) { nodes { organization { name } metric(code: \"bookings\") { utilizationPct } } } }",
+            json!({}),
+        )
+        .await;
+    let padded: Vec<&serde_json::Value> = data["usageSummaries"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n["organization"]["name"]
+                .as_str()
+                .is_some_and(|name| name.to_lowercase().starts_with("padded-"))
+        })
+        .collect();
+    assert_eq!(padded.len(), 12, "{data}");
+    for node in padded {
+        assert_eq!(
+            Some(&node["metric"]["utilizationPct"]),
+            utilization.as_ref(),
+            "{data}"
+        );
+    }
+}
+both_engines!(padded_wave, super::a_padded_wave_writes_only_its_own_rows);
 
 /// A round of usageUpdated reads the organization's summary in one statement (on Postgres, after
 /// the one that sets the round's scope), its plan from the entitlement cache, and its result is
