@@ -137,9 +137,11 @@ pub struct ViewAsk<'a> {
 
 /// The views of several recordings (`view`): one answer for each ask, in order, None where the
 /// organization is missing or hidden by the transaction's scope (row-level security; the caller
-/// checked each ask against its caller's scope). One statement; with several asks and keys, a second
-/// looks up each ask's keys in its own organization (in the first, every key would be looked up in
-/// every organization).
+/// checked each ask against its caller's scope). One statement, one row an ask: the plan's limits and
+/// the taken keys come as JSON arrays (`json_list`), so the organization's columns and the alerts'
+/// lookups are not repeated for each limit. With several asks and keys, a second statement looks up
+/// each ask's keys in its own organization (in the first, every key would be looked up in every
+/// organization).
 pub async fn views<C: ConnectionTrait>(
     db: &C,
     asks: &[ViewAsk<'_>],
@@ -147,6 +149,7 @@ pub async fn views<C: ConnectionTrait>(
     if asks.is_empty() {
         return Ok(vec![]);
     }
+    let backend = db.get_database_backend();
     let fired = |kind: AlertKind| {
         format!(
             "EXISTS (SELECT 1 FROM usage_alerts a WHERE a.organization_id = o.id AND a.period_start = q.column2 \
@@ -169,52 +172,56 @@ pub async fn views<C: ConnectionTrait>(
             ],
         );
     }
-    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 4, 0);
+    super::pad_rows(backend, &mut rows, &mut values, 4, 0);
     let keys: Vec<&str> = match asks {
         [one] => one.keys.clone(),
         _ => Vec::new(),
     };
-    let keys_sql = if keys.is_empty() {
+    let taken_sql = if keys.is_empty() {
         "NULL".to_owned()
     } else {
-        super::placeholders(values.len() + 1, keys.len())
+        let list = super::placeholders(values.len() + 1, keys.len());
+        values.extend(keys.iter().map(|k| Value::from(*k)));
+        format!(
+            "(SELECT {} FROM usage_events e WHERE e.organization_id = o.id AND e.idempotency_key IN ({list}))",
+            json_list(backend, "e.idempotency_key")
+        )
     };
-    values.extend(keys.iter().map(|k| Value::from(*k)));
     // CROSS JOIN keeps SQLite's planner on the asks first (a lookup by key in each table); Postgres
     // plans it as the inner join it is.
     let sql = format!(
         "SELECT q.column4 AS q_n, o.*, \
            u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
            u.peak_utilization_pct AS u_peak, x.utilization_pct AS x_util, x.exceeded AS x_exceeded, \
-           c.used AS c_used, c.credits AS c_credits, e.idempotency_key AS e_key, \
+           c.used AS c_used, c.credits AS c_credits, {taken_sql} AS e_keys, \
            {}, {}, {}, \
-           l.metric_code AS l_metric, l.included AS l_included, l.enforcement AS l_enforcement, \
-           l.overage_unit_price AS l_price \
+           (SELECT {} FROM plan_limits l WHERE l.plan_id = o.plan_id) AS l_limits \
          FROM (VALUES {}) AS q CROSS JOIN organizations o \
          LEFT JOIN organization_usage u ON u.organization_id = o.id AND u.period_start = q.column2 \
          LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = q.column2 AND c.metric_code = q.column3 \
          LEFT JOIN usage_utilization x ON x.organization_id = o.id AND x.period_start = q.column2 AND x.metric_code = q.column3 \
-         LEFT JOIN plan_limits l ON l.plan_id = o.plan_id \
-         LEFT JOIN usage_events e ON e.organization_id = o.id AND e.idempotency_key IN ({keys_sql}) \
          WHERE o.id = q.column1",
         fired(AlertKind::NearLimit),
         fired(AlertKind::LimitExceeded),
         fired(AlertKind::OverageStarted),
+        json_list(
+            backend,
+            &json_row(
+                backend,
+                "l.metric_code, l.included, l.enforcement, l.overage_unit_price"
+            )
+        ),
         rows.join(", "),
     );
     let found = query_all(db, &sql, values).await?;
-    let mut by_ask: Vec<Vec<&QueryResult>> = vec![Vec::new(); asks.len()];
+    let mut views: Vec<Option<RecordingView>> = asks.iter().map(|_| None).collect();
     for row in &found {
         let n = row.try_get::<i64>("", "q_n")?;
-        if let Some(rows) = usize::try_from(n).ok().and_then(|n| by_ask.get_mut(n)) {
-            rows.push(row);
-        }
+        let Some(ask) = usize::try_from(n).ok().filter(|n| *n < asks.len()) else {
+            continue;
+        };
+        views[ask] = Some(view_of(row, &asks[ask].keys)?);
     }
-    let mut views = by_ask
-        .iter()
-        .zip(asks)
-        .map(|(rows, ask)| view_of(rows, &ask.keys))
-        .collect::<Result<Vec<_>, _>>()?;
     if asks.len() > 1 {
         for (n, key) in taken_keys(db, asks).await? {
             if let Some(Some(view)) = views.get_mut(n)
@@ -225,6 +232,22 @@ pub async fn views<C: ConnectionTrait>(
         }
     }
     Ok(views)
+}
+
+/// A JSON array of the expression's values over a subquery's rows, as text (`[]` without rows).
+fn json_list(backend: DbBackend, expr: &str) -> String {
+    match backend {
+        DbBackend::Postgres => format!("COALESCE(json_agg({expr}), '[]')::text"),
+        _ => format!("json_group_array({expr})"),
+    }
+}
+
+/// A JSON array of the columns' values (integers stay exact: both engines write them as digits).
+fn json_row(backend: DbBackend, columns: &str) -> String {
+    match backend {
+        DbBackend::Postgres => format!("json_build_array({columns})"),
+        _ => format!("json_array({columns})"),
+    }
 }
 
 /// Which asks' keys are taken in their organizations: (ask, key), one statement (none without keys).
@@ -266,11 +289,8 @@ async fn taken_keys<C: ConnectionTrait>(
         .collect()
 }
 
-/// One ask's rows of `views`, as its view (None without rows: no such organization in scope).
-fn view_of(rows: &[&QueryResult], keys: &[&str]) -> Result<Option<RecordingView>, DbErr> {
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
+/// One ask's row of `views`, as its view.
+fn view_of(first: &QueryResult, keys: &[&str]) -> Result<RecordingView, DbErr> {
     let org_model = organization::Model::from_query_result(first, "")?;
     let period_state = match first.try_get::<Option<i32>>("", "u_epoch")? {
         Some(epoch) => Some(PeriodRow {
@@ -289,14 +309,13 @@ fn view_of(rows: &[&QueryResult], keys: &[&str]) -> Result<Option<RecordingView>
         Some(u) => Some((u, first.try_get::<bool>("", "x_exceeded")?)),
         None => None,
     };
-    let mut taken = Vec::new();
-    for row in rows {
-        // The statement looked up every ask's keys: this ask's alone count.
-        if let Some(key) = row.try_get::<Option<String>>("", "e_key")?
-            && keys.contains(&key.as_str())
-            && !taken.contains(&key)
-        {
-            taken.push(key);
+    let mut taken: Vec<String> = Vec::new();
+    if let Some(found) = first.try_get::<Option<String>>("", "e_keys")? {
+        // The statement looked up this ask's keys alone.
+        for key in parse_json::<Vec<String>>(&found, "taken keys")? {
+            if keys.contains(&key.as_str()) && !taken.contains(&key) {
+                taken.push(key);
+            }
         }
     }
     let mut fired = Vec::new();
@@ -310,26 +329,21 @@ fn view_of(rows: &[&QueryResult], keys: &[&str]) -> Result<Option<RecordingView>
             fired.push(kind);
         }
     }
-    let mut limits = HashMap::new();
-    for row in rows {
-        let Some(code) = row.try_get::<Option<String>>("", "l_metric")? else {
-            continue;
-        };
-        if limits.contains_key(&code) {
-            continue;
-        }
-        let enforcement =
-            Enforcement::try_from_value(&row.try_get::<String>("", "l_enforcement")?)?;
+    let listed: Vec<(String, Option<i64>, String, Option<i64>)> =
+        parse_json(&first.try_get::<String>("", "l_limits")?, "plan limits")?;
+    let mut limits = HashMap::with_capacity(listed.len());
+    for (code, included, enforcement, overage_unit_price) in listed {
+        let enforcement = Enforcement::try_from_value(&enforcement)?;
         limits.insert(
             code,
             StoredLimit {
-                included: row.try_get("", "l_included")?,
+                included,
                 enforcement,
-                overage_unit_price: row.try_get("", "l_price")?,
+                overage_unit_price,
             },
         );
     }
-    Ok(Some(RecordingView {
+    Ok(RecordingView {
         org: org_model,
         limits,
         period: period_state,
@@ -337,7 +351,12 @@ fn view_of(rows: &[&QueryResult], keys: &[&str]) -> Result<Option<RecordingView>
         indexed,
         taken,
         fired,
-    }))
+    })
+}
+
+/// A JSON value the statement built, or a decoding error naming what it was.
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, DbErr> {
+    serde_json::from_str(text).map_err(|e| DbErr::Type(format!("{what}: {e}")))
 }
 
 /// How the recorded counter moves.

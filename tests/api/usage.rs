@@ -100,14 +100,7 @@ async fn concurrent_recordings_add_up(app: TestApp) {
     for task in tasks {
         task.await.unwrap();
     }
-    let data = app
-        .ok(
-            &t,
-            "{ organization { usage { metric(code: \"bookings\") { used } } } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(data["organization"]["usage"]["metric"]["used"], "3200");
+    assert_eq!(own_bookings_used(&app, &t).await, "3200");
 }
 both_engines!(concurrency, super::concurrent_recordings_add_up);
 
@@ -162,16 +155,48 @@ async fn idempotency_key_counts_once(app: TestApp) {
         let refused = app.gql(&t, &again(metric, quantity), json!({})).await;
         assert_eq!(code(&refused), Some("CONFLICT"), "{refused}");
     }
-    let data = app
-        .ok(
-            &t,
-            "{ organization { usage { metric(code: \"bookings\") { used } } } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(data["organization"]["usage"]["metric"]["used"], "3");
+    assert_eq!(own_bookings_used(&app, &t).await, "3");
 }
 both_engines!(idempotency, super::idempotency_key_counts_once);
+
+/// Keys come back from the store as JSON the engine builds (`store::recording::views`): a key of any
+/// text is found again exactly, through a batch's run and through a recording alone.
+async fn keys_of_any_text_are_found_again(app: TestApp) {
+    let org = app.create_org("acme", "basic").await;
+    let t = app.tenant_token(&org, Role::Service);
+    let keys = [
+        "quote\"d",
+        "back\\slash",
+        "üñí©ødé 😀",
+        "line\nbreak\ttab\u{1}",
+        "[\"looks\",\"like\",\"json\"]",
+    ];
+    let batch = "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted duplicate } }";
+    let items: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| json!({ "metric": "bookings", "quantity": "1", "idempotencyKey": k }))
+        .collect();
+    for round in 0..2 {
+        let d = app.ok(&t, batch, json!({ "i": items })).await;
+        for (k, r) in keys.iter().zip(d["recordUsageBatch"].as_array().unwrap()) {
+            assert_eq!(r["accepted"], true, "{k:?}: {r}");
+            assert_eq!(r["duplicate"], round == 1, "{k:?} in round {round}: {r}");
+        }
+    }
+    let one = "mutation($k: String!) { recordUsage(input: {metric: \"bookings\", quantity: \"1\", idempotencyKey: $k}) { duplicate } }";
+    for k in keys {
+        let d = app.ok(&t, one, json!({ "k": k })).await;
+        assert_eq!(d["recordUsage"]["duplicate"], true, "{k:?}: {d}");
+    }
+    // A key that differs only in a character is another key.
+    let d = app.ok(&t, one, json!({ "k": "quote'd" })).await;
+    assert_eq!(d["recordUsage"]["duplicate"], false, "{d}");
+    assert_eq!(
+        own_bookings_used(&app, &t).await,
+        (keys.len() + 1).to_string()
+    );
+}
+both_engines!(keys_of_any_text, super::keys_of_any_text_are_found_again);
 
 async fn hard_limit_is_never_overshot(app: TestApp) {
     app.upsert_plan(
@@ -296,3 +321,15 @@ async fn gauge_entitlement_counts_one_more(app: TestApp) {
     assert_eq!(events["data"]["organization"], serde_json::Value::Null);
 }
 both_engines!(gauge_entitlement, super::gauge_entitlement_counts_one_more);
+
+/// The caller's organization's bookings used this period, read through the API.
+async fn own_bookings_used(app: &TestApp, token: &str) -> serde_json::Value {
+    let data = app
+        .ok(
+            token,
+            "{ organization { usage { metric(code: \"bookings\") { used } } } }",
+            json!({}),
+        )
+        .await;
+    data["organization"]["usage"]["metric"]["used"].clone()
+}
