@@ -137,11 +137,11 @@ pub struct ViewAsk<'a> {
 
 /// The views of several recordings (`view`): one answer for each ask, in order, None where the
 /// organization is missing or hidden by the transaction's scope (row-level security; the caller
-/// checked each ask against its caller's scope). One statement, one row an ask: the plan's limits and
-/// the taken keys come as JSON arrays (`json_list`), so the organization's columns and the alerts'
-/// lookups are not repeated for each limit. With several asks and keys, a second statement looks up
-/// each ask's keys in its own organization (in the first, every key would be looked up in every
-/// organization).
+/// checked each ask against its caller's scope). One statement, one row an ask. Each ask carries its
+/// keys as a JSON array, looked up in its own organization alone; the plan's limits and the taken
+/// keys come back as JSON arrays (`json_list`), so the organization's columns and the alerts'
+/// lookups are not repeated for each limit, and the statement's text does not depend on how many
+/// keys are asked.
 pub async fn views<C: ConnectionTrait>(
     db: &C,
     asks: &[ViewAsk<'_>],
@@ -158,9 +158,10 @@ pub async fn views<C: ConnectionTrait>(
             kind.to_value().to_lowercase()
         )
     };
-    let mut values: Vec<Value> = Vec::with_capacity(asks.len() * 4);
+    let mut values: Vec<Value> = Vec::with_capacity(asks.len() * 5);
     let mut rows = Vec::with_capacity(asks.len());
     for (n, ask) in asks.iter().enumerate() {
+        let keys = serde_json::to_string(&ask.keys).map_err(|e| DbErr::Custom(e.to_string()))?;
         super::push_row(
             &mut rows,
             &mut values,
@@ -169,23 +170,19 @@ pub async fn views<C: ConnectionTrait>(
                 ask.period.start.into(),
                 ask.metric.into(),
                 (n as i64).into(),
+                keys.into(),
             ],
         );
     }
-    super::pad_rows(backend, &mut rows, &mut values, 4, 0);
-    let keys: Vec<&str> = match asks {
-        [one] => one.keys.clone(),
-        _ => Vec::new(),
-    };
-    let taken_sql = if keys.is_empty() {
-        "NULL".to_owned()
-    } else {
-        let list = super::placeholders(values.len() + 1, keys.len());
-        values.extend(keys.iter().map(|k| Value::from(*k)));
-        format!(
-            "(SELECT {} FROM usage_events e WHERE e.organization_id = o.id AND e.idempotency_key IN ({list}))",
-            json_list(backend, "e.idempotency_key")
-        )
+    super::pad_rows(backend, &mut rows, &mut values, 5, 0);
+    // Each asked key a lookup in the (organization, key) index: on Postgres as an array, which a
+    // generic plan still probes key by key (a subquery there may be planned as a scan of the
+    // organization's ledger).
+    let taken = match backend {
+        DbBackend::Postgres => {
+            "e.idempotency_key = ANY (ARRAY(SELECT json_array_elements_text(q.column5::json)))"
+        }
+        _ => "e.idempotency_key IN (SELECT value FROM json_each(q.column5))",
     };
     // CROSS JOIN keeps SQLite's planner on the asks first (a lookup by key in each table); Postgres
     // plans it as the inner join it is.
@@ -193,7 +190,8 @@ pub async fn views<C: ConnectionTrait>(
         "SELECT q.column4 AS q_n, o.*, \
            u.alert_epoch AS u_epoch, u.has_exceeded_limits AS u_exceeded, u.exceeded_limits_details AS u_details, \
            u.peak_utilization_pct AS u_peak, x.utilization_pct AS x_util, x.exceeded AS x_exceeded, \
-           c.used AS c_used, c.credits AS c_credits, {taken_sql} AS e_keys, \
+           c.used AS c_used, c.credits AS c_credits, \
+           (SELECT {} FROM usage_events e WHERE e.organization_id = o.id AND {taken}) AS e_keys, \
            {}, {}, {}, \
            (SELECT {} FROM plan_limits l WHERE l.plan_id = o.plan_id) AS l_limits \
          FROM (VALUES {}) AS q CROSS JOIN organizations o \
@@ -201,6 +199,7 @@ pub async fn views<C: ConnectionTrait>(
          LEFT JOIN usage_counters c ON c.organization_id = o.id AND c.period_start = q.column2 AND c.metric_code = q.column3 \
          LEFT JOIN usage_utilization x ON x.organization_id = o.id AND x.period_start = q.column2 AND x.metric_code = q.column3 \
          WHERE o.id = q.column1",
+        json_list(backend, "e.idempotency_key"),
         fired(AlertKind::NearLimit),
         fired(AlertKind::LimitExceeded),
         fired(AlertKind::OverageStarted),
@@ -222,15 +221,6 @@ pub async fn views<C: ConnectionTrait>(
         };
         views[ask] = Some(view_of(row, &asks[ask].keys)?);
     }
-    if asks.len() > 1 {
-        for (n, key) in taken_keys(db, asks).await? {
-            if let Some(Some(view)) = views.get_mut(n)
-                && !view.taken.contains(&key)
-            {
-                view.taken.push(key);
-            }
-        }
-    }
     Ok(views)
 }
 
@@ -248,45 +238,6 @@ fn json_row(backend: DbBackend, columns: &str) -> String {
         DbBackend::Postgres => format!("json_build_array({columns})"),
         _ => format!("json_array({columns})"),
     }
-}
-
-/// Which asks' keys are taken in their organizations: (ask, key), one statement (none without keys).
-async fn taken_keys<C: ConnectionTrait>(
-    db: &C,
-    asks: &[ViewAsk<'_>],
-) -> Result<Vec<(usize, String)>, DbErr> {
-    let mut values: Vec<Value> = Vec::new();
-    let mut rows = Vec::new();
-    for (n, ask) in asks.iter().enumerate() {
-        for key in &ask.keys {
-            super::push_row(
-                &mut rows,
-                &mut values,
-                [(n as i64).into(), ask.org.0.into(), (*key).into()],
-            );
-        }
-    }
-    if rows.is_empty() {
-        return Ok(vec![]);
-    }
-    super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 3, 1);
-    // As in `views`: CROSS JOIN keeps SQLite on the asks first, each a lookup in the key's index.
-    let sql = format!(
-        "SELECT k.column1 AS n, e.idempotency_key AS e_key FROM (VALUES {}) AS k CROSS JOIN usage_events e \
-         WHERE e.organization_id = k.column2 AND e.idempotency_key = k.column3",
-        rows.join(", ")
-    );
-    query_all(db, &sql, values)
-        .await?
-        .iter()
-        .map(|row| {
-            let n = row.try_get::<i64>("", "n")?;
-            Ok((
-                usize::try_from(n).unwrap_or(usize::MAX),
-                row.try_get("", "e_key")?,
-            ))
-        })
-        .collect()
 }
 
 /// One ask's row of `views`, as its view.
