@@ -219,7 +219,7 @@ pub async fn views<C: ConnectionTrait>(
         let Some(ask) = usize::try_from(n).ok().filter(|n| *n < asks.len()) else {
             continue;
         };
-        views[ask] = Some(view_of(row, &asks[ask].keys)?);
+        views[ask] = Some(view_of(row)?);
     }
     Ok(views)
 }
@@ -241,7 +241,7 @@ fn json_row(backend: DbBackend, columns: &str) -> String {
 }
 
 /// One ask's row of `views`, as its view.
-fn view_of(first: &QueryResult, keys: &[&str]) -> Result<RecordingView, DbErr> {
+fn view_of(first: &QueryResult) -> Result<RecordingView, DbErr> {
     let org_model = organization::Model::from_query_result(first, "")?;
     let period_state = match first.try_get::<Option<i32>>("", "u_epoch")? {
         Some(epoch) => Some(PeriodRow {
@@ -260,15 +260,8 @@ fn view_of(first: &QueryResult, keys: &[&str]) -> Result<RecordingView, DbErr> {
         Some(u) => Some((u, first.try_get::<bool>("", "x_exceeded")?)),
         None => None,
     };
-    let mut taken: Vec<String> = Vec::new();
-    if let Some(found) = first.try_get::<Option<String>>("", "e_keys")? {
-        // The statement looked up this ask's keys alone.
-        for key in parse_json::<Vec<String>>(&found, "taken keys")? {
-            if keys.contains(&key.as_str()) && !taken.contains(&key) {
-                taken.push(key);
-            }
-        }
-    }
+    // The statement looked up this ask's keys alone, in its organization, where a key is unique.
+    let taken: Vec<String> = parse_json(&first.try_get::<String>("", "e_keys")?, "taken keys")?;
     let mut fired = Vec::new();
     for kind in [
         AlertKind::NearLimit,
