@@ -18,6 +18,7 @@ use crate::app::AppState;
 use crate::domain::Viewer;
 use crate::error::AppError;
 use crate::graphql::RequestCtx;
+use crate::graphql::responses::Flight;
 use crate::{auth, ws};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -185,6 +186,23 @@ fn failed_before_execution(resp: &async_graphql::Response) -> bool {
         && resp.errors.iter().all(|e| e.path.is_empty())
 }
 
+/// A usage read answered from the response cache: `hit` (kept before it asked) or `shared` (kept
+/// by the execution it waited for).
+fn kept_answer(
+    media: &'static str,
+    body: Bytes,
+    outcome: &'static str,
+    operation: String,
+    received: std::time::Instant,
+) -> Response {
+    metrics::counter!("tollgate_response_cache_total", "outcome" => outcome).increment(1);
+    metrics::counter!("tollgate_graphql_requests_total", "operation" => operation.clone(), "outcome" => "ok")
+        .increment(1);
+    metrics::histogram!("tollgate_graphql_request_duration_seconds", "operation" => operation)
+        .record(received.elapsed().as_secs_f64());
+    bytes_response(StatusCode::OK, media, body)
+}
+
 async fn execute(
     state: &AppState,
     media: &'static str,
@@ -236,15 +254,26 @@ async fn execute(
         }
         if single && let Some(key) = response_key(state, viewer.as_ref(), doc.as_deref(), &r) {
             if let Some(body) = state.responses.get(&key, &state.engine.cache) {
-                metrics::counter!("tollgate_response_cache_total", "outcome" => "hit").increment(1);
-                metrics::counter!("tollgate_graphql_requests_total", "operation" => operation.clone(), "outcome" => "ok")
-                    .increment(1);
-                metrics::histogram!("tollgate_graphql_request_duration_seconds", "operation" => operation)
-                    .record(received.elapsed().as_secs_f64());
-                return bytes_response(StatusCode::OK, media, body);
+                return kept_answer(media, body, "hit", operation, received);
             }
-            metrics::counter!("tollgate_response_cache_total", "outcome" => "miss").increment(1);
-            keep = state.responses.pending(key, &state.engine.cache);
+            keep = match state.responses.join(key, &state.engine.cache) {
+                Flight::Lead(pending) => {
+                    metrics::counter!("tollgate_response_cache_total", "outcome" => "miss")
+                        .increment(1);
+                    Some(pending)
+                }
+                Flight::Follow(follower) => {
+                    // Another request with this key is executing: its answer, when kept, is ours.
+                    let key = follower.wait().await;
+                    if let Some(body) = state.responses.get(&key, &state.engine.cache) {
+                        return kept_answer(media, body, "shared", operation, received);
+                    }
+                    metrics::counter!("tollgate_response_cache_total", "outcome" => "miss")
+                        .increment(1);
+                    state.responses.pending_alone(key, &state.engine.cache)
+                }
+                Flight::Off => None,
+            };
         }
         if let Some(doc) = doc {
             r.set_parsed_query((*doc).clone());

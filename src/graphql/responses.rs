@@ -23,8 +23,17 @@
 //! each field). The key is the caller (subject, organization, role, platform membership) and the
 //! request (document text, operation name, variables): nothing is shared between callers. The cache
 //! is bounded in bytes (`--response-cache-bytes`; zero turns it off) and evicts (quick_cache).
+//!
+//! Concurrent misses of one key share one execution: the first one leads (`Flight::Lead`), and
+//! the others (`Flight::Follow`) wait until it has finished, then look the key up again. When the
+//! leader's answer was kept they are answered with it; when it could not be kept (a commit it
+//! depends on landed meanwhile, it had errors, the leader's client went away), each follower
+//! executes on its own, without waiting for one another. So a kept page's expiry costs one
+//! execution, not one for each client asking at that moment, and a follower never gets an answer
+//! that the cache itself would not give it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::{
@@ -286,8 +295,13 @@ impl quick_cache::Weighter<Key, Arc<Kept>> for Weight {
     }
 }
 
+/// The executions under way whose answers may be kept, by key: each wakes its followers when
+/// it ends (its sender is dropped), whether or not its answer was kept.
+type Flights = Arc<Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>>;
+
 pub struct ResponseCache {
     entries: Option<quick_cache::sync::Cache<Key, Arc<Kept>, Weight>>,
+    flights: Flights,
     ttl: Duration,
     /// Answers served from the cache by this instance (the process-wide metric counts every
     /// instance's, which tests running several servers in one process cannot tell apart).
@@ -295,10 +309,58 @@ pub struct ResponseCache {
 }
 
 /// A request that may be kept: its key, and what the entitlement cache said before it executed.
+/// A leader's also holds its flight, which ends (waking the followers) when the answer has been
+/// kept or refused, or when the request is dropped unanswered.
 pub struct Pending {
     key: Key,
     ticket: Ticket,
     period: Period,
+    _lead: Option<Lead>,
+}
+
+/// A leader's flight: dropping it removes it, then wakes the followers.
+struct Lead {
+    flights: Flights,
+    key: Key,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        // Removed before `_done` is dropped (fields drop after this), so a request that finds no
+        // flight finds the kept answer, or leads a new flight.
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// How a request that missed the cache executes.
+pub enum Flight {
+    /// No other request with its key is executing: it executes, and others wait for it.
+    Lead(Pending),
+    /// Another request with its key is executing: wait for it (`Follower::wait`).
+    Follow(Follower),
+    /// The cache is off.
+    Off,
+}
+
+/// A request waiting for the execution of another with the same key.
+pub struct Follower {
+    key: Key,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+impl Follower {
+    /// Waits until the leader's execution has ended (kept, refused or dropped); then the key is
+    /// looked up again (`ResponseCache::get`), and on a miss the request executes on its own
+    /// (`ResponseCache::pending_alone`).
+    pub async fn wait(mut self) -> Key {
+        // The leader never sends: its sender is dropped when its flight ends, which ends this.
+        while self.done.changed().await.is_ok() {}
+        self.key
+    }
 }
 
 impl ResponseCache {
@@ -311,6 +373,7 @@ impl ResponseCache {
         });
         ResponseCache {
             entries,
+            flights: Flights::default(),
             ttl,
             hits: Default::default(),
         }
@@ -341,14 +404,43 @@ impl ResponseCache {
         }
     }
 
-    /// Taken before executing a request that may be kept.
-    pub fn pending(&self, key: Key, state: &StateCache) -> Option<Pending> {
+    /// Called on a miss, before executing a request that may be kept: it leads the execution of
+    /// its key, or follows the one already under way.
+    pub fn join(&self, key: Key, state: &StateCache) -> Flight {
+        if self.entries.is_none() {
+            return Flight::Off;
+        }
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = flights.get(&key) {
+            return Flight::Follow(Follower {
+                done: done.clone(),
+                key,
+            });
+        }
+        // The ticket is taken with the flight registered, so every follower arrived after it.
+        let Some(mut pending) = self.pending_alone(key, state) else {
+            return Flight::Off;
+        };
+        let (done, waiting) = tokio::sync::watch::channel(());
+        flights.insert(pending.key.clone(), waiting);
+        pending._lead = Some(Lead {
+            flights: self.flights.clone(),
+            key: pending.key.clone(),
+            _done: done,
+        });
+        Flight::Lead(pending)
+    }
+
+    /// Taken before executing a request that may be kept, without leading a flight (a follower
+    /// whose leader's answer was not kept).
+    pub fn pending_alone(&self, key: Key, state: &StateCache) -> Option<Pending> {
         self.entries.as_ref()?;
         let ticket = state.ticket(key.depends().unwrap_or(OrganizationId(uuid::Uuid::nil())))?;
         Some(Pending {
             key,
             ticket,
             period: Period::current(),
+            _lead: None,
         })
     }
 
@@ -444,7 +536,7 @@ mod tests {
         let tenant = key(&viewer(Some(a), false), "{ organization { name } }");
         let platform = key(&viewer(None, true), "{ organization { name } }");
         let keep = |k: &Key| {
-            let p = cache.pending(k.clone(), &state).unwrap();
+            let p = cache.pending_alone(k.clone(), &state).unwrap();
             cache.put(p, Bytes::from_static(b"{}"), &state);
         };
         keep(&tenant);
@@ -463,7 +555,7 @@ mod tests {
         state.clear();
         assert!(cache.get(&tenant, &state).is_none());
         // An answer computed while its organization changed is not kept.
-        let p = cache.pending(tenant.clone(), &state).unwrap();
+        let p = cache.pending_alone(tenant.clone(), &state).unwrap();
         state.invalidate(a);
         cache.put(p, Bytes::from_static(b"{}"), &state);
         assert!(cache.get(&tenant, &state).is_none());
@@ -494,12 +586,79 @@ mod tests {
         );
     }
 
+    fn lead(cache: &ResponseCache, k: &Key, state: &StateCache) -> Pending {
+        match cache.join(k.clone(), state) {
+            Flight::Lead(p) => p,
+            _ => panic!("expected to lead"),
+        }
+    }
+
+    fn follow(cache: &ResponseCache, k: &Key, state: &StateCache) -> Follower {
+        match cache.join(k.clone(), state) {
+            Flight::Follow(f) => f,
+            _ => panic!("expected to follow"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_execution_only_when_its_answer_is_kept() {
+        let state = StateCache::default();
+        let cache = ResponseCache::new(1 << 20, Duration::from_secs(60));
+        let a = OrganizationId(uuid::Uuid::new_v4());
+        let k = key(&viewer(Some(a), false), "{ organization { name } }");
+        let other = key(&viewer(Some(a), false), "{ organization { slug } }");
+
+        // Kept: the followers, woken, find the leader's answer.
+        let leader = lead(&cache, &k, &state);
+        let followers = [follow(&cache, &k, &state), follow(&cache, &k, &state)];
+        let _another_key_leads = lead(&cache, &other, &state);
+        cache.put(leader, Bytes::from_static(b"kept"), &state);
+        for f in followers {
+            let k = f.wait().await;
+            assert_eq!(cache.get(&k, &state).as_deref(), Some(&b"kept"[..]));
+        }
+
+        // Refused (its organization changed while it executed): each follower is woken, misses,
+        // and executes on its own; the next miss leads again.
+        state.invalidate(a);
+        assert!(cache.get(&k, &state).is_none());
+        let leader = lead(&cache, &k, &state);
+        let follower = follow(&cache, &k, &state);
+        state.invalidate(a);
+        cache.put(leader, Bytes::from_static(b"stale"), &state);
+        let k2 = follower.wait().await;
+        assert!(
+            cache.get(&k2, &state).is_none(),
+            "a refused answer is not shared"
+        );
+        let alone = cache
+            .pending_alone(k2, &state)
+            .expect("executes on its own");
+        cache.put(alone, Bytes::from_static(b"fresh"), &state);
+        assert_eq!(cache.get(&k, &state).as_deref(), Some(&b"fresh"[..]));
+
+        // A leader dropped unanswered (its client went away) wakes its followers too.
+        state.invalidate(a);
+        let leader = lead(&cache, &k, &state);
+        let follower = follow(&cache, &k, &state);
+        drop(leader);
+        let k3 = tokio::time::timeout(Duration::from_secs(5), follower.wait())
+            .await
+            .expect("woken");
+        assert!(cache.get(&k3, &state).is_none());
+        drop(lead(&cache, &k3, &state));
+
+        // With the cache off, nobody waits.
+        let off = ResponseCache::new(0, Duration::from_secs(1));
+        assert!(matches!(off.join(k3, &state), Flight::Off));
+    }
+
     #[test]
     fn kept_answers_expire_and_a_zero_setting_turns_the_cache_off() {
         let state = StateCache::default();
         let k = key(&viewer(None, true), "{ organization { name } }");
         let short = ResponseCache::new(1 << 20, Duration::from_millis(30));
-        let p = short.pending(k.clone(), &state).unwrap();
+        let p = short.pending_alone(k.clone(), &state).unwrap();
         short.put(p, Bytes::from_static(b"{}"), &state);
         assert!(short.get(&k, &state).is_some());
         std::thread::sleep(Duration::from_millis(40));
@@ -509,7 +668,7 @@ mod tests {
             ResponseCache::new(1 << 20, Duration::ZERO),
         ] {
             assert!(!off.enabled());
-            assert!(off.pending(k.clone(), &state).is_none());
+            assert!(off.pending_alone(k.clone(), &state).is_none());
         }
     }
 }

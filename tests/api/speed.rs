@@ -814,6 +814,51 @@ async fn kept_answers_never_hide_a_write(app: TestApp) {
 }
 both_engines!(kept_answers, super::kept_answers_never_hide_a_write);
 
+/// Concurrent requests for an answer that is not kept share one execution: one leads, the others
+/// wait for it and are answered with what it kept. The kept page expiring (each time to live) thus
+/// costs one execution, not one for each client asking at that moment. After a write, the burst
+/// again costs one execution and every answer shows the write.
+async fn concurrent_misses_share_one_execution(app: TestApp) {
+    let org = app.create_org("burst", "growth").await;
+    app.create_org("burst-2", "growth").await;
+    let platform = app.platform_token();
+    let service = app.tenant_token(&org, Role::Service);
+    app.until_team_read().await;
+    let hits = || app.state.responses.hits();
+    let burst = async |expect_used: &str| {
+        let before = hits();
+        let answers =
+            futures_util::future::join_all((0..16).map(|_| app.gql(&platform, PAGE, json!({}))))
+                .await;
+        for a in &answers {
+            assert_eq!(a, &answers[0], "every client gets the same page");
+            assert_eq!(used_of(a, "burst"), Some(&json!(expect_used)), "{a}");
+        }
+        assert_eq!(hits() - before, 15, "16 clients, one execution");
+    };
+    burst("0").await;
+    // The recording's own event (on Postgres, its notification coming back to this replica, which
+    // invalidates again) is awaited, so that no invalidation lands during the next burst.
+    let id = tollgate::domain::OrganizationId(org.parse().unwrap());
+    let mut events = app.state.engine.bus.subscribe(Some(id));
+    let rec = app.record(&service, "bookings", "3").await;
+    assert_eq!(rec["data"]["recordUsage"]["accepted"], true, "{rec}");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !matches!(
+            events.recv().await,
+            Ok(tollgate::alerts::BusEvent::UsageChanged(_))
+        ) {}
+    })
+    .await
+    .expect("the recording's event");
+    burst("3").await;
+}
+both_engines!(
+    shared_misses,
+    super::concurrent_misses_share_one_execution,
+    &["--entitlement-cache-ttl", "60s"]
+);
+
 /// A recording made before the group: metric, quantity, idempotency key.
 type Recorded = (&'static str, &'static str, Option<&'static str>);
 
