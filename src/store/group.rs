@@ -1,8 +1,8 @@
 //! The group writer's statements over several organizations at once (`domain::usage::group`): the
-//! group's scope and writer locks in one statement, and a wave's writes in multi-row statements (the
-//! counters, the utilization index, the period rows' peaks). The wave's reads are
-//! `recording::views`; its ledger and alert inserts are `recording::insert_events` and
-//! `recording::insert_alerts`, which already take many rows.
+//! group's scope and writer locks in one statement, and a wave's writes in one statement (the
+//! counters, the ledger's events, the utilization index, the period rows' peaks and the usage
+//! notifications, `write_wave`). The wave's reads are `recording::views`; its rare writes (a period
+//! row's flags, new alerts) are `recording::write_metric_state` and `recording::insert_alerts`.
 //!
 //! Each statement here touches organizations whose recordings were checked against their callers'
 //! scopes before they were queued; on Postgres, row-level security also holds each statement to the
@@ -13,7 +13,7 @@ use entity::usage_event;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
 use uuid::Uuid;
 
-use super::{execute, placeholders, push_row, query_all, query_one};
+use super::{push_row, query_all, query_one};
 use crate::domain::{OrganizationId, Period};
 
 /// Sets the transaction's scope to the group's organizations (Postgres; SQLite has no row-level
@@ -64,145 +64,227 @@ pub struct CounterWrite<'a> {
     pub used: i64,
 }
 
-/// Writes a wave's counters: one multi-row update of the rows that exist, each only if it still holds
-/// what the lock's read found, and one multi-row insert of the new ones. False when a row was not as
-/// read (a writer outside the lock): the caller undoes the transaction.
-pub async fn write_counters<C: ConnectionTrait>(
+/// A wave's writes (Postgres), made by one statement (`write_wave`).
+pub struct WaveWrites<'a> {
+    pub counters: &'a [CounterWrite<'a>],
+    pub events: &'a [usage_event::Model],
+    /// Rows of the utilization index: (organization, period, metric, utilization, exceeded).
+    pub index: &'a [(OrganizationId, Period, &'a str, f64, bool)],
+    /// Period rows' peak utilization: (organization, period, peak), at most one for each row.
+    pub peaks: &'a [(OrganizationId, Period, f64)],
+    /// Notifications queued with the writes (delivered at commit): the channel, the payloads.
+    pub notify: (&'a str, &'a [String]),
+}
+
+/// What a wave's statement wrote.
+pub struct WaveWritten {
+    /// Every counter held what the lock's read found (false: a writer outside the lock moved one,
+    /// and the caller undoes the transaction).
+    pub counters_held: bool,
+    /// Events the ledger took (fewer than given: a key was taken by a writer outside the lock).
+    pub events: u64,
+}
+
+// The rows travel as JSON arrays of objects (`json_to_recordset`), so the statement's text is the
+// same whatever the wave's size: one prepared statement and one generic plan for every wave.
+// Dates and times go as text, utilizations as Rust's shortest round-trip text of the f64 (which
+// Postgres's float8 reads back exactly, `inf` and `NaN` included), integers as JSON integers.
+
+#[derive(serde::Serialize)]
+struct MovedRow<'a> {
+    o: Uuid,
+    p: String,
+    m: &'a str,
+    b: i64,
+    c: i64,
+    u: i64,
+}
+
+#[derive(serde::Serialize)]
+struct NewRow<'a> {
+    o: Uuid,
+    p: String,
+    m: &'a str,
+    u: i64,
+}
+
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    o: Uuid,
+    id: Uuid,
+    m: &'a str,
+    k: String,
+    q: i64,
+    p: String,
+    key: Option<&'a str>,
+    r: Option<&'a str>,
+    a: Option<&'a str>,
+    ov: bool,
+    ch: i64,
+    at: String,
+    rec: String,
+}
+
+#[derive(serde::Serialize)]
+struct IndexRow<'a> {
+    o: Uuid,
+    p: String,
+    m: &'a str,
+    u: String,
+    x: bool,
+}
+
+#[derive(serde::Serialize)]
+struct PeakRow {
+    o: Uuid,
+    p: String,
+    u: String,
+}
+
+fn day(p: &Period) -> String {
+    p.start.format("%Y-%m-%d").to_string()
+}
+
+/// Microseconds, truncated, as the driver binds a time (Postgres would round finer digits).
+fn instant(t: &chrono::DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn json<T: serde::Serialize>(rows: &[T]) -> Result<String, DbErr> {
+    serde_json::to_string(rows).map_err(|e| DbErr::Custom(format!("a wave's rows as JSON: {e}")))
+}
+
+/// The wave's writes in one statement (Postgres; waves run there alone): the counters that exist
+/// (each only if it still holds what the lock's read found) and the new ones, the ledger's events
+/// (an event whose key is taken is skipped), the utilization index's rows, the period rows' peaks,
+/// and the usage notifications. Each part is a data-modifying CTE; they touch different tables, or
+/// different rows of one (a counter is either moved or created), so no part needs to see another's
+/// effect.
+pub async fn write_wave<C: ConnectionTrait>(
     db: &C,
-    writes: &[CounterWrite<'_>],
-) -> Result<bool, DbErr> {
-    let now = Utc::now();
+    w: &WaveWrites<'_>,
+) -> Result<WaveWritten, DbErr> {
     let (moved, new): (Vec<&CounterWrite>, Vec<&CounterWrite>) =
-        writes.iter().partition(|w| w.before.is_some());
-    for chunk in moved.chunks(1000) {
-        let mut values: Vec<Value> = vec![now.into()];
-        let mut rows = Vec::with_capacity(chunk.len());
-        for w in chunk {
-            let (used, credits) = w.before.unwrap_or_default();
-            push_row(
-                &mut rows,
-                &mut values,
-                [
-                    w.org.0.into(),
-                    w.period.start.into(),
-                    w.metric.into(),
-                    used.into(),
-                    credits.into(),
-                    w.used.into(),
-                ],
-            );
-        }
-        super::pad_rows(db.get_database_backend(), &mut rows, &mut values, 6, 0);
-        let changed = execute(
-            db,
-            &format!(
-                "UPDATE usage_counters SET used = v.column6, updated_at = $1 FROM (VALUES {}) AS v \
-                 WHERE usage_counters.organization_id = v.column1 AND usage_counters.period_start = v.column2 \
-                   AND usage_counters.metric_code = v.column3 AND usage_counters.used = v.column4 \
-                   AND usage_counters.credits = v.column5",
-                rows.join(", ")
-            ),
-            values,
-        )
-        .await?;
-        if changed != chunk.len() as u64 {
-            return Ok(false);
-        }
-    }
-    for chunk in new.chunks(1000) {
-        let mut values: Vec<Value> = vec![now.into()];
-        let mut rows = Vec::with_capacity(chunk.len());
-        for w in chunk {
-            rows.push(format!("({}, 0, $1)", placeholders(values.len() + 1, 4)));
-            values.extend([
-                w.org.0.into(),
-                w.period.start.into(),
-                w.metric.into(),
-                w.used.into(),
-            ]);
-        }
-        let inserted = execute(
-            db,
-            &format!(
-                "INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
-                 VALUES {} ON CONFLICT (organization_id, period_start, metric_code) DO NOTHING",
-                rows.join(", ")
-            ),
-            values,
-        )
-        .await?;
-        if inserted != chunk.len() as u64 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+        w.counters.iter().partition(|c| c.before.is_some());
+    let moved: Vec<MovedRow> = moved
+        .iter()
+        .map(|c| {
+            let (b, credits) = c.before.unwrap_or_default();
+            MovedRow {
+                o: c.org.0,
+                p: day(&c.period),
+                m: c.metric,
+                b,
+                c: credits,
+                u: c.used,
+            }
+        })
+        .collect();
+    let new: Vec<NewRow> = new
+        .iter()
+        .map(|c| NewRow {
+            o: c.org.0,
+            p: day(&c.period),
+            m: c.metric,
+            u: c.used,
+        })
+        .collect();
+    let events: Vec<EventRow> = w
+        .events
+        .iter()
+        .map(|e| EventRow {
+            o: e.organization_id,
+            id: e.id,
+            m: &e.metric_code,
+            k: sea_orm::ActiveEnum::to_value(&e.kind),
+            q: e.quantity,
+            p: e.period_start.format("%Y-%m-%d").to_string(),
+            key: e.idempotency_key.as_deref(),
+            r: e.reference.as_deref(),
+            a: e.actor.as_deref(),
+            ov: e.overage,
+            ch: e.charge,
+            at: instant(&e.occurred_at),
+            rec: instant(&e.recorded_at),
+        })
+        .collect();
+    let index: Vec<IndexRow> = w
+        .index
+        .iter()
+        .map(|(org, period, metric, u, x)| IndexRow {
+            o: org.0,
+            p: day(period),
+            m: metric,
+            u: u.to_string(),
+            x: *x,
+        })
+        .collect();
+    let peaks: Vec<PeakRow> = w
+        .peaks
+        .iter()
+        .map(|(org, period, u)| PeakRow {
+            o: org.0,
+            p: day(period),
+            u: u.to_string(),
+        })
+        .collect();
+    let values: Vec<Value> = vec![
+        Utc::now().into(),
+        json(&moved)?.into(),
+        json(&new)?.into(),
+        json(&events)?.into(),
+        json(&index)?.into(),
+        json(&peaks)?.into(),
+        w.notify.0.into(),
+        json(w.notify.1)?.into(),
+    ];
+    let row = query_one(db, WAVE_WRITE, values)
+        .await?
+        .ok_or_else(|| DbErr::Custom("a wave's write answered no row".into()))?;
+    let moved_n: i64 = row.try_get("", "moved")?;
+    let created_n: i64 = row.try_get("", "created")?;
+    let events_n: i64 = row.try_get("", "events")?;
+    Ok(WaveWritten {
+        counters_held: moved_n == moved.len() as i64 && created_n == new.len() as i64,
+        events: events_n.max(0) as u64,
+    })
 }
 
-/// Writes rows of the utilization index: (organization, period, metric, utilization, exceeded), in
-/// multi-row upserts.
-pub async fn write_index<C: ConnectionTrait>(
-    db: &C,
-    rows: &[(OrganizationId, Period, &str, f64, bool)],
-) -> Result<(), DbErr> {
-    for chunk in rows.chunks(1000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
-        let mut tuples = Vec::with_capacity(chunk.len());
-        for (org, period, metric, utilization, exceeded) in chunk {
-            push_row(
-                &mut tuples,
-                &mut values,
-                [
-                    org.0.into(),
-                    period.start.into(),
-                    (*metric).into(),
-                    (*utilization).into(),
-                    (*exceeded).into(),
-                ],
-            );
-        }
-        let padded = super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 5, 0);
-        execute(
-            db,
-            &super::utilization::upsert_index(padded, &tuples),
-            values,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Sets period rows' peak utilization: (organization, period, peak), in multi-row updates; at most
-/// one row for each organization and period.
-pub async fn write_peaks<C: ConnectionTrait>(
-    db: &C,
-    rows: &[(OrganizationId, Period, f64)],
-) -> Result<(), DbErr> {
-    let now = Utc::now();
-    for chunk in rows.chunks(1000) {
-        let mut values: Vec<Value> = vec![now.into()];
-        let mut tuples = Vec::with_capacity(chunk.len());
-        for (org, period, peak) in chunk {
-            push_row(
-                &mut tuples,
-                &mut values,
-                [org.0.into(), period.start.into(), (*peak).into()],
-            );
-        }
-        super::pad_rows(db.get_database_backend(), &mut tuples, &mut values, 3, 0);
-        execute(
-            db,
-            &format!(
-                "UPDATE organization_usage SET peak_utilization_pct = v.column3, updated_at = $1 \
-                 FROM (VALUES {}) AS v \
-                 WHERE organization_usage.organization_id = v.column1 AND organization_usage.period_start = v.column2",
-                tuples.join(", ")
-            ),
-            values,
-        )
-        .await?;
-    }
-    Ok(())
-}
+const WAVE_WRITE: &str = "\
+WITH moved AS ( \
+  UPDATE usage_counters AS c SET used = v.u, updated_at = $1 \
+  FROM json_to_recordset($2::json) AS v(o uuid, p date, m text, b bigint, c bigint, u bigint) \
+  WHERE c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
+    AND c.used = v.b AND c.credits = v.c \
+  RETURNING 1), \
+created AS ( \
+  INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+  SELECT v.o, v.p, v.m, v.u, 0, $1 FROM json_to_recordset($3::json) AS v(o uuid, p date, m text, u bigint) \
+  ON CONFLICT (organization_id, period_start, metric_code) DO NOTHING \
+  RETURNING 1), \
+events AS ( \
+  INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, \
+    idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) \
+  SELECT e.o, e.id, e.m, e.k, e.q, e.p, e.key, e.r, e.a, e.ov, e.ch, e.at, e.rec \
+  FROM json_to_recordset($4::json) AS e(o uuid, id uuid, m text, k text, q bigint, p date, key text, \
+    r text, a text, ov boolean, ch bigint, at timestamptz, rec timestamptz) \
+  ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
+  RETURNING 1), \
+indexed AS ( \
+  INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
+  SELECT v.o, v.p, v.m, v.u, v.x FROM json_to_recordset($5::json) AS v(o uuid, p date, m text, u float8, x boolean) \
+  ON CONFLICT (organization_id, period_start, metric_code) \
+  DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded \
+  RETURNING 1), \
+peaks AS ( \
+  UPDATE organization_usage AS r SET peak_utilization_pct = v.u, updated_at = $1 \
+  FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8) \
+  WHERE r.organization_id = v.o AND r.period_start = v.p \
+  RETURNING 1) \
+SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM created) AS created, \
+  (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM indexed) AS indexed, \
+  (SELECT count(*) FROM peaks) AS peaks, \
+  (SELECT count(pg_notify($7, n)) FROM json_array_elements_text($8::json) AS n) AS notified";
 
 /// Which of `events` the ledger holds (after an insert that skipped some): their ids.
 pub async fn events_present<C: ConnectionTrait>(

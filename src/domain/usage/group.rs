@@ -278,18 +278,6 @@ impl Engine {
                 }
             }
         }
-        if in_waves && !changes.is_empty() {
-            // A wave's statements do not announce its usage changes: one statement for the group
-            // (Postgres delivers a payload once per transaction, so a run alone's is not doubled).
-            let payloads: Vec<String> = changes
-                .iter()
-                .map(|(org, _)| crate::alerts::encode_usage(*org))
-                .collect();
-            let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
-            store::notify_all(&txn, crate::alerts::CHANNEL, &payloads)
-                .await
-                .map_err(|e| GroupError::Group(e.into()))?;
-        }
         if changes.is_empty() {
             // Replays and refusals only: nothing to keep, nobody to tell.
             txn.rollback()

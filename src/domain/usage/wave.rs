@@ -1,9 +1,10 @@
 //! A wave of a group commit (`group`): runs of distinct organizations, applied together. One
 //! statement reads every run's view (`store::recording::views`, under the locks the group took);
 //! each run is decided in memory (`plan_run`), exactly as it would be alone; then the wave's writes go
-//! in multi-row statements: the counters (each only if it still holds what was read), the ledger's
-//! events, the utilization index, the period rows' peaks, and the new alerts. A period row whose
-//! flags change is written on its own (rare: a metric crosses its limit).
+//! in one statement (`store::group::write_wave`): the counters (each only if it still holds what was
+//! read), the ledger's events, the utilization index, the period rows' peaks, and the usage
+//! notifications of the organizations it changed. New alerts go in one more statement, and a period
+//! row whose flags change is written on its own (both rare: a metric crosses a threshold).
 //!
 //! A run whose period row is not written whole yet (its first recording in the period), or a GAUGE
 //! reading in an earlier period (the current period may carry it), goes alone (`record_run`) after the
@@ -148,18 +149,30 @@ impl Engine {
             alerts.extend(plan.outcomes.iter().flat_map(|o| o.alerts.iter().cloned()));
         }
         let db = |e: sea_orm::DbErr| group(e.into());
-        if !store::group::write_counters(txn, &counters)
-            .await
-            .map_err(db)?
-        {
+        // The wave announces its own usage changes with its writes (a run alone announces its
+        // own; Postgres delivers a payload once per transaction).
+        let payloads: Vec<String> = counters
+            .iter()
+            .map(|c| crate::alerts::encode_usage(c.org))
+            .collect();
+        let written = store::group::write_wave(
+            txn,
+            &store::group::WaveWrites {
+                counters: &counters,
+                events: &events,
+                index: &index,
+                peaks: &peaks,
+                notify: (crate::alerts::CHANNEL, &payloads),
+            },
+        )
+        .await
+        .map_err(db)?;
+        if !written.counters_held {
             return Err(group(AppError::internal(anyhow::anyhow!(
                 "a counter moved under its lock"
             ))));
         }
-        let inserted = store::recording::insert_events(txn, Scope::Platform, &events)
-            .await
-            .map_err(db)?;
-        if inserted != events.len() as u64 {
+        if written.events != events.len() as u64 {
             // A key taken by a writer outside the lock: the job of the first event missing fails,
             // and the group runs again without it.
             let kept = store::group::events_present(txn, &events)
@@ -175,8 +188,6 @@ impl Engine {
                 AppError::conflict("an idempotency key was used concurrently; retry"),
             ));
         }
-        store::group::write_index(txn, &index).await.map_err(db)?;
-        store::group::write_peaks(txn, &peaks).await.map_err(db)?;
         for (ask, change) in &states {
             store::recording::write_metric_state(
                 txn,
