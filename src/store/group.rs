@@ -89,6 +89,9 @@ pub struct WaveWritten {
 // same whatever the wave's size: one prepared statement and one generic plan for every wave.
 // Dates and times go as text, utilizations as Rust's shortest round-trip text of the f64 (which
 // Postgres's float8 reads back exactly, `inf` and `NaN` included), integers as JSON integers.
+// The planner takes a JSON array for 100 rows, and would join it to a table of a few thousand rows
+// by reading the whole table; so the updates also name their rows' keys as `= ANY (ARRAY(..))`,
+// which the primary key's index answers (a wave reads only its own rows at any table size).
 
 #[derive(serde::Serialize)]
 struct MovedRow<'a> {
@@ -254,7 +257,9 @@ const WAVE_WRITE: &str = "\
 WITH moved AS ( \
   UPDATE usage_counters AS c SET used = v.u, updated_at = $1 \
   FROM json_to_recordset($2::json) AS v(o uuid, p date, m text, b bigint, c bigint, u bigint) \
-  WHERE c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
+  WHERE c.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($2::json) AS j)) \
+    AND c.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($2::json) AS j)) \
+    AND c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
     AND c.used = v.b AND c.credits = v.c \
   RETURNING 1), \
 created AS ( \
@@ -279,7 +284,9 @@ indexed AS ( \
 peaks AS ( \
   UPDATE organization_usage AS r SET peak_utilization_pct = v.u, updated_at = $1 \
   FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8) \
-  WHERE r.organization_id = v.o AND r.period_start = v.p \
+  WHERE r.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($6::json) AS j)) \
+    AND r.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($6::json) AS j)) \
+    AND r.organization_id = v.o AND r.period_start = v.p \
   RETURNING 1) \
 SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM created) AS created, \
   (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM indexed) AS indexed, \
