@@ -144,8 +144,8 @@ struct PeakRow {
     u: String,
 }
 
-fn day(p: &Period) -> String {
-    p.start.format("%Y-%m-%d").to_string()
+fn day(d: chrono::NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
 }
 
 /// Microseconds, truncated, as the driver binds a time (Postgres would round finer digits).
@@ -175,7 +175,7 @@ pub async fn write_wave<C: ConnectionTrait>(
             let (b, credits) = c.before.unwrap_or_default();
             MovedRow {
                 o: c.org.0,
-                p: day(&c.period),
+                p: day(c.period.start),
                 m: c.metric,
                 b,
                 c: credits,
@@ -187,7 +187,7 @@ pub async fn write_wave<C: ConnectionTrait>(
         .iter()
         .map(|c| NewRow {
             o: c.org.0,
-            p: day(&c.period),
+            p: day(c.period.start),
             m: c.metric,
             u: c.used,
         })
@@ -201,7 +201,7 @@ pub async fn write_wave<C: ConnectionTrait>(
             m: &e.metric_code,
             k: sea_orm::ActiveEnum::to_value(&e.kind),
             q: e.quantity,
-            p: e.period_start.format("%Y-%m-%d").to_string(),
+            p: day(e.period_start),
             key: e.idempotency_key.as_deref(),
             r: e.reference.as_deref(),
             a: e.actor.as_deref(),
@@ -216,7 +216,7 @@ pub async fn write_wave<C: ConnectionTrait>(
         .iter()
         .map(|(org, period, metric, u, x)| IndexRow {
             o: org.0,
-            p: day(period),
+            p: day(period.start),
             m: metric,
             u: u.to_string(),
             x: *x,
@@ -227,7 +227,7 @@ pub async fn write_wave<C: ConnectionTrait>(
         .iter()
         .map(|(org, period, u)| PeakRow {
             o: org.0,
-            p: day(period),
+            p: day(period.start),
             u: u.to_string(),
         })
         .collect();
@@ -241,7 +241,7 @@ pub async fn write_wave<C: ConnectionTrait>(
         w.notify.0.into(),
         json(w.notify.1)?.into(),
     ];
-    let row = query_one(db, WAVE_WRITE, values)
+    let row = query_one(db, &WAVE_WRITE, values)
         .await?
         .ok_or_else(|| DbErr::Custom("a wave's write answered no row".into()))?;
     let moved_n: i64 = row.try_get("", "moved")?;
@@ -253,45 +253,46 @@ pub async fn write_wave<C: ConnectionTrait>(
     })
 }
 
-const WAVE_WRITE: &str = "\
-WITH moved AS ( \
-  UPDATE usage_counters AS c SET used = v.u, updated_at = $1 \
-  FROM json_to_recordset($2::json) AS v(o uuid, p date, m text, b bigint, c bigint, u bigint) \
-  WHERE c.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($2::json) AS j)) \
-    AND c.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($2::json) AS j)) \
-    AND c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
-    AND c.used = v.b AND c.credits = v.c \
-  RETURNING 1), \
-created AS ( \
-  INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
-  SELECT v.o, v.p, v.m, v.u, 0, $1 FROM json_to_recordset($3::json) AS v(o uuid, p date, m text, u bigint) \
-  ON CONFLICT (organization_id, period_start, metric_code) DO NOTHING \
-  RETURNING 1), \
-events AS ( \
-  INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, \
-    idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) \
-  SELECT e.o, e.id, e.m, e.k, e.q, e.p, e.key, e.r, e.a, e.ov, e.ch, e.at, e.rec \
-  FROM json_to_recordset($4::json) AS e(o uuid, id uuid, m text, k text, q bigint, p date, key text, \
-    r text, a text, ov boolean, ch bigint, at timestamptz, rec timestamptz) \
-  ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
-  RETURNING 1), \
-indexed AS ( \
-  INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
-  SELECT v.o, v.p, v.m, v.u, v.x FROM json_to_recordset($5::json) AS v(o uuid, p date, m text, u float8, x boolean) \
-  ON CONFLICT (organization_id, period_start, metric_code) \
-  DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded \
-  RETURNING 1), \
-peaks AS ( \
-  UPDATE organization_usage AS r SET peak_utilization_pct = v.u, updated_at = $1 \
-  FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8) \
-  WHERE r.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($6::json) AS j)) \
-    AND r.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($6::json) AS j)) \
-    AND r.organization_id = v.o AND r.period_start = v.p \
-  RETURNING 1) \
-SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM created) AS created, \
-  (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM indexed) AS indexed, \
-  (SELECT count(*) FROM peaks) AS peaks, \
-  (SELECT count(pg_notify($7, n)) FROM json_array_elements_text($8::json) AS n) AS notified";
+/// `write_wave`'s text. The index and peak parts need no RETURNING: a data-modifying CTE runs to
+/// completion whether or not the query reads it.
+static WAVE_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let index = super::utilization::upsert_index_from(
+        "SELECT v.o, v.p, v.m, v.u, v.x FROM json_to_recordset($5::json) AS v(o uuid, p date, m text, u float8, x boolean)",
+    );
+    let events = super::recording::EVENT_COLUMNS;
+    format!(
+        "WITH moved AS ( \
+           UPDATE usage_counters AS c SET used = v.u, updated_at = $1 \
+           FROM json_to_recordset($2::json) AS v(o uuid, p date, m text, b bigint, c bigint, u bigint) \
+           WHERE c.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($2::json) AS j)) \
+             AND c.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($2::json) AS j)) \
+             AND c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
+             AND c.used = v.b AND c.credits = v.c \
+           RETURNING 1), \
+         created AS ( \
+           INSERT INTO usage_counters (organization_id, period_start, metric_code, used, credits, updated_at) \
+           SELECT v.o, v.p, v.m, v.u, 0, $1 FROM json_to_recordset($3::json) AS v(o uuid, p date, m text, u bigint) \
+           ON CONFLICT (organization_id, period_start, metric_code) DO NOTHING \
+           RETURNING 1), \
+         events AS ( \
+           INSERT INTO usage_events ({events}) \
+           SELECT e.o, e.id, e.m, e.k, e.q, e.p, e.key, e.r, e.a, e.ov, e.ch, e.at, e.rec \
+           FROM json_to_recordset($4::json) AS e(o uuid, id uuid, m text, k text, q bigint, p date, key text, \
+             r text, a text, ov boolean, ch bigint, at timestamptz, rec timestamptz) \
+           ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
+           RETURNING 1), \
+         indexed AS ({index}), \
+         peaks AS ( \
+           UPDATE organization_usage AS r SET peak_utilization_pct = v.u, updated_at = $1 \
+           FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8) \
+           WHERE r.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($6::json) AS j)) \
+             AND r.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($6::json) AS j)) \
+             AND r.organization_id = v.o AND r.period_start = v.p) \
+         SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM created) AS created, \
+           (SELECT count(*) FROM events) AS events, \
+           (SELECT count(pg_notify($7, n)) FROM json_array_elements_text($8::json) AS n) AS notified"
+    )
+});
 
 /// Which of `events` the ledger holds (after an insert that skipped some): their ids.
 pub async fn events_present<C: ConnectionTrait>(

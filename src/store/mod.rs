@@ -411,37 +411,12 @@ pub fn insert_source(padded: bool, rows: &[String]) -> String {
 }
 
 /// Queues a notification on a Postgres channel; it is delivered when (and only if) the transaction
-/// commits.
+/// commits. (A wave queues its several with its writes: `group::write_wave`.)
 pub async fn notify<C: ConnectionTrait>(db: &C, channel: &str, payload: &str) -> Result<(), DbErr> {
-    notify_all(db, channel, &[payload]).await
-}
-
-/// Queues several notifications on one channel, in one statement (`notify`).
-pub async fn notify_all<C: ConnectionTrait>(
-    db: &C,
-    channel: &str,
-    payloads: &[&str],
-) -> Result<(), DbErr> {
-    if payloads.is_empty() {
-        return Ok(());
-    }
-    if let [payload] = payloads {
-        let values: Vec<Value> = vec![channel.into(), (*payload).into()];
-        return query_one(db, "SELECT pg_notify($1, $2)", values)
-            .await
-            .map(|_| ());
-    }
-    // Several in one text whatever their number (`pad_rows` says why), as one JSON array: the
-    // function scan yields its elements in order, and the aggregate calls pg_notify on each as it
-    // comes, so they are queued in the order given.
-    let list = serde_json::to_string(payloads).map_err(|e| DbErr::Custom(e.to_string()))?;
-    query_one(
-        db,
-        "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p",
-        vec![channel.into(), list.into()],
-    )
-    .await
-    .map(|_| ())
+    let values: Vec<Value> = vec![channel.into(), payload.into()];
+    query_one(db, "SELECT pg_notify($1, $2)", values)
+        .await
+        .map(|_| ())
 }
 
 pub async fn ping<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {

@@ -400,8 +400,7 @@ pub async fn apply<C: ConnectionTrait>(
         a.actor.into(),
         a.occurred_at.into(),
     ];
-    let event_columns = "organization_id, id, metric_code, kind, quantity, period_start, idempotency_key, \
-                         reference, actor, overage, charge, occurred_at, recorded_at";
+    let event_columns = EVENT_COLUMNS;
     if db.get_database_backend() == DbBackend::Postgres {
         values.extend(event_values);
         let notify = match &a.notify {
@@ -677,8 +676,7 @@ pub async fn insert_events<C: ConnectionTrait>(
         inserted += execute(
             db,
             &format!(
-                "INSERT INTO usage_events (organization_id, id, metric_code, kind, quantity, period_start, \
-                   idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at) {} \
+                "INSERT INTO usage_events ({EVENT_COLUMNS}) {} \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING",
                 super::insert_source(padded, &rows)
             ),
@@ -688,6 +686,11 @@ pub async fn insert_events<C: ConnectionTrait>(
     }
     Ok(inserted)
 }
+
+/// The ledger columns a recording writes, in the order of every insert of recorded events (a
+/// recording's own, `insert_events`, a wave's `group::write_wave`).
+pub(super) const EVENT_COLUMNS: &str = "organization_id, id, metric_code, kind, quantity, period_start, \
+     idempotency_key, reference, actor, overage, charge, occurred_at, recorded_at";
 
 /// What a recording changes in the utilization index and on the period row (`write_metric_state`).
 #[derive(Debug, Clone, PartialEq)]

@@ -554,10 +554,14 @@ pub async fn count<C: ConnectionTrait>(
 /// The upsert of rows of the utilization index, `(organization_id, period_start, metric_code,
 /// utilization_pct, exceeded)` each.
 pub(super) fn upsert_index(padded: bool, rows: &[String]) -> String {
+    upsert_index_from(&super::insert_source(padded, rows))
+}
+
+/// The same upsert of the rows `source` yields (a `VALUES` list, or a query).
+pub(super) fn upsert_index_from(source: &str) -> String {
     format!(
         "INSERT INTO usage_utilization (organization_id, period_start, metric_code, utilization_pct, exceeded) \
-         {} ON CONFLICT (organization_id, period_start, metric_code) \
-         DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded",
-        super::insert_source(padded, rows)
+         {source} ON CONFLICT (organization_id, period_start, metric_code) \
+         DO UPDATE SET utilization_pct = excluded.utilization_pct, exceeded = excluded.exceeded"
     )
 }

@@ -165,6 +165,9 @@ async fn a_wave_costs_constant_statements(app: TestApp) {
     let orgs = steady_orgs(&app, &platform, "wave", 12).await;
     let batch = "mutation($i: [RecordUsageInput!]!) { recordUsageBatch(inputs: $i) { accepted duplicate usage { used } } }";
     let mut costs = Vec::new();
+    // Every organization a wave changes is announced (on Postgres by the wave's own statement, heard
+    // back through LISTEN; on SQLite after the commit), so subscribers and other replicas hear it.
+    let mut events = app.state.engine.bus.subscribe(None);
     for (round, n) in [3usize, 12].into_iter().enumerate() {
         let items: Vec<_> = orgs[..n]
             .iter()
@@ -195,6 +198,16 @@ async fn a_wave_costs_constant_statements(app: TestApp) {
             "statements for 3 and 12 organizations"
         );
     }
+    let mut unheard: std::collections::HashSet<String> = orgs.iter().cloned().collect();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !unheard.is_empty() {
+            if let Ok(tollgate::alerts::BusEvent::UsageChanged(org)) = events.recv().await {
+                unheard.remove(&org.0.to_string());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no usage change heard for {unheard:?}"));
     // The same keys again: replays, each answered from its own organization's ledger.
     let items: Vec<_> = orgs
         .iter()
