@@ -1,8 +1,9 @@
 //! The group writer's statements over several organizations at once (`domain::usage::group`): the
 //! group's scope and writer locks in one statement, and a wave's writes in one statement (the
-//! counters, the ledger's events, the utilization index, the period rows' peaks and the usage
-//! notifications, `write_wave`). The wave's reads are `recording::views`; its rare writes (a period
-//! row's flags, new alerts) are `recording::write_metric_state` and `recording::insert_alerts`.
+//! counters, the ledger's events, the utilization index, the period rows' peaks and flags, and the
+//! usage notifications, `write_wave`). The wave's reads are `recording::views`; its rare writes (a
+//! peak that went down, new alerts) are `recording::write_metric_state` and
+//! `recording::insert_alerts`.
 //!
 //! Each statement here touches organizations whose recordings were checked against their callers'
 //! scopes before they were queued; on Postgres, row-level security also holds each statement to the
@@ -70,10 +71,19 @@ pub struct WaveWrites<'a> {
     pub events: &'a [usage_event::Model],
     /// Rows of the utilization index: (organization, period, metric, utilization, exceeded).
     pub index: &'a [(OrganizationId, Period, &'a str, f64, bool)],
-    /// Period rows' peak utilization: (organization, period, peak), at most one for each row.
-    pub peaks: &'a [(OrganizationId, Period, f64)],
+    /// Period rows' peak and flags, each when it changed; at most one for each row.
+    pub periods: &'a [PeriodWrite],
     /// Notifications queued with the writes (delivered at commit): the channel, the payloads.
     pub notify: (&'a str, &'a [String]),
+}
+
+/// A period row's writes in a wave: its peak utilization, and its flags (`has_exceeded_limits`,
+/// `exceeded_limits_details`), each only when it changed (None: kept as it is).
+pub struct PeriodWrite {
+    pub org: OrganizationId,
+    pub period: Period,
+    pub peak: Option<f64>,
+    pub flags: Option<(bool, serde_json::Value)>,
 }
 
 /// What a wave's statement wrote.
@@ -88,7 +98,9 @@ pub struct WaveWritten {
 // The rows travel as JSON arrays of objects (`json_to_recordset`), so the statement's text is the
 // same whatever the wave's size: one prepared statement and one generic plan for every wave.
 // Dates and times go as text, utilizations as Rust's shortest round-trip text of the f64 (which
-// Postgres's float8 reads back exactly, `inf` and `NaN` included), integers as JSON integers.
+// Postgres's float8 reads back exactly, `inf` and `NaN` included), integers as JSON integers. A period
+// row's details go through jsonb, as the driver binds them elsewhere, so they are stored in the same
+// text whichever statement writes them.
 // The planner takes a JSON array for 100 rows, and would join it to a table of a few thousand rows
 // by reading the whole table; so the updates also name their rows' keys as `= ANY (ARRAY(..))`,
 // which the primary key's index answers (a wave reads only its own rows at any table size).
@@ -138,10 +150,12 @@ struct IndexRow<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct PeakRow {
+struct PeriodRow<'a> {
     o: Uuid,
     p: String,
-    u: String,
+    u: Option<String>,
+    x: Option<bool>,
+    d: Option<&'a serde_json::Value>,
 }
 
 fn day(d: chrono::NaiveDate) -> String {
@@ -159,8 +173,8 @@ fn json<T: serde::Serialize>(rows: &[T]) -> Result<String, DbErr> {
 
 /// The wave's writes in one statement (Postgres; waves run there alone): the counters that exist
 /// (each only if it still holds what the lock's read found) and the new ones, the ledger's events
-/// (an event whose key is taken is skipped), the utilization index's rows, the period rows' peaks,
-/// and the usage notifications. Each part is a data-modifying CTE; they touch different tables, or
+/// (an event whose key is taken is skipped), the utilization index's rows, the period rows' peaks
+/// and flags, and the usage notifications. Each part is a data-modifying CTE; they touch different tables, or
 /// different rows of one (a counter is either moved or created), so no part needs to see another's
 /// effect.
 pub async fn write_wave<C: ConnectionTrait>(
@@ -222,13 +236,15 @@ pub async fn write_wave<C: ConnectionTrait>(
             x: *x,
         })
         .collect();
-    let peaks: Vec<PeakRow> = w
-        .peaks
+    let periods: Vec<PeriodRow> = w
+        .periods
         .iter()
-        .map(|(org, period, u)| PeakRow {
-            o: org.0,
-            p: day(period.start),
-            u: u.to_string(),
+        .map(|r| PeriodRow {
+            o: r.org.0,
+            p: day(r.period.start),
+            u: r.peak.map(|u| u.to_string()),
+            x: r.flags.as_ref().map(|f| f.0),
+            d: r.flags.as_ref().map(|f| &f.1),
         })
         .collect();
     let values: Vec<Value> = vec![
@@ -237,7 +253,7 @@ pub async fn write_wave<C: ConnectionTrait>(
         json(&new)?.into(),
         json(&events)?.into(),
         json(&index)?.into(),
-        json(&peaks)?.into(),
+        json(&periods)?.into(),
         w.notify.0.into(),
         json(w.notify.1)?.into(),
     ];
@@ -253,7 +269,7 @@ pub async fn write_wave<C: ConnectionTrait>(
     })
 }
 
-/// `write_wave`'s text. The index and peak parts need no RETURNING: a data-modifying CTE runs to
+/// `write_wave`'s text. The index and period parts need no RETURNING: a data-modifying CTE runs to
 /// completion whether or not the query reads it.
 static WAVE_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let index = super::utilization::upsert_index_from(
@@ -282,9 +298,11 @@ static WAVE_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
            RETURNING 1), \
          indexed AS ({index}), \
-         peaks AS ( \
-           UPDATE organization_usage AS r SET peak_utilization_pct = v.u, updated_at = $1 \
-           FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8) \
+         periods AS ( \
+           UPDATE organization_usage AS r SET peak_utilization_pct = COALESCE(v.u, r.peak_utilization_pct), \
+             has_exceeded_limits = COALESCE(v.x, r.has_exceeded_limits), \
+             exceeded_limits_details = COALESCE(v.d::json, r.exceeded_limits_details), updated_at = $1 \
+           FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8, x boolean, d jsonb) \
            WHERE r.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($6::json) AS j)) \
              AND r.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($6::json) AS j)) \
              AND r.organization_id = v.o AND r.period_start = v.p) \

@@ -877,7 +877,8 @@ type Recorded = (&'static str, &'static str, Option<&'static str>);
 
 /// A group's transaction carries recordings of many organizations, each decided from its own view
 /// under its organization's lock. Whatever they cover (a plain recording, an alert crossed, the
-/// flags and two alerts past the allowance, a HARD refusal, a replay, a period without its row, a
+/// flags and two alerts past the allowance, the flags' details of an organization already past it,
+/// a HARD refusal, a replay, a period without its row, a
 /// GAUGE whose reading lowers the period's peak, a GAUGE refused without a reading, an unlimited
 /// metric, a key), one batch across organizations answers and writes exactly what the same
 /// recordings made one by one do: answers, counters, flags, peaks, index rows, alerts, ledger.
@@ -943,6 +944,11 @@ async fn a_group_across_organizations_answers_as_one_by_one(app: TestApp) {
             vec![("bookings", "1", None)],
             json!({ "metric": "venues", "quantity": "9" }),
         ),
+        (
+            "growth",
+            vec![("bookings", "1100", None)],
+            json!({ "metric": "bookings", "quantity": "5" }),
+        ),
     ];
     let fields = "accepted duplicate rejectionReason usage { metric { code } used credits remaining utilizationPct exceeded } alerts { kind metric { code } used }";
     let mut twins = Vec::new();
@@ -996,6 +1002,9 @@ async fn a_group_across_organizations_answers_as_one_by_one(app: TestApp) {
     assert_eq!(one_by_one[2]["duplicate"], true);
     assert_eq!(one_by_one[5]["alerts"].as_array().unwrap().len(), 2);
     assert_eq!(one_by_one[9]["accepted"], false);
+    // Already over its allowance: no alert, but the flags' details move with the use.
+    assert_eq!(one_by_one[10]["usage"]["exceeded"], true);
+    assert_eq!(one_by_one[10]["alerts"], json!([]));
 
     // What each organization stored: the period row (flags, peak), the index, counters, ledger,
     // alerts.

@@ -2,9 +2,10 @@
 //! statement reads every run's view (`store::recording::views`, under the locks the group took);
 //! each run is decided in memory (`plan_run`), exactly as it would be alone; then the wave's writes go
 //! in one statement (`store::group::write_wave`): the counters (each only if it still holds what was
-//! read), the ledger's events, the utilization index, the period rows' peaks, and the usage
-//! notifications of the organizations it changed. New alerts go in one more statement, and a period
-//! row whose flags change is written on its own (both rare: a metric crosses a threshold).
+//! read), the ledger's events, the utilization index, the period rows' peaks and flags (which change
+//! with every recording of an organization over a limit: the details carry the actual use), and the
+//! usage notifications of the organizations it changed. New alerts go in one more statement (rare: a
+//! metric crosses a threshold), and so does a peak that went down (a GAUGE reading).
 //!
 //! A run whose period row is not written whole yet (its first recording in the period), or a GAUGE
 //! reading in an earlier period (the current period may carry it), goes alone (`record_run`) after the
@@ -13,7 +14,7 @@
 use super::batch::{RunPlan, keep_inserted};
 use super::group::GroupError;
 use super::*;
-use crate::store::group::CounterWrite;
+use crate::store::group::{CounterWrite, PeriodWrite};
 use crate::store::recording::{IndexChange, Peak, ViewAsk};
 
 /// A run of a group: a job's recordings of one metric of one organization in one period.
@@ -107,7 +108,7 @@ impl Engine {
         let mut events: Vec<usage_event::Model> = Vec::new();
         let mut event_jobs: Vec<usize> = Vec::new();
         let mut index = Vec::new();
-        let mut peaks = Vec::new();
+        let mut periods = Vec::new();
         let mut states = Vec::new();
         let mut alerts = Vec::new();
         for (i, view, plan) in &mut planned {
@@ -133,18 +134,27 @@ impl Engine {
             if let Some((utilization, exceeded)) = change.index {
                 index.push((ask.org, ask.period, ask.metric, utilization, exceeded));
             }
-            match (&change.flags, change.peak) {
+            match (change.flags, change.peak) {
                 (None, Peak::Keep) => {}
-                (None, Peak::Set(peak)) => peaks.push((ask.org, ask.period, peak)),
-                // The flags, or the highest of the index rows once the wave's are written.
-                (flags, peak) => states.push((
+                // The highest of the index rows, once the wave's are written (a GAUGE reading
+                // lowered the peak).
+                (flags, Peak::Highest) => states.push((
                     ask,
                     IndexChange {
                         index: None,
-                        flags: flags.clone(),
-                        peak,
+                        flags,
+                        peak: Peak::Highest,
                     },
                 )),
+                (flags, peak) => periods.push(PeriodWrite {
+                    org: ask.org,
+                    period: ask.period,
+                    peak: match peak {
+                        Peak::Set(p) => Some(p),
+                        _ => None,
+                    },
+                    flags,
+                }),
             }
             alerts.extend(plan.outcomes.iter().flat_map(|o| o.alerts.iter().cloned()));
         }
@@ -161,7 +171,7 @@ impl Engine {
                 counters: &counters,
                 events: &events,
                 index: &index,
-                peaks: &peaks,
+                periods: &periods,
                 notify: (crate::alerts::CHANNEL, &payloads),
             },
         )
