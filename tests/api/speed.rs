@@ -157,8 +157,9 @@ both_engines!(
 
 /// On Postgres a group's recordings of many organizations go in waves of three statements: the
 /// locks with the group's scope, one read of every view with its taken keys, and one write of the
-/// counters, the ledger, the index rows, the peaks and the usage changes' NOTIFY. So a batch over 3
-/// organizations and one over 12 cost the same. On SQLite each organization's run goes with its own two statements. On
+/// counters, the ledger, the index rows, the period rows' peaks and flags, and the usage changes'
+/// NOTIFY. So a batch over 3 organizations and one over 12 cost the same, and so does a wave of
+/// organizations past their allowance, whose flags change with every recording. On SQLite each organization's run goes with its own two statements. On
 /// both, every count is exact and a replay is answered from its own organization's ledger.
 async fn a_wave_costs_constant_statements(app: TestApp) {
     let platform = app.platform_token();
@@ -218,6 +219,38 @@ async fn a_wave_costs_constant_statements(app: TestApp) {
     assert!(answers.iter().all(|a| a["duplicate"] == true), "{body}");
     for org in &orgs {
         let expected = if orgs[..3].contains(org) { "5" } else { "3" };
+        assert_eq!(bookings_used(&app, &platform, org).await, expected, "{org}");
+    }
+    // Past the allowance (Growth includes 1,000 bookings), every recording changes its period
+    // row's flags (their details carry the actual use): on Postgres they go in the wave's write, so
+    // the wave still costs three statements.
+    let over = |quantity: &str| {
+        let items: Vec<_> = orgs
+            .iter()
+            .map(|org| json!({ "organizationId": org, "metric": "bookings", "quantity": quantity }))
+            .collect();
+        json!({ "i": items })
+    };
+    // Crossing raises alerts (one more statement); the round after it raises none.
+    app.ok(&platform, batch, over("1000")).await;
+    let (cost, body) = cost(&app, &platform, batch, over("2")).await;
+    let answers = body["data"]["recordUsageBatch"].as_array().unwrap();
+    assert!(answers.iter().all(|a| a["accepted"] == true), "{body}");
+    if app.state.engine.db.is_postgres() {
+        assert_eq!(cost, 3, "a wave past the allowance cost {cost} statements");
+    } else {
+        assert_eq!(
+            cost,
+            12 * 2,
+            "a run past the allowance cost more than its two statements"
+        );
+    }
+    for org in &orgs {
+        let expected = if orgs[..3].contains(org) {
+            "1007"
+        } else {
+            "1005"
+        };
         assert_eq!(bookings_used(&app, &platform, org).await, expected, "{org}");
     }
 }
