@@ -88,9 +88,10 @@ pub struct PeriodWrite {
 
 /// What a wave's statement wrote.
 pub struct WaveWritten {
-    /// Every counter held what the lock's read found (false: a writer outside the lock moved one,
-    /// and the caller undoes the transaction).
-    pub counters_held: bool,
+    /// Every counter held what the lock's read found, and every period row written was there
+    /// (false: a writer outside the lock moved or removed one, and the caller undoes the
+    /// transaction rather than lose a write).
+    pub rows_held: bool,
     /// Events the ledger took (fewer than given: a key was taken by a writer outside the lock).
     pub events: u64,
 }
@@ -101,9 +102,6 @@ pub struct WaveWritten {
 // Postgres's float8 reads back exactly, `inf` and `NaN` included), integers as JSON integers. A period
 // row's details go through jsonb, as the driver binds them elsewhere, so they are stored in the same
 // text whichever statement writes them.
-// The planner takes a JSON array for 100 rows, and would join it to a table of a few thousand rows
-// by reading the whole table; so the updates also name their rows' keys as `= ANY (ARRAY(..))`,
-// which the primary key's index answers (a wave reads only its own rows at any table size).
 
 #[derive(serde::Serialize)]
 struct MovedRow<'a> {
@@ -263,25 +261,40 @@ pub async fn write_wave<C: ConnectionTrait>(
     let moved_n: i64 = row.try_get("", "moved")?;
     let created_n: i64 = row.try_get("", "created")?;
     let events_n: i64 = row.try_get("", "events")?;
+    let periods_n: i64 = row.try_get("", "periods")?;
     Ok(WaveWritten {
-        counters_held: moved_n == moved.len() as i64 && created_n == new.len() as i64,
+        rows_held: moved_n == moved.len() as i64
+            && created_n == new.len() as i64
+            && periods_n == periods.len() as i64,
         events: events_n.max(0) as u64,
     })
 }
 
-/// `write_wave`'s text. The index and period parts need no RETURNING: a data-modifying CTE runs to
-/// completion whether or not the query reads it.
+/// The condition that names an update's rows by the keys of the JSON rows in parameter `param`
+/// (their `o` and `p`), on the table aliased `alias`. The planner takes a JSON array for 100 rows,
+/// and would join it to a table of a few thousand rows by reading the whole table; keys named as
+/// `= ANY (ARRAY(..))` are answered by the primary key's index, so a wave reads only its own rows
+/// at any table size.
+fn named_keys(alias: &str, param: &str) -> String {
+    format!(
+        "{alias}.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements({param}::json) AS j)) \
+         AND {alias}.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements({param}::json) AS j))"
+    )
+}
+
+/// `write_wave`'s text. The index part needs no RETURNING: a data-modifying CTE runs to completion
+/// whether or not the query reads it.
 static WAVE_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let index = super::utilization::upsert_index_from(
         "SELECT v.o, v.p, v.m, v.u, v.x FROM json_to_recordset($5::json) AS v(o uuid, p date, m text, u float8, x boolean)",
     );
     let events = super::recording::EVENT_COLUMNS;
+    let (counters_keys, periods_keys) = (named_keys("c", "$2"), named_keys("r", "$6"));
     format!(
         "WITH moved AS ( \
            UPDATE usage_counters AS c SET used = v.u, updated_at = $1 \
            FROM json_to_recordset($2::json) AS v(o uuid, p date, m text, b bigint, c bigint, u bigint) \
-           WHERE c.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($2::json) AS j)) \
-             AND c.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($2::json) AS j)) \
+           WHERE {counters_keys} \
              AND c.organization_id = v.o AND c.period_start = v.p AND c.metric_code = v.m \
              AND c.used = v.b AND c.credits = v.c \
            RETURNING 1), \
@@ -303,11 +316,11 @@ static WAVE_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              has_exceeded_limits = COALESCE(v.x, r.has_exceeded_limits), \
              exceeded_limits_details = COALESCE(v.d::json, r.exceeded_limits_details), updated_at = $1 \
            FROM json_to_recordset($6::json) AS v(o uuid, p date, u float8, x boolean, d jsonb) \
-           WHERE r.organization_id = ANY (ARRAY(SELECT (j->>'o')::uuid FROM json_array_elements($6::json) AS j)) \
-             AND r.period_start = ANY (ARRAY(SELECT (j->>'p')::date FROM json_array_elements($6::json) AS j)) \
-             AND r.organization_id = v.o AND r.period_start = v.p) \
+           WHERE {periods_keys} \
+             AND r.organization_id = v.o AND r.period_start = v.p \
+           RETURNING 1) \
          SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM created) AS created, \
-           (SELECT count(*) FROM events) AS events, \
+           (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM periods) AS periods, \
            (SELECT count(pg_notify($7, n)) FROM json_array_elements_text($8::json) AS n) AS notified"
     )
 });

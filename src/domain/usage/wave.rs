@@ -177,9 +177,9 @@ impl Engine {
         )
         .await
         .map_err(db)?;
-        if !written.counters_held {
+        if !written.rows_held {
             return Err(group(AppError::internal(anyhow::anyhow!(
-                "a counter moved under its lock"
+                "a counter or period row moved under its lock"
             ))));
         }
         if written.events != events.len() as u64 {
