@@ -23,21 +23,35 @@ pub(super) struct RunPlan {
     pub last: MetricUsage,
 }
 
+/// Whether one read under the lock answers for the whole run (`record_run`): a single recording, or
+/// a COUNTER's run. A GAUGE's readings each read what the one before wrote.
+pub(super) fn read_once(run: &[&ParsedRecord]) -> bool {
+    run.len() == 1 || run.first().is_some_and(|p| p.kind == MetricKind::Counter)
+}
+
 impl Engine {
+    /// Applies a run. `ahead`: its view, already read in this transaction after every write the run
+    /// must see (a SQLite group reads its runs' views together, `group`); only for a run that
+    /// `read_once`, and only where the transaction itself is the lock (SQLite's write lock).
     pub(super) async fn record_run(
         &self,
         txn: &DatabaseTransaction,
         viewer: &Viewer,
         run: &[&ParsedRecord],
         in_group: bool,
+        ahead: Option<store::recording::RecordingView>,
     ) -> AppResult<Vec<RecordOutcome>> {
         let [first, ..] = run else {
             return Ok(vec![]);
         };
+        let mut ahead = ahead.filter(|_| read_once(run));
         if run.len() == 1 || first.kind != MetricKind::Counter {
             let mut out = Vec::with_capacity(run.len());
             for p in run {
-                out.push(self.record_in(txn, viewer, p, in_group).await?);
+                out.push(
+                    self.record_in(txn, viewer, p, in_group, ahead.take())
+                        .await?,
+                );
             }
             return Ok(out);
         }
@@ -47,7 +61,7 @@ impl Engine {
         let metric = first.metric.as_str();
         let keys: Vec<&str> = run.iter().filter_map(|p| p.key.as_deref()).collect();
         let (view, rules) = self
-            .locked_view(txn, scope, org, period, metric, &keys, in_group)
+            .locked_view(txn, scope, org, period, metric, &keys, in_group, ahead)
             .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
         let RunPlan {

@@ -5,8 +5,10 @@
 //! caches, publishes, and answers each job.
 //!
 //! The group's recordings fall into runs (a job's recordings of one metric of one organization in
-//! one period). A group of one run, and every group on SQLite, applies its runs one by one with their
-//! own statements (`record_run`: the fewest for a single recording). On Postgres a group of several
+//! one period). On Postgres a group of one run applies it with its own statements (`record_run`: the
+//! fewest for a single recording). SQLite, where a statement is a hop to the connection's thread and
+//! the transaction already holds the database's write lock, reads the views of a wave's runs (as
+//! below) in one statement, then writes each run with its own script. On Postgres a group of several
 //! takes every organization's lock at once, in the global order, with the group's scope
 //! (`store::group::enter`), then applies its runs in waves
 //! (`wave`): the k-th run of each organization goes in the k-th wave, so a run reads what the runs
@@ -26,6 +28,7 @@
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::batch::read_once;
 use super::recording::count_recording;
 use super::wave::WaveRun;
 use super::*;
@@ -215,18 +218,46 @@ impl Engine {
                 slots[run.job][i] = Some(outcome);
             }
         };
-        let in_waves = runs.len() > 1 && self.db.is_postgres();
-        if !in_waves {
-            // Run by run, each with its own statements: the fewest for a single recording, and on
-            // SQLite, where a statement is a hop to the connection's thread rather than a round trip
-            // to a server, waves did not pay (BENCHMARKS.md, sixth pass).
+        let postgres = self.db.is_postgres();
+        if postgres && runs.len() == 1 {
+            // A run alone, with its own statements: the fewest for a single recording.
             // `Err` drops the transaction: nothing of the group is kept.
             for run in &runs {
                 let outcomes = self
-                    .record_run(&txn, run.viewer, &run.items, true)
+                    .record_run(&txn, run.viewer, &run.items, true, None)
                     .await
                     .map_err(|e| GroupError::Job(run.job, e))?;
                 fill(run, outcomes);
+            }
+        } else if !postgres {
+            // SQLite: the transaction holds the database's write lock. A statement is a hop to the
+            // connection's thread, and the multi-row writes of a wave cost more hops than a run's
+            // own script (BENCHMARKS.md, sixth pass); the reads are what waves save. So each wave's
+            // views are read in one statement, after every write of the waves before it, and each
+            // run then writes with its own script, its view already read.
+            for wave in waves_of(&runs) {
+                let asks = wave
+                    .iter()
+                    .filter(|run| read_once(&run.items))
+                    .map(|run| run.ask())
+                    .collect::<AppResult<Vec<_>>>()
+                    .map_err(GroupError::Group)?;
+                let mut views = store::recording::views(&*txn, &asks)
+                    .await
+                    .map_err(|e| GroupError::Group(e.into()))?
+                    .into_iter();
+                for run in wave {
+                    let ahead = if read_once(&run.items) {
+                        views.next().flatten()
+                    } else {
+                        None
+                    };
+                    let outcomes = self
+                        .record_run(&txn, run.viewer, &run.items, true, ahead)
+                        .await
+                        .map_err(|e| GroupError::Job(run.job, e))?;
+                    fill(run, outcomes);
+                }
             }
         } else {
             // Every organization's lock at once, in the global order, with the group's scope;
@@ -238,18 +269,8 @@ impl Engine {
             store::group::enter(&txn, &orgs, true)
                 .await
                 .map_err(|e| GroupError::Group(e.into()))?;
-            let mut waves: Vec<Vec<&WaveRun>> = Vec::new();
-            let mut seen: HashMap<OrganizationId, usize> = HashMap::new();
-            for run in &runs {
-                let k = seen.entry(run.items[0].org).or_insert(0);
-                if *k == waves.len() {
-                    waves.push(Vec::new());
-                }
-                waves[*k].push(run);
-                *k += 1;
-            }
             let mut rescoped = false;
-            for wave in waves {
+            for wave in waves_of(&runs) {
                 if rescoped {
                     store::group::enter(&txn, &orgs, false)
                         .await
@@ -290,6 +311,22 @@ impl Engine {
         }
         Ok(outcomes)
     }
+}
+
+/// A group's runs in waves: the k-th run of each organization goes in the k-th wave, so a wave's runs
+/// are of distinct organizations, and each run comes after its organization's runs before it.
+fn waves_of<'r, 'a>(runs: &'r [WaveRun<'a>]) -> Vec<Vec<&'r WaveRun<'a>>> {
+    let mut waves: Vec<Vec<&WaveRun>> = Vec::new();
+    let mut seen: HashMap<OrganizationId, usize> = HashMap::new();
+    for run in runs {
+        let k = seen.entry(run.items[0].org).or_insert(0);
+        if *k == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[*k].push(run);
+        *k += 1;
+    }
+    waves
 }
 
 /// The same error again, for each job of a group that failed as a whole.

@@ -98,7 +98,9 @@ impl Engine {
             reference: Some(fact.reference),
             occurred_at: fact.occurred_at,
         };
-        self.record_in(txn, viewer, &parsed, false).await.map(Some)
+        self.record_in(txn, viewer, &parsed, false, None)
+            .await
+            .map(Some)
     }
 
     /// One recording inside a transaction: the organization's lock, one read of everything the rules
@@ -106,13 +108,15 @@ impl Engine {
     /// flags when they change and the alerts that are new. `in_group`: the transaction is a group
     /// commit's, which carries many callers: the lock's statement also sets this caller's scope
     /// (Postgres), and the statements NOTIFY the change and the alerts, delivered on commit.
-    /// Otherwise the caller's own transaction already carries its scope, and it publishes.
+    /// Otherwise the caller's own transaction already carries its scope, and it publishes. `ahead`:
+    /// the view, already read (`record_run`).
     pub(super) async fn record_in(
         &self,
         txn: &DatabaseTransaction,
         viewer: &Viewer,
         p: &ParsedRecord,
         in_group: bool,
+        ahead: Option<store::recording::RecordingView>,
     ) -> AppResult<RecordOutcome> {
         let scope = viewer.scope();
         let org = p.org;
@@ -120,7 +124,7 @@ impl Engine {
         let metric = p.metric.as_str();
         let keys: Vec<&str> = p.key.as_deref().into_iter().collect();
         let (view, rules) = self
-            .locked_view(txn, scope, org, period, metric, &keys, in_group)
+            .locked_view(txn, scope, org, period, metric, &keys, in_group, ahead)
             .await?;
         let rule = rules.get(metric).copied().unwrap_or(LimitRule::UNLIMITED);
         let (usage, change) = match decide(p, &view, rule)? {
@@ -219,7 +223,9 @@ impl Engine {
 
     /// Takes the organization's lock (in a group's transaction, with the caller's scope), then reads
     /// what the rules need: the view, and the plan's limits as rules. Read under the lock, so a
-    /// concurrent plan change or recording is wholly before or after.
+    /// concurrent plan change or recording is wholly before or after. `ahead`: the view, already read
+    /// under the lock the transaction holds (`record_run`), and checked against the caller's scope
+    /// here as a read would be.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn locked_view(
         &self,
@@ -230,15 +236,20 @@ impl Engine {
         metric: &str,
         keys: &[&str],
         in_group: bool,
+        ahead: Option<store::recording::RecordingView>,
     ) -> AppResult<(store::recording::RecordingView, HashMap<String, LimitRule>)> {
-        if in_group {
-            store::recording::enter(txn, scope, org).await?;
-        } else {
-            store::recording::lock_org(txn, org).await?;
-        }
-        let view = store::recording::view(txn, scope, org, period, metric, keys)
-            .await?
-            .ok_or_else(|| AppError::not_found("organization"))?;
+        let view = match ahead {
+            Some(view) if view.org.id == org.0 && scope.allows(org) => Some(view),
+            _ => {
+                if in_group {
+                    store::recording::enter(txn, scope, org).await?;
+                } else {
+                    store::recording::lock_org(txn, org).await?;
+                }
+                store::recording::view(txn, scope, org, period, metric, keys).await?
+            }
+        };
+        let view = view.ok_or_else(|| AppError::not_found("organization"))?;
         let rules = rules_of(&view);
         Ok((view, rules))
     }

@@ -27,7 +27,7 @@ pub(super) struct WaveRun<'a> {
 }
 
 impl WaveRun<'_> {
-    fn ask(&self) -> AppResult<ViewAsk<'_>> {
+    pub(super) fn ask(&self) -> AppResult<ViewAsk<'_>> {
         let first = self
             .items
             .first()
@@ -58,7 +58,7 @@ impl Engine {
     ) -> Result<WaveDone, GroupError> {
         if let [run] = runs {
             let outcomes = self
-                .record_run(txn, run.viewer, &run.items, true)
+                .record_run(txn, run.viewer, &run.items, true, None)
                 .await
                 .map_err(|e| GroupError::Job(run.job, e))?;
             // Its statements set its caller's scope.
@@ -224,7 +224,7 @@ impl Engine {
         for &i in &alone {
             let run = &runs[i];
             let done = self
-                .record_run(txn, run.viewer, &run.items, true)
+                .record_run(txn, run.viewer, &run.items, true, None)
                 .await
                 .map_err(|e| GroupError::Job(run.job, e))?;
             outcomes[i] = Some(done);
