@@ -74,7 +74,11 @@ impl AppState {
         .await?;
         let mut state = Self::with_db(settings, keys, db, statements);
         if let Some(writer) = writer {
-            state.engine.db = state.engine.db.clone().with_writer(writer.db);
+            state.engine.db = state
+                .engine
+                .db
+                .clone()
+                .with_writer(writer.db, Some(writer.checkpointer.restart()));
             state._checkpointer = Some(writer.checkpointer);
         }
         // The metric catalogue is read once per process: before the first request, so that a burst

@@ -129,6 +129,9 @@ impl Engine {
             // In a task of its own: a panic answers its jobs with an error (their reply channels
             // drop) and leaves the writer running.
             let _ = tokio::spawn(self.clone().apply_group(jobs)).await;
+            // SQLite: once a second, the rest of the WAL is copied while nothing writes, so that
+            // it does not grow for as long as the load lasts (`store::WalRestart`).
+            self.db.restart_wal_if_due().await;
         }
     }
 
