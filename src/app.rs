@@ -66,19 +66,16 @@ impl AppState {
                  to it; connect as an ordinary role that owns the schema"
             );
         }
+        let mut state = Self::with_db(settings, keys, db, statements);
         let writer = store::connect_writer(
-            settings.database_url.expose_secret(),
-            settings.db_statement_timeout,
-            statements.clone(),
+            state.settings.database_url.expose_secret(),
+            state.settings.db_statement_timeout,
+            state.statements.clone(),
+            state.engine.db.writers_turn(),
         )
         .await?;
-        let mut state = Self::with_db(settings, keys, db, statements);
         if let Some(writer) = writer {
-            state.engine.db = state
-                .engine
-                .db
-                .clone()
-                .with_writer(writer.db, Some(writer.checkpointer.restart()));
+            state.engine.db = state.engine.db.clone().with_writer(writer.db);
             state._checkpointer = Some(writer.checkpointer);
         }
         // The metric catalogue is read once per process: before the first request, so that a burst

@@ -39,9 +39,6 @@ pub struct Db {
     turn_timeout: std::time::Duration,
     /// A request's lazily opened read transaction; None for the base handle.
     read: Option<Arc<Mutex<Option<Arc<DatabaseTransaction>>>>>,
-    /// SQLite with its own writer connection: the checkpointer's handle that keeps the WAL from
-    /// growing without end (`restart_wal_if_due`).
-    wal: Option<super::WalRestart>,
 }
 
 /// The error of a writer that waited longer than the statement timeout for its turn.
@@ -104,7 +101,6 @@ impl Db {
             write_gate: Arc::new(Mutex::new(())),
             turn_timeout,
             read: None,
-            wal: None,
         }
     }
 
@@ -118,7 +114,6 @@ impl Db {
             write_gate: self.write_gate.clone(),
             turn_timeout: self.turn_timeout,
             read: Some(Arc::new(Mutex::new(None))),
-            wal: self.wal.clone(),
         }
     }
 
@@ -169,34 +164,16 @@ impl Db {
         Ok(WriteTxn { txn, _gate: gate })
     }
 
-    /// The same handle with its transactions that write beginning on `writer`, whose WAL `wal`
-    /// restarts (SQLite; `store::connect_writer`).
-    pub fn with_writer(
-        mut self,
-        writer: DatabaseConnection,
-        wal: Option<super::WalRestart>,
-    ) -> Self {
+    /// The same handle with its transactions that write beginning on `writer`.
+    pub fn with_writer(mut self, writer: DatabaseConnection) -> Self {
         self.writer = writer;
-        self.wal = wal;
         self
     }
 
-    /// SQLite, between two of the group writer's transactions: once a second under load, takes the
-    /// writers' turn (so nothing of this process writes meanwhile) and has the checkpointer copy
-    /// the rest of the WAL, so that the next commit writes the WAL from its start
-    /// (`store::WalRestart`). Nothing to do on Postgres, or when it is not due. A turn that does not
-    /// come within the writers' timeout, or a reader still on an older snapshot, only leaves it
-    /// for the next time.
-    pub async fn restart_wal_if_due(&self) {
-        let Some(wal) = &self.wal else { return };
-        if !wal.take_due() {
-            return;
-        }
-        let Ok(_turn) = tokio::time::timeout(self.turn_timeout, self.write_gate.lock()).await
-        else {
-            return;
-        };
-        wal.checkpoint().await;
+    /// The writers' turn (SQLite): held by each transaction that writes, and now and then by the
+    /// WAL's checkpointer to hold them all back (`store::Checkpointer`).
+    pub fn writers_turn(&self) -> Arc<Mutex<()>> {
+        self.write_gate.clone()
     }
 
     /// The process's base handle behind this one (platform scope, no read transaction).
@@ -209,7 +186,6 @@ impl Db {
             write_gate: self.write_gate.clone(),
             turn_timeout: self.turn_timeout,
             read: None,
-            wal: self.wal.clone(),
         }
     }
 

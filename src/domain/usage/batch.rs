@@ -25,14 +25,14 @@ pub(super) struct RunPlan {
 
 /// Whether one read under the lock answers for the whole run (`record_run`): a single recording, or
 /// a COUNTER's run. A GAUGE's readings each read what the one before wrote.
-pub(super) fn read_once(run: &[&ParsedRecord]) -> bool {
+fn read_once(run: &[&ParsedRecord]) -> bool {
     run.len() == 1 || run.first().is_some_and(|p| p.kind == MetricKind::Counter)
 }
 
 impl Engine {
     /// Applies a run. `ahead`: its view, already read in this transaction after every write the run
-    /// must see (a SQLite group reads its runs' views together, `group`); only for a run that
-    /// `read_once`, and only where the transaction itself is the lock (SQLite's write lock).
+    /// must see (a SQLite group reads its runs' views together, `group`), only where the transaction
+    /// itself is the lock (SQLite's write lock). A run that does not `read_once` reads its own.
     pub(super) async fn record_run(
         &self,
         txn: &DatabaseTransaction,

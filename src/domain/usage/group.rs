@@ -28,7 +28,6 @@
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::batch::read_once;
 use super::recording::count_recording;
 use super::wave::WaveRun;
 use super::*;
@@ -129,9 +128,6 @@ impl Engine {
             // In a task of its own: a panic answers its jobs with an error (their reply channels
             // drop) and leaves the writer running.
             let _ = tokio::spawn(self.clone().apply_group(jobs)).await;
-            // SQLite: once a second, the rest of the WAL is copied while nothing writes, so that
-            // it does not grow for as long as the load lasts (`store::WalRestart`).
-            self.db.restart_wal_if_due().await;
         }
     }
 
@@ -241,20 +237,14 @@ impl Engine {
             for wave in waves_of(&runs) {
                 let asks = wave
                     .iter()
-                    .filter(|run| read_once(&run.items))
                     .map(|run| run.ask())
                     .collect::<AppResult<Vec<_>>>()
                     .map_err(GroupError::Group)?;
-                let mut views = store::recording::views(&*txn, &asks)
+                let views = store::recording::views(&*txn, &asks)
                     .await
-                    .map_err(|e| GroupError::Group(e.into()))?
-                    .into_iter();
-                for run in wave {
-                    let ahead = if read_once(&run.items) {
-                        views.next().flatten()
-                    } else {
-                        None
-                    };
+                    .map_err(|e| GroupError::Group(e.into()))?;
+                // One view for each ask, in order; a run that cannot use it reads its own.
+                for (run, ahead) in wave.into_iter().zip(views) {
                     let outcomes = self
                         .record_run(&txn, run.viewer, &run.items, true, ahead)
                         .await
